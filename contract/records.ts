@@ -1,0 +1,233 @@
+// Typed records, one family per source. Every record keeps `raw`: the text
+// exactly as the tool printed it, so a finding can quote it verbatim.
+// Addresses are canonical: IPv4 dotted quad, IPv6 compressed lower-case
+// without brackets (conntrack procfs prints full IPv6, conntrack -L prints it
+// compressed, ipvsadm brackets it; all three must compare equal).
+import { array, bool, int, literal, nullable, num, object, record, str, type Infer } from './schema.ts';
+
+const raw = str;
+
+// ---- conntrack: /proc/net/nf_conntrack, conntrack -L [-o extended] -------
+export const conntrackTuple = object({
+  src: str,
+  dst: str,
+  /** null for protocols without ports (icmp, gre). */
+  sport: nullable(int),
+  dport: nullable(int),
+  /** The non-port identity, verbatim: `type=8 code=0 id=3` or `srckey=0x0 dstkey=0x0`. */
+  extra: nullable(str),
+});
+export type ConntrackTuple = Infer<typeof conntrackTuple>;
+
+export const conntrackEntry = object({
+  family: literal('ipv4', 'ipv6'),
+  proto: str,
+  protoNum: int,
+  /** Seconds left; null when the kernel omits it (offloaded flows). */
+  timeout: nullable(int),
+  /** TCP/SCTP/DCCP state; null for stateless protocols and offloaded flows. */
+  state: nullable(str),
+  orig: conntrackTuple,
+  reply: conntrackTuple,
+  unreplied: bool,
+  assured: bool,
+  offload: literal('none', 'sw', 'hw'),
+  mark: nullable(int),
+  zone: int,
+  raw,
+});
+export type ConntrackEntry = Infer<typeof conntrackEntry>;
+
+// ---- IPVS: ipvsadm -Ln ----------------------------------------------------
+export const ipvsService = object({
+  kind: literal('service'),
+  proto: literal('TCP', 'UDP', 'SCTP', 'FWM'),
+  /** null when the address is unusable (a resolved name truncated by ipvsadm). */
+  address: nullable(str),
+  port: nullable(int),
+  fwmark: nullable(int),
+  scheduler: str,
+  flags: array(str),
+  persistentSeconds: nullable(int),
+  raw,
+});
+export const ipvsDestination = object({
+  kind: literal('destination'),
+  /** `${proto} ${address}:${port}` of the virtual server it belongs to (see ipvsServiceKey). */
+  service: str,
+  address: nullable(str),
+  port: nullable(int),
+  forward: str,
+  weight: int,
+  activeConn: int,
+  inactConn: int,
+  raw,
+});
+export type IpvsService = Infer<typeof ipvsService>;
+export type IpvsDestination = Infer<typeof ipvsDestination>;
+export type IpvsRecord = IpvsService | IpvsDestination;
+
+// ---- IPVS connections: ipvsadm -Lnc, /proc/net/ip_vs_conn -----------------
+export const ipvsEndpoint = object({ address: str, port: int });
+export const ipvsConnection = object({
+  proto: str,
+  client: ipvsEndpoint,
+  virtual: ipvsEndpoint,
+  destination: ipvsEndpoint,
+  state: str,
+  expiresSeconds: int,
+  /** A persistence template (client port 0). */
+  template: bool,
+  raw,
+});
+export type IpvsConnection = Infer<typeof ipvsConnection>;
+
+// ---- iptables-save -c, and kube-proxy's iptables-restore dialect ---------
+export const iptablesChain = object({
+  kind: literal('chain'),
+  backend: nullable(literal('legacy', 'nft')),
+  table: str,
+  chain: str,
+  /** ACCEPT/DROP for builtin chains, null for user chains. */
+  policy: nullable(str),
+  packets: nullable(num),
+  bytes: nullable(num),
+  raw,
+});
+export const iptablesRule = object({
+  kind: literal('rule'),
+  backend: nullable(literal('legacy', 'nft')),
+  table: str,
+  chain: str,
+  /** 1-based position in its chain. */
+  position: int,
+  /** The rule without its counters: what identifies it. */
+  spec: str,
+  packets: nullable(num),
+  bytes: nullable(num),
+  /** Tokens of the rule after `-A CHAIN`, quotes removed. */
+  args: array(str),
+  protocol: nullable(str),
+  source: nullable(str),
+  destination: nullable(str),
+  dport: nullable(str),
+  comment: nullable(str),
+  /** `-j`/`-g` target; null for a counting rule without a jump. */
+  target: nullable(str),
+  goto: bool,
+  /** `--to-destination` of a DNAT target. */
+  toDestination: nullable(str),
+  probability: nullable(num),
+  raw,
+});
+export type IptablesChain = Infer<typeof iptablesChain>;
+export type IptablesRule = Infer<typeof iptablesRule>;
+export type IptablesRecord = IptablesChain | IptablesRule;
+
+// ---- nftables: nft -j list ruleset --------------------------------------
+export const nftObject = object({
+  kind: literal('table', 'chain', 'rule', 'set', 'map', 'element'),
+  family: str,
+  table: str,
+  /** chain name for chains and rules, set/map name for sets, maps and elements. */
+  name: nullable(str),
+  handle: nullable(int),
+  /** Human text: the rule's comment, or a rendering of the element (`10.96.0.10 . udp . 53 : goto service-X`). */
+  text: str,
+  packets: nullable(num),
+  bytes: nullable(num),
+  /** The JSON object as nft printed it (compact), or the element rendering. */
+  raw,
+});
+export type NftObject = Infer<typeof nftObject>;
+
+// ---- ip route show table all / ip -6 route show table all ----------------
+export const route = object({
+  family: literal('inet', 'inet6'),
+  table: str,
+  type: str,
+  dst: str,
+  via: nullable(str),
+  dev: nullable(str),
+  proto: nullable(str),
+  scope: nullable(str),
+  src: nullable(str),
+  metric: nullable(int),
+  flags: array(str),
+  raw,
+});
+export type Route = Infer<typeof route>;
+
+// ---- ip addr / ip -o addr --------------------------------------------------
+export const address = object({
+  ifindex: nullable(int),
+  ifname: str,
+  family: literal('inet', 'inet6'),
+  address: str,
+  prefixLen: int,
+  broadcast: nullable(str),
+  scope: nullable(str),
+  flags: array(str),
+  raw,
+});
+export type Address = Infer<typeof address>;
+
+// ---- ip link / ip -o link --------------------------------------------------
+export const link = object({
+  ifindex: nullable(int),
+  ifname: str,
+  flags: array(str),
+  mtu: nullable(int),
+  qdisc: nullable(str),
+  operState: nullable(str),
+  linkType: nullable(str),
+  mac: nullable(str),
+  raw,
+});
+export type Link = Infer<typeof link>;
+
+// ---- ip rule ---------------------------------------------------------------
+export const routingRule = object({
+  family: literal('inet', 'inet6'),
+  priority: int,
+  not: bool,
+  from: str,
+  to: nullable(str),
+  fwmark: nullable(str),
+  iif: nullable(str),
+  oif: nullable(str),
+  table: nullable(str),
+  action: nullable(str),
+  raw,
+});
+export type RoutingRule = Infer<typeof routingRule>;
+
+// ---- /proc/sys ---------------------------------------------------------------
+export const sysctl = object({
+  /** dotted name as sysctl prints it: net.ipv4.vs.conn_reuse_mode */
+  name: str,
+  value: str,
+  raw,
+});
+export type Sysctl = Infer<typeof sysctl>;
+
+// ---- /proc/net/stat/*, conntrack -S ---------------------------------------
+export const statRow = object({
+  /** CPU index (row position for /proc, `cpu=` for conntrack -S). */
+  cpu: int,
+  counters: record(num),
+  raw,
+});
+export type StatRow = Infer<typeof statRow>;
+
+// ---- node facts (systeminformation) ---------------------------------------
+export const nodeFacts = object({
+  hostname: str,
+  kernel: str,
+  os: str,
+  arch: str,
+  cpus: int,
+  memoryBytes: num,
+  interfaces: array(object({ name: str, ip4: str, ip6: str, mac: str, operstate: str })),
+});
+export type NodeFacts = Infer<typeof nodeFacts>;

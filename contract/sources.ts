@@ -1,0 +1,171 @@
+// The catalogue of sources: for each, the record schema, what identifies a
+// record (keyOf) and what counts as a change of state (sameState). Agent and
+// collector both take identity from here, so a diff means the same thing on
+// both ends of the wire.
+import * as R from './records.ts';
+import { int, object, str, tagged, type Schema } from './schema.ts';
+
+/** A line a parser could not read. `line` is 1-based in the text it was given. */
+export interface Problem {
+  readonly line: number;
+  readonly text: string;
+  readonly reason: string;
+}
+export const problem = object({ line: int, text: str, reason: str });
+
+export interface ParseResult<T> {
+  readonly records: readonly T[];
+  readonly problems: readonly Problem[];
+}
+
+export interface SourceSpec<T> {
+  readonly schema: Schema<T>;
+  keyOf(record: T): string;
+  /** False when a record with the same key changed in a way a detector cares about. */
+  sameState(prev: T, next: T): boolean;
+  /**
+   * True when a record kept its state but its volatile part moved in a way worth
+   * sending (a conntrack timer re-armed by traffic, an iptables counter rising).
+   * Timers counting down are not sent: that would be every entry every second.
+   */
+  refreshed?(prev: T, next: T): boolean;
+}
+
+const tupleKey = (t: R.ConntrackTuple): string => `${t.src}|${t.sport ?? ''}|${t.dst}|${t.dport ?? ''}|${t.extra ?? ''}`;
+const sameTuple = (a: R.ConntrackTuple, b: R.ConntrackTuple): boolean =>
+  a.src === b.src && a.dst === b.dst && a.sport === b.sport && a.dport === b.dport && a.extra === b.extra;
+const timerRearmed = (prev: number | null, next: number | null): boolean => prev !== null && next !== null && next > prev;
+const countersMoved = (p: { packets: number | null; bytes: number | null }, n: { packets: number | null; bytes: number | null }) =>
+  p.packets !== n.packets || p.bytes !== n.bytes;
+const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+
+export const ipvsServiceKey = (proto: string, address: string | null, port: number | null, fwmark: number | null): string =>
+  proto === 'FWM' ? `FWM ${fwmark ?? '?'}` : `${proto} ${address ?? '?'}:${port ?? '?'}`;
+
+const conntrack: SourceSpec<R.ConntrackEntry> = {
+  schema: R.conntrackEntry,
+  // Identity is the original tuple and zone: a reused tuple going from
+  // TIME_WAIT to SYN_SENT is the same entry changing state (seed 002).
+  keyOf: (e) => `${e.zone}|${e.proto}|${tupleKey(e.orig)}`,
+  sameState: (a, b) =>
+    a.state === b.state &&
+    a.unreplied === b.unreplied &&
+    a.assured === b.assured &&
+    a.offload === b.offload &&
+    a.mark === b.mark &&
+    sameTuple(a.reply, b.reply),
+  refreshed: (a, b) => timerRearmed(a.timeout, b.timeout),
+};
+
+const ipvsRecord = tagged('kind', { service: R.ipvsService, destination: R.ipvsDestination });
+const ipvs: SourceSpec<R.IpvsRecord> = {
+  schema: ipvsRecord,
+  keyOf: (r) =>
+    r.kind === 'service'
+      ? `service ${ipvsServiceKey(r.proto, r.address, r.port, r.fwmark)}`
+      : `destination ${r.service} -> ${r.address ?? '?'}:${r.port ?? '?'}`,
+  sameState: (a, b) => {
+    if (a.kind === 'service' && b.kind === 'service')
+      return a.scheduler === b.scheduler && a.persistentSeconds === b.persistentSeconds && sameJson(a.flags, b.flags);
+    if (a.kind === 'destination' && b.kind === 'destination')
+      return a.forward === b.forward && a.weight === b.weight;
+    return false;
+  },
+  // Connection counts matter for draining (weight 0 with InActConn, k8s#81775)
+  // but are not a change of configuration.
+  refreshed: (a, b) =>
+    a.kind === 'destination' && b.kind === 'destination' && (a.activeConn !== b.activeConn || a.inactConn !== b.inactConn),
+};
+
+const ipvsConn: SourceSpec<R.IpvsConnection> = {
+  schema: R.ipvsConnection,
+  keyOf: (c) => `${c.proto}|${c.client.address}|${c.client.port}|${c.virtual.address}|${c.virtual.port}`,
+  sameState: (a, b) =>
+    a.state === b.state && a.destination.address === b.destination.address && a.destination.port === b.destination.port,
+  refreshed: (a, b) => timerRearmed(a.expiresSeconds, b.expiresSeconds),
+};
+
+const iptablesRecord = tagged('kind', { chain: R.iptablesChain, rule: R.iptablesRule });
+const iptables: SourceSpec<R.IptablesRecord> = {
+  schema: iptablesRecord,
+  // A rule is identified by its text; `position` disambiguates exact
+  // duplicates and is kept in the key so a reordered chain shows as a change.
+  keyOf: (r) =>
+    r.kind === 'chain'
+      ? `${r.backend ?? '-'} ${r.table} :${r.chain}`
+      : `${r.backend ?? '-'} ${r.table} ${r.chain}#${r.position} ${r.spec}`,
+  sameState: (a, b) => (a.kind === 'chain' && b.kind === 'chain' ? a.policy === b.policy : a.kind === b.kind),
+  refreshed: countersMoved,
+};
+
+const nft: SourceSpec<R.NftObject> = {
+  schema: R.nftObject,
+  keyOf: (o) => `${o.kind} ${o.family} ${o.table} ${o.name ?? ''} ${o.kind === 'element' ? o.text : (o.handle ?? o.text)}`,
+  sameState: (a, b) => a.text === b.text && stripCounters(a.raw) === stripCounters(b.raw),
+  refreshed: countersMoved,
+};
+function stripCounters(raw: string): string {
+  return raw.replace(/"counter":\{"packets":\d+,"bytes":\d+\}/g, '"counter":{}');
+}
+
+const routes: SourceSpec<R.Route> = {
+  schema: R.route,
+  keyOf: (r) => `${r.family} ${r.table} ${r.type} ${r.dst} ${r.dev ?? ''} ${r.metric ?? ''}`,
+  sameState: (a, b) =>
+    a.via === b.via && a.proto === b.proto && a.scope === b.scope && a.src === b.src && sameJson(a.flags, b.flags),
+};
+
+const addrs: SourceSpec<R.Address> = {
+  schema: R.address,
+  keyOf: (a) => `${a.ifname} ${a.address}/${a.prefixLen}`,
+  sameState: (a, b) => a.broadcast === b.broadcast && a.scope === b.scope && sameJson(a.flags, b.flags),
+};
+
+const links: SourceSpec<R.Link> = {
+  schema: R.link,
+  keyOf: (l) => l.ifname,
+  sameState: (a, b) => a.operState === b.operState && a.mtu === b.mtu && sameJson(a.flags, b.flags) && a.mac === b.mac,
+};
+
+const rules: SourceSpec<R.RoutingRule> = {
+  schema: R.routingRule,
+  keyOf: (r) => r.raw.trim().replace(/\s+/g, ' '),
+  sameState: () => true,
+};
+
+const sysctl: SourceSpec<R.Sysctl> = {
+  schema: R.sysctl,
+  keyOf: (s) => s.name,
+  sameState: (a, b) => a.value === b.value,
+};
+
+const statRows: SourceSpec<R.StatRow> = {
+  schema: R.statRow,
+  keyOf: (s) => `cpu${s.cpu}`,
+  sameState: () => true,
+  refreshed: (a, b) => !sameJson(a.counters, b.counters),
+};
+
+export const sources = {
+  iptables,
+  nft,
+  ipvs,
+  'ipvs-conn': ipvsConn,
+  conntrack,
+  routes,
+  addrs,
+  links,
+  rules,
+  sysctl,
+  'conntrack-stat': statRows,
+  'rt-cache-stat': statRows,
+} as const;
+
+export type SourceName = keyof typeof sources;
+export type RecordOf<N extends SourceName> = (typeof sources)[N] extends SourceSpec<infer T> ? T : never;
+export const sourceNames = Object.keys(sources) as SourceName[];
+export const isSourceName = (s: unknown): s is SourceName => typeof s === 'string' && Object.hasOwn(sources, s);
+
+export function specOf<N extends SourceName>(name: N): SourceSpec<RecordOf<N>> {
+  return sources[name] as unknown as SourceSpec<RecordOf<N>>;
+}
