@@ -1,0 +1,186 @@
+// The agent's lifecycle: a disciplined 1 Hz tick (skipped and counted while the
+// previous one runs, never rejecting) feeding a WebSocket connection that
+// always starts with a full snapshot and then streams one diff per tick.
+import type { Logger } from 'pino';
+import WebSocket from 'ws';
+import { encode, decodeCollectorMessage, SNAPSHOT_CHUNK, SUBPROTOCOL, type AgentMessage } from '../contract/protocol.ts';
+import type { NodeFacts } from '../contract/records.ts';
+import type { NodeState, TickResult } from './node-state.ts';
+
+export interface AgentOptions {
+  readonly node: string;
+  readonly collectorUrl: string;
+  readonly intervalMs: number;
+  readonly token: string | null;
+  readonly version: string;
+  readonly state: NodeState;
+  readonly log: Logger;
+  readonly readFacts: () => Promise<NodeFacts>;
+  /** TLS: extra CA bundle for wss:// */
+  readonly ca?: string;
+}
+
+/** Above this much unsent data the agent stops queueing diffs and resyncs when the socket drains. */
+const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
+const FACTS_EVERY_MS = 60_000;
+
+export class Agent {
+  readonly #o: AgentOptions;
+  #ws: WebSocket | null = null;
+  #connected = false;
+  #needSnapshot = true;
+  #seq = 0;
+  #ticking = false;
+  #skippedTicks = 0;
+  #timer: NodeJS.Timeout | null = null;
+  #reconnectTimer: NodeJS.Timeout | null = null;
+  #backoffMs = 500;
+  #stopped = false;
+  #facts: NodeFacts | null = null;
+  #factsAt = 0;
+  #overflowLogged = false;
+
+  constructor(options: AgentOptions) {
+    this.#o = options;
+  }
+
+  start(): void {
+    this.#connect();
+    void this.#tick();
+    this.#timer = setInterval(() => void this.#tick(), this.#o.intervalMs);
+  }
+
+  stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearInterval(this.#timer);
+    if (this.#reconnectTimer) clearTimeout(this.#reconnectTimer);
+    const ws = this.#ws;
+    if (ws === null || ws.readyState === WebSocket.CLOSED) return Promise.resolve();
+    return new Promise((resolve) => {
+      ws.once('close', () => resolve());
+      ws.close(1001, 'agent stopping');
+      setTimeout(() => { ws.terminate(); resolve(); }, 1_000).unref();
+    });
+  }
+
+  get skippedTicks(): number {
+    return this.#skippedTicks;
+  }
+
+  #connect(): void {
+    if (this.#stopped) return;
+    const headers: Record<string, string> = {};
+    if (this.#o.token !== null) headers.authorization = `Bearer ${this.#o.token}`;
+    const ws = new WebSocket(this.#o.collectorUrl, SUBPROTOCOL, { headers, maxPayload: 16 * 1024 * 1024, ...(this.#o.ca ? { ca: this.#o.ca } : {}) });
+    this.#ws = ws;
+    ws.on('open', () => {
+      this.#connected = true;
+      this.#needSnapshot = true;
+      this.#backoffMs = 500;
+      this.#o.log.info({ collector: this.#o.collectorUrl }, 'connected to collector');
+      this.#send({ v: 1, type: 'hello', node: this.#o.node, agentVersion: this.#o.version, intervalMs: this.#o.intervalMs, startedAt: Date.now() });
+      if (this.#facts) this.#send({ v: 1, type: 'facts', facts: this.#facts });
+      // The snapshot goes out now, from the last completed tick, so the collector has state at once.
+      if (!this.#ticking && this.#seq > 0) this.#sendSnapshot(Date.now());
+    });
+    ws.on('message', (data) => {
+      const decoded = decodeCollectorMessage(data.toString());
+      if (!decoded.ok) {
+        this.#o.log.warn({ error: decoded.error }, 'ignored a malformed message from the collector');
+        return;
+      }
+      switch (decoded.msg.type) {
+        case 'resync':
+          this.#o.log.info({ reason: decoded.msg.reason }, 'collector asked for a resync');
+          this.#needSnapshot = true;
+          break;
+        default: {
+          const never: never = decoded.msg.type;
+          void never;
+        }
+      }
+    });
+    ws.on('unexpected-response', (_req, res) => {
+      this.#o.log.error({ status: res.statusCode, collector: this.#o.collectorUrl }, res.statusCode === 401 ? 'collector refused our token' : 'collector refused the connection');
+    });
+    ws.on('error', (err) => {
+      this.#o.log.warn({ err: err.message, collector: this.#o.collectorUrl }, 'collector connection error');
+    });
+    ws.on('close', (code) => {
+      const wasConnected = this.#connected;
+      this.#connected = false;
+      this.#ws = null;
+      if (this.#stopped) return;
+      if (wasConnected) this.#o.log.warn({ code }, 'collector connection closed; reconnecting');
+      this.#reconnectTimer = setTimeout(() => this.#connect(), this.#backoffMs);
+      this.#backoffMs = Math.min(this.#backoffMs * 2, 10_000);
+    });
+  }
+
+  async #tick(): Promise<void> {
+    if (this.#ticking) {
+      this.#skippedTicks++;
+      return;
+    }
+    this.#ticking = true;
+    try {
+      await this.#refreshFacts();
+      const result = await this.#o.state.tick();
+      this.#seq++;
+      if (!this.#connected) return;
+      if (this.#needSnapshot) this.#sendSnapshot(result.time);
+      else this.#sendDiff(result);
+    } catch (err) {
+      // The loop never rejects: a bug in one tick must not stop sampling.
+      this.#o.log.error({ err }, 'tick failed');
+    } finally {
+      this.#ticking = false;
+    }
+  }
+
+  async #refreshFacts(): Promise<void> {
+    if (this.#facts !== null && Date.now() - this.#factsAt < FACTS_EVERY_MS) return;
+    this.#factsAt = Date.now();
+    try {
+      const facts = await this.#o.readFacts();
+      const changed = JSON.stringify(facts) !== JSON.stringify(this.#facts);
+      this.#facts = facts;
+      if (changed && this.#connected) this.#send({ v: 1, type: 'facts', facts });
+    } catch (err) {
+      this.#o.log.warn({ err: (err as Error).message }, 'cannot read node facts');
+    }
+  }
+
+  #sendSnapshot(time: number): void {
+    const seq = this.#seq;
+    for (const { source, records } of this.#o.state.snapshot()) {
+      const parts = Math.max(1, Math.ceil(records.length / SNAPSHOT_CHUNK));
+      for (let part = 0; part < parts; part++) {
+        const chunk = records.slice(part * SNAPSHOT_CHUNK, (part + 1) * SNAPSHOT_CHUNK);
+        this.#send({ v: 1, type: 'snapshot', seq, time, source, part, parts, records: chunk });
+      }
+    }
+    this.#send({ v: 1, type: 'snapshot-end', seq, time, status: this.#o.state.statuses() });
+    this.#needSnapshot = false;
+  }
+
+  #sendDiff(result: TickResult): void {
+    const ws = this.#ws;
+    if (ws !== null && ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+      // Dropping one diff breaks the chain; the collector would see a gap.
+      // Resync with a snapshot once the socket has drained instead.
+      if (!this.#overflowLogged) this.#o.log.warn({ bufferedBytes: ws.bufferedAmount, limit: MAX_BUFFERED_BYTES }, 'send queue full: dropping diffs until it drains, then resyncing');
+      this.#overflowLogged = true;
+      this.#needSnapshot = true;
+      return;
+    }
+    this.#overflowLogged = false;
+    this.#send({ v: 1, type: 'diff', seq: this.#seq, time: result.time, changes: result.changes, status: result.statusChanges });
+  }
+
+  #send(msg: AgentMessage): void {
+    const ws = this.#ws;
+    if (ws === null || ws.readyState !== WebSocket.OPEN) return;
+    ws.send(encode(msg));
+  }
+}

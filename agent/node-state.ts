@@ -1,0 +1,130 @@
+// The agent's picture of its node: the last good sample of every source,
+// keyed, plus each source's status. One tick samples every source in
+// parallel, diffs each against its previous picture and returns the changes.
+// A failed source yields no diff (its previous picture stands) and does not
+// stop the others; a source the node lacks is reported once and skipped.
+import { diffByKey, indexByKey, isEmptyDiff } from '../contract/diff.ts';
+import { isConntrailError } from '../contract/errors.ts';
+import { MAX_PROBLEM_SAMPLES, type SourceChange, type SourceStatus } from '../contract/protocol.ts';
+import { specOf, type RecordOf, type SourceName } from '../contract/sources.ts';
+import type { HostIO } from './host-io.ts';
+import type { Reading, Sample, Sampler } from './samplers.ts';
+
+export interface TickResult {
+  readonly time: number;
+  readonly changes: readonly SourceChange[];
+  /** Statuses that differ from the previous tick's. */
+  readonly statusChanges: readonly SourceStatus[];
+}
+
+/** A source marked unavailable is probed again this often, quietly. */
+const REPROBE_MS = 60_000;
+
+export class NodeState {
+  readonly #samplers: readonly Sampler[];
+  readonly #io: HostIO;
+  readonly #maps = new Map<SourceName, ReadonlyMap<string, RecordOf<SourceName>>>();
+  readonly #status = new Map<SourceName, SourceStatus>();
+  readonly #readings = new Map<SourceName, readonly Reading[]>();
+  readonly #unavailableSince = new Map<SourceName, number>();
+  readonly #now: () => number;
+
+  constructor(samplers: readonly Sampler[], io: HostIO, now: () => number = Date.now) {
+    this.#samplers = samplers;
+    this.#io = io;
+    this.#now = now;
+  }
+
+  async tick(): Promise<TickResult> {
+    const time = this.#now();
+    const due = this.#samplers.filter((s) => {
+      const since = this.#unavailableSince.get(s.source);
+      return since === undefined || time - since >= REPROBE_MS;
+    });
+    const settled = await Promise.allSettled(due.map((s) => this.#timed(s)));
+    const changes: SourceChange[] = [];
+    const statusChanges: SourceStatus[] = [];
+    for (let i = 0; i < due.length; i++) {
+      const sampler = due[i];
+      const outcome = settled[i];
+      if (sampler === undefined || outcome === undefined) continue;
+      const source = sampler.source;
+      let status: SourceStatus;
+      if (outcome.status === 'fulfilled') {
+        const { sample, durationMs } = outcome.value;
+        this.#unavailableSince.delete(source);
+        const change = this.#apply(source, sample);
+        if (change !== null) changes.push(change);
+        this.#readings.set(source, sample.readings);
+        status = {
+          source,
+          state: 'ok',
+          via: sample.readings.map((r) => r.via).join(' + '),
+          reason: null,
+          records: this.#maps.get(source)?.size ?? 0,
+          problemCount: sample.problems.length,
+          problems: sample.problems.slice(0, MAX_PROBLEM_SAMPLES),
+          durationMs,
+        };
+      } else {
+        const err: unknown = outcome.reason;
+        const unavailable = isConntrailError(err, 'TOOL_MISSING') || isConntrailError(err, 'SOURCE_UNAVAILABLE');
+        if (unavailable) {
+          this.#unavailableSince.set(source, time);
+          // What we knew of a source that has vanished is no longer true.
+          const gone = this.#apply(source, { source, readings: [], records: [], problems: [] });
+          if (gone !== null) changes.push(gone);
+        }
+        const prev = this.#status.get(source);
+        status = {
+          source,
+          state: unavailable ? 'unavailable' : 'failed',
+          via: prev?.via ?? null,
+          reason: err instanceof Error ? err.message : String(err),
+          records: this.#maps.get(source)?.size ?? 0,
+          problemCount: 0,
+          problems: [],
+          durationMs: 0,
+        };
+      }
+      if (!sameStatus(this.#status.get(source), status)) statusChanges.push(status);
+      this.#status.set(source, status);
+    }
+    return { time, changes, statusChanges };
+  }
+
+  /** Current records of every source that has been sampled, for a full snapshot. */
+  snapshot(): { source: SourceName; records: readonly RecordOf<SourceName>[] }[] {
+    return [...this.#maps].map(([source, map]) => ({ source, records: [...map.values()] }));
+  }
+
+  statuses(): SourceStatus[] {
+    return [...this.#status.values()];
+  }
+
+  /** The verbatim outputs of each source's last good sample. */
+  readings(): ReadonlyMap<SourceName, readonly Reading[]> {
+    return this.#readings;
+  }
+
+  async #timed(s: Sampler): Promise<{ sample: Sample<SourceName>; durationMs: number }> {
+    const t0 = performance.now();
+    const sample = await s.sample(this.#io);
+    return { sample, durationMs: Math.round((performance.now() - t0) * 10) / 10 };
+  }
+
+  #apply(source: SourceName, sample: Sample<SourceName>): SourceChange | null {
+    const spec = specOf(source);
+    const next = sample.keyed ?? indexByKey(sample.records, spec).map;
+    const prev = this.#maps.get(source) ?? new Map();
+    this.#maps.set(source, next);
+    const diff = diffByKey(prev, next, spec);
+    return isEmptyDiff(diff) ? null : { source, ...diff };
+  }
+}
+
+function sameStatus(a: SourceStatus | undefined, b: SourceStatus): boolean {
+  if (a === undefined) return false;
+  // Duration and record counts move every tick; they are reported on request, not streamed.
+  return a.state === b.state && a.reason === b.reason && a.via === b.via && a.problemCount === b.problemCount;
+}

@@ -1,0 +1,258 @@
+// A sampler is a read (through HostIO) plus a pure parser. The same samplers
+// run live, in `conntrail replay` (HostIO serving recorded outputs) and in
+// tests, so recorded IPVS timelines go through exactly the live code path.
+import { ConntrailError, isConntrailError } from '../contract/errors.ts';
+import type { Problem, RecordOf, SourceName } from '../contract/sources.ts';
+import type { HostIO } from './host-io.ts';
+import { parseAddrs } from './sources/addrs.ts';
+import { parseConntrackStat } from './sources/conntrack-stat.ts';
+import { parseIptables } from './sources/iptables.ts';
+import { parseIpvs } from './sources/ipvs.ts';
+import { parseIpvsConn } from './sources/ipvs-conn.ts';
+import { parseLinks } from './sources/links.ts';
+import { parseNft } from './sources/nft.ts';
+import { parseRoutes } from './sources/routes.ts';
+import { parseRules } from './sources/rules.ts';
+import { parseSysctl, sysctlNameOfPath } from './sources/sysctl.ts';
+import { createConntrackLineCache } from './conntrack-cache.ts';
+
+/** One verbatim output a sample was made from: what a bundle stores and `replay` reads. */
+export interface Reading {
+  readonly via: string;
+  readonly text: string;
+}
+
+export interface Sample<N extends SourceName> {
+  readonly source: N;
+  readonly readings: readonly Reading[];
+  readonly records: readonly RecordOf<N>[];
+  readonly problems: readonly Problem[];
+  /** Set by samplers that key their records themselves (the conntrack line cache). */
+  readonly keyed?: ReadonlyMap<string, RecordOf<N>>;
+}
+
+export interface Sampler<N extends SourceName = SourceName> {
+  readonly source: N;
+  /** Rejects with a ConntrailError: TOOL_MISSING / SOURCE_UNAVAILABLE (skip this source) or SOURCE_FAILED (this tick only). */
+  sample(io: HostIO): Promise<Sample<N>>;
+}
+
+const TIMEOUT_MS = 5_000;
+
+function numberLines(problems: readonly Problem[], offset: number): Problem[] {
+  return offset === 0 ? [...problems] : problems.map((p) => ({ ...p, line: p.line + offset }));
+}
+
+/** Reads several outputs and parses each; problem line numbers stay relative to their own output, prefixed by `via` in the reason. */
+function merged<N extends SourceName>(source: N, parts: readonly { reading: Reading; records: readonly RecordOf<N>[]; problems: readonly Problem[] }[]): Sample<N> {
+  const records: RecordOf<N>[] = [];
+  const problems: Problem[] = [];
+  for (const p of parts) {
+    records.push(...p.records);
+    for (const pr of numberLines(p.problems, 0)) problems.push(parts.length > 1 ? { ...pr, reason: `${p.reading.via}: ${pr.reason}` } : pr);
+  }
+  return { source, readings: parts.map((p) => p.reading), records, problems };
+}
+
+function command<N extends SourceName>(source: N, argv: readonly string[], parse: (text: string) => { records: readonly RecordOf<N>[]; problems: readonly Problem[] }): Sampler<N> {
+  return {
+    source,
+    async sample(io) {
+      const out = await io.run(argv, { timeoutMs: TIMEOUT_MS });
+      const reading = { via: argv.join(' '), text: out.stdout };
+      return merged(source, [{ reading, ...parse(out.stdout) }]);
+    },
+  };
+}
+
+function file<N extends SourceName>(source: N, path: string, parse: (text: string) => { records: readonly RecordOf<N>[]; problems: readonly Problem[] }): Sampler<N> {
+  return {
+    source,
+    async sample(io) {
+      const text = await io.readFile(path);
+      return merged(source, [{ reading: { via: path, text }, ...parse(text) }]);
+    },
+  };
+}
+
+/**
+ * kube-proxy programs whichever iptables backend the node's iptables binary
+ * uses; a node can hold both (the nft variant warns "iptables-legacy tables
+ * present"). Sample every backend that holds KUBE-* chains, and say which.
+ */
+function iptablesSampler(): Sampler<'iptables'> {
+  const backends = [
+    { backend: 'nft' as const, argv: ['iptables-nft-save', '-c'] },
+    { backend: 'legacy' as const, argv: ['iptables-legacy-save', '-c'] },
+  ];
+  return {
+    source: 'iptables',
+    async sample(io) {
+      const outputs: { backend: 'nft' | 'legacy' | null; reading: Reading }[] = [];
+      for (const b of backends) {
+        try {
+          const out = await io.run(b.argv, { timeoutMs: TIMEOUT_MS });
+          outputs.push({ backend: b.backend, reading: { via: b.argv.join(' '), text: out.stdout } });
+        } catch (err) {
+          if (!isConntrailError(err, 'TOOL_MISSING')) throw err;
+        }
+      }
+      if (outputs.length === 0) {
+        // Older distributions ship only `iptables-save`, whose backend we cannot name.
+        const out = await io.run(['iptables-save', '-c'], { timeoutMs: TIMEOUT_MS });
+        outputs.push({ backend: null, reading: { via: 'iptables-save -c', text: out.stdout } });
+      }
+      const withKube = outputs.filter((o) => o.reading.text.includes(':KUBE-'));
+      const chosen = withKube.length > 0 ? withKube : outputs.slice(0, 1);
+      return merged('iptables', chosen.map((o) => ({ reading: o.reading, ...parseIptables(o.reading.text, o.backend) })));
+    },
+  };
+}
+
+/** Tables iptables-nft owns: they are sampled through iptables-save already. */
+const IPTABLES_NFT_TABLES = new Set(['filter', 'nat', 'mangle', 'raw', 'security']);
+
+function nftSampler(): Sampler<'nft'> {
+  const argv = ['nft', '-j', 'list', 'ruleset'];
+  return {
+    source: 'nft',
+    async sample(io) {
+      const out = await io.run(argv, { timeoutMs: TIMEOUT_MS });
+      const parsed = parseNft(out.stdout);
+      const records = parsed.records.filter((r) => !((r.family === 'ip' || r.family === 'ip6') && IPTABLES_NFT_TABLES.has(r.table)));
+      return { source: 'nft', readings: [{ via: argv.join(' '), text: out.stdout }], records, problems: parsed.problems };
+    },
+  };
+}
+
+/** Newer kernels often lack the procfs file; `conntrack -L` reads the same table over netlink. */
+function conntrackSampler(): Sampler<'conntrack'> {
+  const cache = createConntrackLineCache();
+  return {
+    source: 'conntrack',
+    async sample(io) {
+      let reading: Reading;
+      try {
+        reading = { via: '/proc/net/nf_conntrack', text: await io.readFile('/proc/net/nf_conntrack') };
+      } catch (err) {
+        if (!isConntrailError(err, 'SOURCE_UNAVAILABLE')) throw err;
+        const argv = ['conntrack', '-L', '-o', 'extended'];
+        const out = await io.run(argv, { timeoutMs: TIMEOUT_MS });
+        reading = { via: argv.join(' '), text: out.stdout };
+      }
+      const { records, keyed, problems } = cache.parse(reading.text);
+      return { source: 'conntrack', readings: [reading], records, keyed, problems };
+    },
+  };
+}
+
+/** `ipvsadm` answers "Protocol not available" (or similar) on a node without the ip_vs module. */
+function ipvsCommand<N extends 'ipvs' | 'ipvs-conn'>(inner: Sampler<N>): Sampler<N> {
+  return {
+    source: inner.source,
+    async sample(io) {
+      try {
+        return await inner.sample(io);
+      } catch (err) {
+        if (isConntrailError(err, 'SOURCE_FAILED') && /Protocol not available|Can't initialize ipvs|Permission denied|Operation not permitted/i.test(err.message))
+          throw new ConntrailError('SOURCE_UNAVAILABLE', `IPVS is not available on this node (${err.message})`, { cause: err });
+        throw err;
+      }
+    },
+  };
+}
+
+function routesSampler(): Sampler<'routes'> {
+  return {
+    source: 'routes',
+    async sample(io) {
+      const parts = [];
+      for (const [family, argv] of [
+        ['inet', ['ip', 'route', 'show', 'table', 'all']],
+        ['inet6', ['ip', '-6', 'route', 'show', 'table', 'all']],
+      ] as const) {
+        const out = await io.run(argv, { timeoutMs: TIMEOUT_MS });
+        parts.push({ reading: { via: argv.join(' '), text: out.stdout }, ...parseRoutes(out.stdout, { family }) });
+      }
+      return merged('routes', parts);
+    },
+  };
+}
+
+function rulesSampler(): Sampler<'rules'> {
+  return {
+    source: 'rules',
+    async sample(io) {
+      const parts = [];
+      for (const [family, argv] of [
+        ['inet', ['ip', 'rule', 'show']],
+        ['inet6', ['ip', '-6', 'rule', 'show']],
+      ] as const) {
+        const out = await io.run(argv, { timeoutMs: TIMEOUT_MS });
+        parts.push({ reading: { via: argv.join(' '), text: out.stdout }, ...parseRules(out.stdout, { family }) });
+      }
+      return merged('rules', parts);
+    },
+  };
+}
+
+/** The knobs that decide the seeds' failures (see README "Kernel knobs"). */
+export const SYSCTL_PATHS = [
+  '/proc/sys/kernel/osrelease',
+  '/proc/sys/net/ipv4/vs/conn_reuse_mode',
+  '/proc/sys/net/ipv4/vs/expire_nodest_conn',
+  '/proc/sys/net/ipv4/vs/expire_quiescent_template',
+  '/proc/sys/net/ipv4/vs/conntrack',
+  '/proc/sys/net/ipv4/ip_local_port_range',
+  '/proc/sys/net/ipv4/ip_forward',
+  '/proc/sys/net/ipv4/tcp_tw_reuse',
+  '/proc/sys/net/netfilter/nf_conntrack_count',
+  '/proc/sys/net/netfilter/nf_conntrack_max',
+  '/proc/sys/net/netfilter/nf_conntrack_buckets',
+  '/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_time_wait',
+  '/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal',
+  '/proc/sys/net/netfilter/nf_conntrack_udp_timeout',
+  '/proc/sys/net/netfilter/nf_conntrack_udp_timeout_stream',
+] as const;
+const PER_INTERFACE = ['accept_local', 'rp_filter', 'log_martians', 'route_localnet'] as const;
+
+function sysctlSampler(): Sampler<'sysctl'> {
+  return {
+    source: 'sysctl',
+    async sample(io) {
+      const interfaces = await io.listDir('/proc/sys/net/ipv4/conf');
+      const paths: string[] = [...SYSCTL_PATHS];
+      for (const ifname of interfaces) for (const knob of PER_INTERFACE) paths.push(`/proc/sys/net/ipv4/conf/${ifname}/${knob}`);
+      const lines: string[] = [];
+      for (const path of paths) {
+        try {
+          const value = (await io.readFile(path)).trim().replace(/\s+/g, '\t');
+          lines.push(`${sysctlNameOfPath(path)} = ${value}`);
+        } catch (err) {
+          // A knob this kernel lacks (no ip_vs module: no net.ipv4.vs.*) is simply absent.
+          if (!isConntrailError(err, 'SOURCE_UNAVAILABLE')) throw err;
+        }
+      }
+      const text = lines.length > 0 ? `${lines.join('\n')}\n` : '';
+      return merged('sysctl', [{ reading: { via: '/proc/sys', text }, ...parseSysctl(text) }]);
+    },
+  };
+}
+
+export function createSamplers(): Sampler[] {
+  const all: Sampler<SourceName>[] = [
+    iptablesSampler(),
+    nftSampler(),
+    ipvsCommand(command('ipvs', ['ipvsadm', '-Ln'], parseIpvs)),
+    ipvsCommand(command('ipvs-conn', ['ipvsadm', '-Lnc'], parseIpvsConn)),
+    conntrackSampler(),
+    routesSampler(),
+    command('addrs', ['ip', '-o', 'addr', 'show'], parseAddrs),
+    command('links', ['ip', '-o', 'link', 'show'], parseLinks),
+    rulesSampler(),
+    sysctlSampler(),
+    file('conntrack-stat', '/proc/net/stat/nf_conntrack', parseConntrackStat),
+    file('rt-cache-stat', '/proc/net/stat/rt_cache', parseConntrackStat),
+  ];
+  return all;
+}

@@ -1,0 +1,192 @@
+// `conntrail` command line: the one place where processes are wired together.
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { parseArgs } from 'node:util';
+import { pino, type Logger } from 'pino';
+import { Agent } from '../agent/agent.ts';
+import { readNodeFacts } from '../agent/facts.ts';
+import { createHostIO } from '../agent/host-io.ts';
+import { NodeState } from '../agent/node-state.ts';
+import { parsers } from '../agent/parsers.ts';
+import { createSamplers } from '../agent/samplers.ts';
+import { Collector } from '../collector/collector.ts';
+import { CollectorServer, parseListen } from '../collector/server.ts';
+import { renderSummary } from '../collector/summary.ts';
+import { isSourceName, sourceNames } from '../contract/sources.ts';
+
+const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+const USAGE = `conntrail ${VERSION}: finds intermittent connection timeouts through Kubernetes Services and load balancers
+
+usage:
+  conntrail collector [--listen HOST:PORT|unix:PATH] [--token-file F] [--tls-cert F --tls-key F]
+  conntrail agent --collector ws://HOST:PORT [--node NAME] [--interval 1s] [--token-file F] [--ca F]
+  conntrail local [--interval 1s] [--listen HOST:PORT]
+  conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
+
+The token comes from --token-file or $CONNTRAIL_TOKEN. Logs are JSON lines on stdout.`;
+
+class UsageError extends Error {}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'collector':
+        return await runCollector(rest);
+      case 'agent':
+        return await runAgent(rest);
+      case 'local':
+        return await runLocal(rest);
+      case 'parse':
+        return await runParse(rest);
+      case undefined:
+      case '-h':
+      case '--help':
+      case 'help':
+        process.stdout.write(`${USAGE}\n`);
+        return command === undefined ? 2 : 0;
+      case '--version':
+        process.stdout.write(`${VERSION}\n`);
+        return 0;
+      default:
+        throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+    }
+  } catch (err) {
+    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`conntrail: ${(err as Error).message}\n\n${USAGE}\n`);
+      return 2;
+    }
+    throw err;
+  }
+}
+
+export function parseInterval(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s)?$/.exec(text.trim());
+  if (m === null) throw new UsageError(`--interval: ${JSON.stringify(text)} is not a duration like 1s or 500ms`);
+  const ms = m[2] === 'ms' ? Number(m[1]) : Number(m[1]) * 1000;
+  if (ms < 100) throw new UsageError('--interval: must be at least 100ms');
+  return ms;
+}
+
+function readToken(tokenFile: string | undefined): string | null {
+  if (tokenFile !== undefined) {
+    const t = readFileSync(tokenFile, 'utf8').trim();
+    if (t === '') throw new UsageError(`--token-file: ${tokenFile} is empty`);
+    return t;
+  }
+  const env = process.env.CONNTRAIL_TOKEN?.trim();
+  return env ? env : null;
+}
+
+function logger(component: string, level = process.env.LOG_LEVEL ?? 'info'): Logger {
+  return pino({ level, base: { component }, timestamp: pino.stdTimeFunctions.isoTime });
+}
+
+async function runCollector(args: readonly string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' } },
+  });
+  const log = logger('collector');
+  const token = readToken(values['token-file']);
+  const tls = values['tls-cert'] && values['tls-key'] ? { cert: readFileSync(values['tls-cert'], 'utf8'), key: readFileSync(values['tls-key'], 'utf8') } : undefined;
+  const collector = new Collector({ log });
+  const server = new CollectorServer({ collector, log, token, ...(tls ? { tls } : {}) });
+  const addr = await server.listen(parseListen(values.listen));
+  log.info({ listen: addr, auth: token === null ? 'none' : 'bearer token', tls: tls !== undefined }, 'collector listening');
+  if (token === null) log.warn('no token configured: any agent or client can connect (set CONNTRAIL_TOKEN or --token-file)');
+  await untilSignal();
+  await server.close();
+  return 0;
+}
+
+async function runAgent(args: readonly string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: { collector: { type: 'string' }, node: { type: 'string' }, interval: { type: 'string', default: '1s' }, 'token-file': { type: 'string' }, ca: { type: 'string' } },
+  });
+  if (values.collector === undefined) throw new UsageError('agent: --collector ws://HOST:PORT is required');
+  const node = values.node ?? process.env.NODE_NAME ?? hostname();
+  const log = logger('agent').child({ node });
+  const agent = new Agent({
+    node,
+    collectorUrl: values.collector,
+    intervalMs: parseInterval(values.interval),
+    token: readToken(values['token-file']),
+    version: VERSION,
+    state: new NodeState(createSamplers(), createHostIO()),
+    log,
+    readFacts: readNodeFacts,
+    ...(values.ca ? { ca: readFileSync(values.ca, 'utf8') } : {}),
+  });
+  log.info({ collector: values.collector, intervalMs: parseInterval(values.interval) }, 'agent starting');
+  agent.start();
+  await untilSignal();
+  await agent.stop();
+  return 0;
+}
+
+/** The embedded default: a collector and an agent for this host, and a readable live summary. */
+async function runLocal(args: readonly string[]): Promise<number> {
+  const { values } = parseArgs({ args: [...args], options: { interval: { type: 'string', default: '1s' }, listen: { type: 'string', default: '127.0.0.1:0' } } });
+  const log = logger('local', process.env.LOG_LEVEL ?? 'warn');
+  const collector = new Collector({ log: log.child({ component: 'collector' }) });
+  const token = readToken(undefined);
+  const server = new CollectorServer({ collector, log, token });
+  const addr = await server.listen(parseListen(values.listen));
+  const url = typeof addr === 'string' ? `ws+unix:${addr}` : `ws://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
+  const node = process.env.NODE_NAME ?? hostname();
+  const agent = new Agent({
+    node,
+    collectorUrl: url,
+    intervalMs: parseInterval(values.interval),
+    token,
+    version: VERSION,
+    state: new NodeState(createSamplers(), createHostIO()),
+    log: log.child({ component: 'agent', node }),
+    readFacts: readNodeFacts,
+  });
+  agent.start();
+  const tty = process.stdout.isTTY === true;
+  const print = () => {
+    const text = renderSummary(collector, Date.now());
+    process.stdout.write(tty ? `\x1b[H\x1b[2J${text}\n` : `${text}\n\n`);
+  };
+  const timer = setInterval(print, tty ? 1_000 : 5_000);
+  await untilSignal();
+  clearInterval(timer);
+  await agent.stop();
+  await server.close();
+  return 0;
+}
+
+async function runParse(args: readonly string[]): Promise<number> {
+  const [source, file = '-', ...extra] = args;
+  if (source === undefined || extra.length > 0) throw new UsageError('parse: SOURCE [FILE|-]');
+  if (!isSourceName(source)) throw new UsageError(`parse: unknown source ${JSON.stringify(source)} (one of ${sourceNames.join(', ')})`);
+  let text: string;
+  try {
+    text = readFileSync(file === '-' ? 0 : file, 'utf8');
+  } catch (err) {
+    process.stderr.write(`conntrail: parse: cannot read ${file === '-' ? 'standard input' : file}: ${(err as Error).message}\n`);
+    return 1;
+  }
+  const { records, problems } = parsers[source](text);
+  const out: string[] = records.map((r) => JSON.stringify(r));
+  process.stdout.write(out.length > 0 ? `${out.join('\n')}\n` : '');
+  for (const p of problems) process.stderr.write(`${JSON.stringify(p)}\n`);
+  return 0;
+}
+
+function untilSignal(): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      process.off('SIGINT', done);
+      process.off('SIGTERM', done);
+      resolve();
+    };
+    process.on('SIGINT', done);
+    process.on('SIGTERM', done);
+  });
+}

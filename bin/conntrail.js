@@ -1,0 +1,10 @@
+#!/usr/bin/env node
+// The sources are TypeScript run directly by Node >= 24 (type stripping):
+// there is no build step between a checkout and a running agent.
+const [major] = process.versions.node.split('.').map(Number);
+if (major < 24) {
+  process.stderr.write(`conntrail needs Node.js 24 or newer (this is ${process.version}); run it through npm/npx after \`npm run setup\`, which provides Node 24.\n`);
+  process.exit(2);
+}
+const { main } = await import('./cli.ts');
+process.exitCode = await main(process.argv.slice(2));

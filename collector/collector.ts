@@ -1,0 +1,162 @@
+// The collector's core, free of sockets: frames in, node views and timelines
+// out. The server feeds it from WebSockets; `local` feeds it in-process.
+import type { Logger } from 'pino';
+import { decodeAgentMessage, type AgentMessage, type CollectorMessage, type SourceStatus } from '../contract/protocol.ts';
+import { NodeView, type ApplyOutcome, type TimelineEntry } from './node-view.ts';
+
+export interface CollectorOptions {
+  readonly log: Logger;
+  /** How much timeline each node keeps (the incident window). */
+  readonly historyMs?: number;
+  readonly now?: () => number;
+}
+
+export interface Session {
+  /** The node this connection has said it is, once it has said hello. */
+  node: string | null;
+  readonly remote: string;
+  send(msg: CollectorMessage): void;
+}
+
+/** 15 minutes at 1 Hz, with room for faster agents. */
+const MAX_TIMELINE_ENTRIES = 4_000;
+
+export type TimelineListener = (node: NodeView, entry: TimelineEntry) => void;
+
+export class Collector {
+  readonly nodes = new Map<string, NodeView>();
+  readonly #timelines = new Map<string, TimelineEntry[]>();
+  readonly #log: Logger;
+  readonly #historyMs: number;
+  readonly #now: () => number;
+  readonly #listeners: TimelineListener[] = [];
+
+  constructor(options: CollectorOptions) {
+    this.#log = options.log;
+    this.#historyMs = options.historyMs ?? 15 * 60_000;
+    this.#now = options.now ?? Date.now;
+  }
+
+  onTimeline(listener: TimelineListener): void {
+    this.#listeners.push(listener);
+  }
+
+  timeline(node: string): readonly TimelineEntry[] {
+    return this.#timelines.get(node) ?? [];
+  }
+
+  /** Handles one text frame from an agent. Bad frames are rejected and logged; state is untouched. */
+  receive(session: Session, text: string): void {
+    const decoded = decodeAgentMessage(text);
+    if (!decoded.ok) {
+      const view = session.node === null ? undefined : this.nodes.get(session.node);
+      if (view) view.rejectedFrames++;
+      this.#log.warn({ node: session.node, remote: session.remote, error: decoded.error, bytes: text.length }, 'rejected a malformed frame');
+      return;
+    }
+    this.#handle(session, decoded.msg);
+  }
+
+  disconnect(session: Session, code: number): void {
+    if (session.node === null) return;
+    const view = this.nodes.get(session.node);
+    if (view === undefined) return;
+    view.onDisconnect();
+    this.#log.warn({ node: session.node, remote: session.remote, code }, 'agent disconnected');
+  }
+
+  #handle(session: Session, msg: AgentMessage): void {
+    const now = this.#now();
+    if (msg.type === 'hello') {
+      session.node = msg.node;
+      let view = this.nodes.get(msg.node);
+      if (view === undefined) {
+        view = new NodeView(msg.node);
+        this.nodes.set(msg.node, view);
+      }
+      view.onConnect(now);
+      view.agentVersion = msg.agentVersion;
+      view.intervalMs = msg.intervalMs;
+      this.#log.info({ node: msg.node, remote: session.remote, agentVersion: msg.agentVersion, intervalMs: msg.intervalMs }, 'agent connected');
+      return;
+    }
+    const view = session.node === null ? undefined : this.nodes.get(session.node);
+    if (view === undefined) {
+      this.#log.warn({ remote: session.remote, type: msg.type }, 'rejected a frame sent before hello');
+      return;
+    }
+    let outcome: ApplyOutcome;
+    switch (msg.type) {
+      case 'facts':
+        view.facts = msg.facts;
+        this.#log.info({ node: view.name, kernel: msg.facts.kernel, os: msg.facts.os }, 'node facts');
+        return;
+      case 'snapshot':
+        outcome = view.applySnapshotPart(msg, now);
+        break;
+      case 'snapshot-end':
+        outcome = view.applySnapshotEnd(msg, now);
+        break;
+      case 'diff':
+        outcome = view.applyDiff(msg, now);
+        break;
+      default: {
+        const never: never = msg;
+        return never;
+      }
+    }
+    switch (outcome.kind) {
+      case 'applied': {
+        this.#record(view, outcome.entry);
+        if (msg.type === 'snapshot-end') {
+          this.#log.info({ node: view.name, seq: msg.seq, sources: summarise(view) }, 'snapshot applied');
+          for (const st of msg.status) if (st.state !== 'ok' || st.problemCount > 0) this.#logStatus(view.name, st);
+        } else if (msg.type === 'diff') {
+          for (const st of msg.status) this.#logStatus(view.name, st);
+        }
+        break;
+      }
+      case 'resync':
+        this.#log.warn({ node: view.name, reason: outcome.reason }, 'asking agent for a resync');
+        session.send({ v: 1, type: 'resync', reason: outcome.reason });
+        break;
+      case 'staged':
+      case 'ignored':
+        break;
+      default: {
+        const never: never = outcome;
+        void never;
+      }
+    }
+  }
+
+  #logStatus(node: string, st: SourceStatus): void {
+    const fields = { node, source: st.source, state: st.state, via: st.via, reason: st.reason, records: st.records, problemCount: st.problemCount, problems: st.problems };
+    if (st.state === 'ok' && st.problemCount === 0) this.#log.info(fields, 'source ok');
+    else if (st.state === 'ok') this.#log.warn(fields, 'source has lines it could not read');
+    else if (st.state === 'unavailable') this.#log.info(fields, 'source unavailable on this node; skipped');
+    else this.#log.warn(fields, 'source failed this tick');
+  }
+
+  #record(view: NodeView, entry: TimelineEntry): void {
+    let tl = this.#timelines.get(view.name);
+    if (tl === undefined) {
+      tl = [];
+      this.#timelines.set(view.name, tl);
+    }
+    tl.push(entry);
+    // Bounded by age and by count; the view, not the timeline, holds current state.
+    const horizon = entry.time - this.#historyMs;
+    let drop = 0;
+    while (drop < tl.length - 1 && (tl[drop]?.time ?? Infinity) < horizon) drop++;
+    drop = Math.max(drop, tl.length - MAX_TIMELINE_ENTRIES);
+    if (drop > 0) tl.splice(0, drop);
+    for (const l of this.#listeners) l(view, entry);
+  }
+}
+
+function summarise(view: NodeView): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const s of view.sources()) out[s] = view.recordMap(s).size;
+  return out;
+}

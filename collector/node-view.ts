@@ -1,0 +1,158 @@
+// The collector's copy of one node: rebuilt from a snapshot, then kept current
+// by diffs applied in sequence. A gap in the sequence or a diff that does not
+// fit the state means the two ends disagree: the view stops applying and asks
+// for a resync; what it had stays readable until the new snapshot lands.
+import { applyDiff } from '../contract/diff.ts';
+import type { AgentMessage, SourceChange, SourceStatus } from '../contract/protocol.ts';
+import type { NodeFacts } from '../contract/records.ts';
+import { specOf, type RecordOf, type SourceName } from '../contract/sources.ts';
+
+type SnapshotMsg = Extract<AgentMessage, { type: 'snapshot' }>;
+type SnapshotEndMsg = Extract<AgentMessage, { type: 'snapshot-end' }>;
+type DiffMsg = Extract<AgentMessage, { type: 'diff' }>;
+
+/** One applied step of a node's timeline: what changed at `time`. */
+export interface TimelineEntry {
+  readonly seq: number;
+  readonly time: number;
+  readonly kind: 'snapshot' | 'diff';
+  readonly changes: readonly SourceChange[];
+}
+
+export type ApplyOutcome =
+  | { readonly kind: 'applied'; readonly entry: TimelineEntry }
+  | { readonly kind: 'staged' }
+  | { readonly kind: 'ignored'; readonly reason: string }
+  | { readonly kind: 'resync'; readonly reason: string };
+
+export class NodeView {
+  readonly name: string;
+  agentVersion: string | null = null;
+  intervalMs: number | null = null;
+  facts: NodeFacts | null = null;
+  connected = false;
+  connectedAt: number | null = null;
+  lastSeq: number | null = null;
+  /** The agent's sample time of the last applied frame, and when we received it. */
+  lastSampleTime: number | null = null;
+  lastReceivedAt: number | null = null;
+  rejectedFrames = 0;
+  resyncs = 0;
+  readonly #state = new Map<SourceName, Map<string, RecordOf<SourceName>>>();
+  readonly #status = new Map<string, SourceStatus>();
+  #staging: { seq: number; sources: Map<SourceName, { parts: number; got: Set<number>; records: RecordOf<SourceName>[] }> } | null = null;
+  #awaitingSnapshot = true;
+
+  constructor(name: string) {
+    this.name = name;
+  }
+
+  sources(): SourceName[] {
+    return [...this.#state.keys()];
+  }
+
+  records(source: SourceName): readonly RecordOf<SourceName>[] {
+    return [...(this.#state.get(source)?.values() ?? [])];
+  }
+
+  recordMap(source: SourceName): ReadonlyMap<string, RecordOf<SourceName>> {
+    return this.#state.get(source) ?? new Map();
+  }
+
+  statuses(): SourceStatus[] {
+    return [...this.#status.values()];
+  }
+
+  status(source: string): SourceStatus | undefined {
+    return this.#status.get(source);
+  }
+
+  /** A new connection always starts over with a snapshot. */
+  onConnect(now: number): void {
+    this.connected = true;
+    this.connectedAt = now;
+    this.#awaitingSnapshot = true;
+    this.#staging = null;
+  }
+
+  onDisconnect(): void {
+    this.connected = false;
+    this.#staging = null;
+  }
+
+  requestResync(): void {
+    this.#awaitingSnapshot = true;
+    this.#staging = null;
+    this.resyncs++;
+  }
+
+  applySnapshotPart(msg: SnapshotMsg, now: number): ApplyOutcome {
+    if (this.#staging === null || this.#staging.seq !== msg.seq) this.#staging = { seq: msg.seq, sources: new Map() };
+    const sources = this.#staging.sources;
+    let s = sources.get(msg.source);
+    if (s === undefined) {
+      s = { parts: msg.parts, got: new Set(), records: [] };
+      sources.set(msg.source, s);
+    }
+    if (s.parts !== msg.parts || s.got.has(msg.part)) return this.#resync(`snapshot of ${msg.source} at seq ${msg.seq} arrived inconsistent (part ${msg.part}/${msg.parts})`);
+    s.got.add(msg.part);
+    s.records.push(...msg.records);
+    this.lastReceivedAt = now;
+    return { kind: 'staged' };
+  }
+
+  applySnapshotEnd(msg: SnapshotEndMsg, now: number): ApplyOutcome {
+    const staging = this.#staging;
+    if (staging === null || staging.seq !== msg.seq) {
+      // A snapshot with no records at all (nothing sampled yet) is legitimate.
+      if (staging !== null) return this.#resync(`snapshot end for seq ${msg.seq} without its parts`);
+    }
+    const changes: SourceChange[] = [];
+    const incoming = staging?.sources ?? new Map();
+    for (const [source, s] of incoming) {
+      if (s.got.size !== s.parts) return this.#resync(`snapshot of ${source} at seq ${msg.seq} is missing parts (${s.got.size}/${s.parts})`);
+    }
+    // Sources not in the snapshot are gone from the node.
+    for (const source of [...this.#state.keys()]) if (!incoming.has(source)) this.#state.delete(source);
+    for (const [source, s] of incoming) {
+      const spec = specOf(source);
+      const map = new Map<string, RecordOf<SourceName>>();
+      for (const r of s.records) map.set(spec.keyOf(r), r);
+      this.#state.set(source, map);
+      changes.push({ source, added: s.records, removed: [], changed: [], refreshed: [] });
+    }
+    this.#status.clear();
+    for (const st of msg.status) this.#status.set(st.source, st);
+    this.#staging = null;
+    this.#awaitingSnapshot = false;
+    this.lastSeq = msg.seq;
+    this.lastSampleTime = msg.time;
+    this.lastReceivedAt = now;
+    return { kind: 'applied', entry: { seq: msg.seq, time: msg.time, kind: 'snapshot', changes } };
+  }
+
+  applyDiff(msg: DiffMsg, now: number): ApplyOutcome {
+    this.lastReceivedAt = now;
+    if (this.#awaitingSnapshot) return { kind: 'ignored', reason: 'waiting for a snapshot' };
+    if (this.lastSeq !== null && msg.seq !== this.lastSeq + 1) return this.#resync(`sequence gap: expected ${this.lastSeq + 1}, got ${msg.seq}`);
+    for (const change of msg.changes) {
+      let map = this.#state.get(change.source);
+      if (map === undefined) {
+        map = new Map();
+        this.#state.set(change.source, map);
+      }
+      const mismatched = applyDiff(map, change, specOf(change.source));
+      if (mismatched.length > 0)
+        return this.#resync(`diff for ${change.source} at seq ${msg.seq} does not fit the state (${mismatched.length} unknown keys, first ${JSON.stringify(mismatched[0])})`);
+    }
+    for (const st of msg.status) this.#status.set(st.source, st);
+    this.lastSeq = msg.seq;
+    this.lastSampleTime = msg.time;
+    return { kind: 'applied', entry: { seq: msg.seq, time: msg.time, kind: 'diff', changes: msg.changes } };
+  }
+
+  #resync(reason: string): ApplyOutcome {
+    this.requestResync();
+    return { kind: 'resync', reason };
+  }
+}

@@ -1,0 +1,151 @@
+// The wire protocol between agent and collector: a versioned discriminated
+// union. The version is also the WebSocket subprotocol, so an agent and a
+// collector that do not share a version fail at the upgrade, not mid-stream.
+// Every frame is JSON text; the collector decodes it from `unknown` here and
+// nowhere else.
+import { array, int, literal, nullable, num, object, str, type Decoded, type Infer } from './schema.ts';
+import { isSourceName, problem, sources, type Problem, type RecordOf, type SourceName } from './sources.ts';
+import { nodeFacts, type NodeFacts } from './records.ts';
+import type { Diff } from './diff.ts';
+
+export const PROTOCOL_VERSION = 1;
+export const SUBPROTOCOL = `conntrail.v${PROTOCOL_VERSION}`;
+/** Records per snapshot frame: keeps frames well under maxPayload at 250k conntrack entries. */
+export const SNAPSHOT_CHUNK = 5_000;
+/** Problem lines carried per source status; the rest are counted. */
+export const MAX_PROBLEM_SAMPLES = 20;
+
+export const sourceStatus = object({
+  source: str,
+  state: literal('ok', 'unavailable', 'failed'),
+  /** What was read: `/proc/net/nf_conntrack`, `iptables-nft-save -c`, … */
+  via: nullable(str),
+  reason: nullable(str),
+  records: int,
+  problemCount: int,
+  problems: array(problem, MAX_PROBLEM_SAMPLES),
+  durationMs: num,
+});
+export type SourceStatus = Infer<typeof sourceStatus>;
+
+export interface SourceChange<N extends SourceName = SourceName> extends Diff<RecordOf<N>> {
+  readonly source: N;
+}
+
+export type AgentMessage =
+  | { readonly v: 1; readonly type: 'hello'; readonly node: string; readonly agentVersion: string; readonly intervalMs: number; readonly startedAt: number }
+  | { readonly v: 1; readonly type: 'facts'; readonly facts: NodeFacts }
+  | {
+      readonly v: 1;
+      readonly type: 'snapshot';
+      readonly seq: number;
+      readonly time: number;
+      readonly source: SourceName;
+      readonly part: number;
+      readonly parts: number;
+      readonly records: readonly RecordOf<SourceName>[];
+    }
+  | { readonly v: 1; readonly type: 'snapshot-end'; readonly seq: number; readonly time: number; readonly status: readonly SourceStatus[] }
+  | {
+      readonly v: 1;
+      readonly type: 'diff';
+      readonly seq: number;
+      readonly time: number;
+      readonly changes: readonly SourceChange[];
+      /** Only the sources whose status changed since the last frame. */
+      readonly status: readonly SourceStatus[];
+    };
+
+export type CollectorMessage = { readonly v: 1; readonly type: 'resync'; readonly reason: string };
+
+export type AgentMessageType = AgentMessage['type'];
+
+const hello = object({ v: literal(1), type: literal('hello'), node: str, agentVersion: str, intervalMs: num, startedAt: num });
+const facts = object({ v: literal(1), type: literal('facts'), facts: nodeFacts });
+const snapshotHead = object({ v: literal(1), type: literal('snapshot'), seq: int, time: num, source: str, part: int, parts: int });
+const snapshotEnd = object({ v: literal(1), type: literal('snapshot-end'), seq: int, time: num, status: array(sourceStatus) });
+const diffHead = object({ v: literal(1), type: literal('diff'), seq: int, time: num, status: array(sourceStatus) });
+const resync = object({ v: literal(1), type: literal('resync'), reason: str });
+
+export type DecodeResult<T> = { readonly ok: true; readonly msg: T } | { readonly ok: false; readonly error: string };
+
+const fromDecoded = <T>(d: Decoded<T>): DecodeResult<T> => (d.ok ? { ok: true, msg: d.value } : { ok: false, error: d.error });
+
+function decodeRecords(source: SourceName, input: unknown, path: string): Decoded<readonly RecordOf<SourceName>[]> {
+  return array(sources[source].schema as { describe: string; decode(v: unknown, p: string): Decoded<RecordOf<SourceName>> }).decode(input, path);
+}
+
+function decodeChange(input: unknown, path: string): Decoded<SourceChange> {
+  if (typeof input !== 'object' || input === null) return { ok: false, error: `${path}: expected object` };
+  const o = input as Record<string, unknown>;
+  if (!isSourceName(o.source)) return { ok: false, error: `${path}.source: unknown source ${JSON.stringify(o.source)}` };
+  const source = o.source;
+  const added = decodeRecords(source, o.added, `${path}.added`);
+  if (!added.ok) return added;
+  const changed = decodeRecords(source, o.changed, `${path}.changed`);
+  if (!changed.ok) return changed;
+  const refreshed = decodeRecords(source, o.refreshed, `${path}.refreshed`);
+  if (!refreshed.ok) return refreshed;
+  const removed = array(str).decode(o.removed, `${path}.removed`);
+  if (!removed.ok) return removed;
+  return { ok: true, value: { source, added: added.value, changed: changed.value, refreshed: refreshed.value, removed: removed.value } };
+}
+
+/** Decodes one frame from an agent. Never throws. */
+export function decodeAgentMessage(text: string): DecodeResult<AgentMessage> {
+  let input: unknown;
+  try {
+    input = JSON.parse(text);
+  } catch (err) {
+    return { ok: false, error: `not JSON: ${(err as Error).message}` };
+  }
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) return { ok: false, error: 'frame is not a JSON object' };
+  const o = input as Record<string, unknown>;
+  if (o.v !== PROTOCOL_VERSION) return { ok: false, error: `unsupported protocol version ${JSON.stringify(o.v)} (this collector speaks v${PROTOCOL_VERSION})` };
+  switch (o.type) {
+    case 'hello':
+      return fromDecoded(hello.decode(o, ''));
+    case 'facts':
+      return fromDecoded(facts.decode(o, ''));
+    case 'snapshot-end':
+      return fromDecoded(snapshotEnd.decode(o, ''));
+    case 'snapshot': {
+      const head = snapshotHead.decode(o, '');
+      if (!head.ok) return fromDecoded(head);
+      const source = head.value.source;
+      if (!isSourceName(source)) return { ok: false, error: `source: unknown source ${JSON.stringify(source)}` };
+      if (head.value.part < 0 || head.value.part >= head.value.parts) return { ok: false, error: `part ${head.value.part} out of ${head.value.parts}` };
+      const records = decodeRecords(source, o.records, 'records');
+      if (!records.ok) return fromDecoded(records);
+      return { ok: true, msg: { ...head.value, source, records: records.value } };
+    }
+    case 'diff': {
+      const head = diffHead.decode(o, '');
+      if (!head.ok) return fromDecoded(head);
+      if (!Array.isArray(o.changes)) return { ok: false, error: 'changes: expected array' };
+      const changes: SourceChange[] = [];
+      for (let i = 0; i < o.changes.length; i++) {
+        const c = decodeChange(o.changes[i], `changes[${i}]`);
+        if (!c.ok) return fromDecoded(c);
+        changes.push(c.value);
+      }
+      return { ok: true, msg: { ...head.value, changes } };
+    }
+    default:
+      return { ok: false, error: `unknown message type ${JSON.stringify(o.type)}` };
+  }
+}
+
+export function decodeCollectorMessage(text: string): DecodeResult<CollectorMessage> {
+  let input: unknown;
+  try {
+    input = JSON.parse(text);
+  } catch (err) {
+    return { ok: false, error: `not JSON: ${(err as Error).message}` };
+  }
+  return fromDecoded(resync.decode(input, ''));
+}
+
+export const encode = (msg: AgentMessage | CollectorMessage): string => JSON.stringify(msg);
+
+export type { Problem };

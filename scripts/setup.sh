@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what conntrail needs on a fresh Debian machine: the node tools it
+# reads (iptables with both backends, nftables, conntrack, ipvsadm, iproute2,
+# tcpdump) and the npm packages, including the Node.js 24 runtime itself
+# (npm package `node`, which puts Node 24 first on PATH for every npm script).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debian_packages=(iptables nftables conntrack ipvsadm iproute2 tcpdump procps)
+missing=()
+for pkg in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
+    echo "setup: need root (or sudo) to install Debian packages: ${missing[*]}" >&2; exit 1
+  fi
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+echo "setup: done ($(node_modules/.bin/node --version), $(iptables --version), $(conntrack --version 2>&1 | head -1))"
