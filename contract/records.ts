@@ -103,6 +103,8 @@ export const iptablesRule = object({
   position: int,
   /** The rule without its counters: what identifies it. */
   spec: str,
+  /** 1 for the first rule with this spec in its chain, 2 for an exact duplicate, and so on. */
+  occurrence: int,
   packets: nullable(num),
   bytes: nullable(num),
   /** Tokens of the rule after `-A CHAIN`, quotes removed. */

@@ -88,12 +88,12 @@ const ipvsConn: SourceSpec<R.IpvsConnection> = {
 const iptablesRecord = tagged('kind', { chain: R.iptablesChain, rule: R.iptablesRule });
 const iptables: SourceSpec<R.IptablesRecord> = {
   schema: iptablesRecord,
-  // A rule is identified by its text; `position` disambiguates exact
-  // duplicates and is kept in the key so a reordered chain shows as a change.
+  // A rule is identified by its text (plus which duplicate it is), not its
+  // position: inserting one rule must not re-key the chain below it.
   keyOf: (r) =>
     r.kind === 'chain'
       ? `${r.backend ?? '-'} ${r.table} :${r.chain}`
-      : `${r.backend ?? '-'} ${r.table} ${r.chain}#${r.position} ${r.spec}`,
+      : `${r.backend ?? '-'} ${r.table} ${r.spec}#${r.occurrence}`,
   sameState: (a, b) => (a.kind === 'chain' && b.kind === 'chain' ? a.policy === b.policy : a.kind === b.kind),
   refreshed: countersMoved,
 };
