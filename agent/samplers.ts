@@ -168,7 +168,7 @@ function routesSampler(): Sampler<'routes'> {
     async sample(io) {
       const parts = [];
       for (const [family, argv] of [
-        ['inet', ['ip', 'route', 'show', 'table', 'all']],
+        ['inet', ['ip', '-4', 'route', 'show', 'table', 'all']],
         ['inet6', ['ip', '-6', 'route', 'show', 'table', 'all']],
       ] as const) {
         const out = await io.run(argv, { timeoutMs: TIMEOUT_MS });
@@ -185,7 +185,7 @@ function rulesSampler(): Sampler<'rules'> {
     async sample(io) {
       const parts = [];
       for (const [family, argv] of [
-        ['inet', ['ip', 'rule', 'show']],
+        ['inet', ['ip', '-4', 'rule', 'show']],
         ['inet6', ['ip', '-6', 'rule', 'show']],
       ] as const) {
         const out = await io.run(argv, { timeoutMs: TIMEOUT_MS });

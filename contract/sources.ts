@@ -129,7 +129,7 @@ const links: SourceSpec<R.Link> = {
 
 const rules: SourceSpec<R.RoutingRule> = {
   schema: R.routingRule,
-  keyOf: (r) => r.raw.trim().replace(/\s+/g, ' '),
+  keyOf: (r) => `${r.family} ${r.raw.trim().replace(/\s+/g, ' ')}`,
   sameState: () => true,
 };
 

@@ -102,7 +102,10 @@ export function parseLinks(text: string): ParseResult<Link> {
   for (let n = 0; n < lines.length; n++) {
     const line = lines[n] ?? '';
     const lineNo = n + 1;
-    if (line.trim() === '') continue;
+    if (line.trim() === '') {
+      open = null;
+      continue;
+    }
 
     const header = readLinkHeader(line);
     if (header !== null && header.cut !== null) {

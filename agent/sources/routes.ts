@@ -56,8 +56,8 @@ const ROUTE_TYPES = new Set([
   'unicast', 'local', 'broadcast', 'anycast', 'multicast', 'blackhole', 'unreachable', 'prohibit', 'throw', 'nat', 'xresolve', 'unspec',
 ]);
 
-// rtm_flags / rtnh_flags as print_rt_flags() names them, plus the 2.6-era
-// `cache` marker of cloned routes.
+// rtm_flags / rtnh_flags as print_rt_flags() names them. (`cache`, the marker
+// of a cloned route, is read separately: it may start a continuation line.)
 const ROUTE_FLAGS = new Set([
   'dead', 'onlink', 'pervasive', 'offload', 'trap', 'notify', 'linkdown', 'unresolved', 'rt_offload', 'rt_trap', 'rt_offload_failed',
 ]);

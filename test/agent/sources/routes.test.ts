@@ -104,6 +104,11 @@ describe('parseRoutes on a lab node (lab-capture.sh, iproute2 6.1)', () => {
     expect(v6).toHaveLength(11);
     expect(v6.find((r) => r.dst === 'default')).toMatchObject({ via: 'fd00:10::1', dev: 'eth0', metric: 1024 });
     expect(v6.every((r) => r.dst.includes(':') || r.dst === 'default')).toBe(true);
+    // The same routes, record for record, as `ip -6 route show table all` prints them.
+    const only6 = parseRoutes(fixture('lab-node-ip-6-route-show-table-all.txt'), { family: 'inet6' }).records;
+    expect(v6).toEqual(only6);
+    const types = parseRoutes(fixture('lab-types-ip-route-show-table-all.txt')).records.filter((r) => r.family === 'inet6');
+    expect(types).toEqual(parseRoutes(fixture('lab-types-ip-6-route-show-table-all.txt'), { family: 'inet6' }).records);
   });
 
   it('reads `ip -6 route show table all`: IPv6 metrics, local and multicast entries, no trailing space', async () => {
