@@ -5,7 +5,7 @@
 // lines are parsed, and unchanged records stay the same object, which the
 // diff skips by identity.
 import type { ConntrackEntry } from '../contract/records.ts';
-import { sources, type Problem } from '../contract/sources.ts';
+import { conntrackTimerRearmed, sources, type Problem } from '../contract/sources.ts';
 import { parseConntrackLine } from './sources/conntrack.ts';
 
 interface Cached {
@@ -43,8 +43,8 @@ export function createConntrackLineCache(): ConntrackLineCache {
         const timeout = cut === null ? null : cut.value;
         let c = prev.get(norm) ?? next.get(norm);
         if (c !== undefined) {
-          // A timer that went up was re-armed by traffic: send the fresh record.
-          const entry = timeout !== null && c.timeout !== null && timeout > c.timeout ? { ...c.entry, timeout, raw: line } : c.entry;
+          // A timer re-armed by traffic makes a fresh record, which the diff sends as refreshed.
+          const entry = conntrackTimerRearmed(c.timeout, timeout, c.entry) ? { ...c.entry, timeout, raw: line } : c.entry;
           c = { entry, key: c.key, timeout };
         } else {
           const parsed = parseConntrackLine(line);

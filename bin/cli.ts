@@ -11,6 +11,8 @@ import { parsers } from '../agent/parsers.ts';
 import { createSamplers } from '../agent/samplers.ts';
 import { Collector } from '../collector/collector.ts';
 import { CollectorServer, parseListen } from '../collector/server.ts';
+import { Detection } from '../collector/detection.ts';
+import { findingLogger } from '../collector/finding-log.ts';
 import { renderSummary } from '../collector/summary.ts';
 import { isSourceName, sourceNames } from '../contract/sources.ts';
 
@@ -92,11 +94,14 @@ async function runCollector(args: readonly string[]): Promise<number> {
   const token = readToken(values['token-file']);
   const tls = values['tls-cert'] && values['tls-key'] ? { cert: readFileSync(values['tls-cert'], 'utf8'), key: readFileSync(values['tls-key'], 'utf8') } : undefined;
   const collector = new Collector({ log });
+  const detection = new Detection(findingLogger(log));
+  collector.onTimeline((view, entry, transitions) => detection.onStep(view, entry.time, transitions));
   const server = new CollectorServer({ collector, log, token, ...(tls ? { tls } : {}) });
   const addr = await server.listen(parseListen(values.listen));
   log.info({ listen: addr, auth: token === null ? 'none' : 'bearer token', tls: tls !== undefined }, 'collector listening');
   if (token === null) log.warn('no token configured: any agent or client can connect (set CONNTRAIL_TOKEN or --token-file)');
   await untilSignal();
+  detection.flush(Date.now());
   await server.close();
   return 0;
 }

@@ -2,7 +2,7 @@
 // out. The server feeds it from WebSockets; `local` feeds it in-process.
 import type { Logger } from 'pino';
 import { decodeAgentMessage, type AgentMessage, type CollectorMessage, type SourceStatus } from '../contract/protocol.ts';
-import { NodeView, type ApplyOutcome, type TimelineEntry } from './node-view.ts';
+import { NodeView, type ApplyOutcome, type TimelineEntry, type Transition } from './node-view.ts';
 
 export interface CollectorOptions {
   readonly log: Logger;
@@ -21,7 +21,7 @@ export interface Session {
 /** 15 minutes at 1 Hz, with room for faster agents. */
 const MAX_TIMELINE_ENTRIES = 4_000;
 
-export type TimelineListener = (node: NodeView, entry: TimelineEntry) => void;
+export type TimelineListener = (node: NodeView, entry: TimelineEntry, transitions: readonly Transition[]) => void;
 
 export class Collector {
   readonly nodes = new Map<string, NodeView>();
@@ -107,7 +107,7 @@ export class Collector {
     }
     switch (outcome.kind) {
       case 'applied': {
-        this.#record(view, outcome.entry);
+        this.#record(view, outcome.entry, outcome.transitions);
         if (msg.type === 'snapshot-end') {
           this.#log.info({ node: view.name, seq: msg.seq, sources: summarise(view) }, 'snapshot applied');
           for (const st of msg.status) if (st.state !== 'ok' || st.problemCount > 0) this.#logStatus(view.name, st);
@@ -138,7 +138,7 @@ export class Collector {
     else this.#log.warn(fields, 'source failed this tick');
   }
 
-  #record(view: NodeView, entry: TimelineEntry): void {
+  #record(view: NodeView, entry: TimelineEntry, transitions: readonly Transition[]): void {
     let tl = this.#timelines.get(view.name);
     if (tl === undefined) {
       tl = [];
@@ -151,7 +151,7 @@ export class Collector {
     while (drop < tl.length - 1 && (tl[drop]?.time ?? Infinity) < horizon) drop++;
     drop = Math.max(drop, tl.length - MAX_TIMELINE_ENTRIES);
     if (drop > 0) tl.splice(0, drop);
-    for (const l of this.#listeners) l(view, entry);
+    for (const l of this.#listeners) l(view, entry, transitions);
   }
 }
 

@@ -2,7 +2,7 @@
 // by diffs applied in sequence. A gap in the sequence or a diff that does not
 // fit the state means the two ends disagree: the view stops applying and asks
 // for a resync; what it had stays readable until the new snapshot lands.
-import { applyDiff } from '../contract/diff.ts';
+import { applyDiff, diffByKey } from '../contract/diff.ts';
 import type { AgentMessage, SourceChange, SourceStatus } from '../contract/protocol.ts';
 import type { NodeFacts } from '../contract/records.ts';
 import { specOf, type RecordOf, type SourceName } from '../contract/sources.ts';
@@ -19,8 +19,17 @@ export interface TimelineEntry {
   readonly changes: readonly SourceChange[];
 }
 
+/** One record's move in one step, with what it was before: what detectors look at. */
+export interface Transition {
+  readonly source: SourceName;
+  readonly kind: 'added' | 'removed' | 'changed' | 'refreshed';
+  readonly key: string;
+  readonly before: RecordOf<SourceName> | undefined;
+  readonly after: RecordOf<SourceName> | undefined;
+}
+
 export type ApplyOutcome =
-  | { readonly kind: 'applied'; readonly entry: TimelineEntry }
+  | { readonly kind: 'applied'; readonly entry: TimelineEntry; readonly transitions: readonly Transition[] }
   | { readonly kind: 'staged' }
   | { readonly kind: 'ignored'; readonly reason: string }
   | { readonly kind: 'resync'; readonly reason: string };
@@ -108,16 +117,23 @@ export class NodeView {
       if (staging !== null) return this.#resync(`snapshot end for seq ${msg.seq} without its parts`);
     }
     const changes: SourceChange[] = [];
-    const incoming = staging?.sources ?? new Map();
+    const incoming: Map<SourceName, { parts: number; got: Set<number>; records: RecordOf<SourceName>[] }> = staging?.sources ?? new Map();
     for (const [source, s] of incoming) {
       if (s.got.size !== s.parts) return this.#resync(`snapshot of ${source} at seq ${msg.seq} is missing parts (${s.got.size}/${s.parts})`);
     }
-    // Sources not in the snapshot are gone from the node.
-    for (const source of [...this.#state.keys()]) if (!incoming.has(source)) this.#state.delete(source);
+    // A snapshot after a resync still tells what moved since the old state.
+    const transitions: Transition[] = [];
+    for (const source of [...this.#state.keys()]) {
+      if (incoming.has(source)) continue;
+      for (const [key, before] of this.#state.get(source) ?? []) transitions.push({ source, kind: 'removed', key, before, after: undefined });
+      this.#state.delete(source);
+    }
     for (const [source, s] of incoming) {
       const spec = specOf(source);
       const map = new Map<string, RecordOf<SourceName>>();
       for (const r of s.records) map.set(spec.keyOf(r), r);
+      const old = this.#state.get(source) ?? new Map<string, RecordOf<SourceName>>();
+      transitions.push(...transitionsOf(source, old, diffByKey<RecordOf<SourceName>>(old, map, spec)));
       this.#state.set(source, map);
       changes.push({ source, added: s.records, removed: [], changed: [], refreshed: [] });
     }
@@ -128,19 +144,21 @@ export class NodeView {
     this.lastSeq = msg.seq;
     this.lastSampleTime = msg.time;
     this.lastReceivedAt = now;
-    return { kind: 'applied', entry: { seq: msg.seq, time: msg.time, kind: 'snapshot', changes } };
+    return { kind: 'applied', entry: { seq: msg.seq, time: msg.time, kind: 'snapshot', changes }, transitions };
   }
 
   applyDiff(msg: DiffMsg, now: number): ApplyOutcome {
     this.lastReceivedAt = now;
     if (this.#awaitingSnapshot) return { kind: 'ignored', reason: 'waiting for a snapshot' };
     if (this.lastSeq !== null && msg.seq !== this.lastSeq + 1) return this.#resync(`sequence gap: expected ${this.lastSeq + 1}, got ${msg.seq}`);
+    const transitions: Transition[] = [];
     for (const change of msg.changes) {
       let map = this.#state.get(change.source);
       if (map === undefined) {
         map = new Map();
         this.#state.set(change.source, map);
       }
+      transitions.push(...transitionsOf(change.source, map, change));
       const mismatched = applyDiff(map, change, specOf(change.source));
       if (mismatched.length > 0)
         return this.#resync(`diff for ${change.source} at seq ${msg.seq} does not fit the state (${mismatched.length} unknown keys, first ${JSON.stringify(mismatched[0])})`);
@@ -148,11 +166,28 @@ export class NodeView {
     for (const st of msg.status) this.#status.set(st.source, st);
     this.lastSeq = msg.seq;
     this.lastSampleTime = msg.time;
-    return { kind: 'applied', entry: { seq: msg.seq, time: msg.time, kind: 'diff', changes: msg.changes } };
+    return { kind: 'applied', entry: { seq: msg.seq, time: msg.time, kind: 'diff', changes: msg.changes }, transitions };
   }
 
   #resync(reason: string): ApplyOutcome {
     this.requestResync();
     return { kind: 'resync', reason };
   }
+}
+
+/** Pairs each record of a diff with what the state held for its key before the diff. */
+function transitionsOf(source: SourceName, before: ReadonlyMap<string, RecordOf<SourceName>>, diff: Omit<SourceChange, 'source'>): Transition[] {
+  const spec = specOf(source);
+  const out: Transition[] = [];
+  for (const key of diff.removed) out.push({ source, kind: 'removed', key, before: before.get(key), after: undefined });
+  for (const r of diff.added) out.push({ source, kind: 'added', key: spec.keyOf(r), before: undefined, after: r });
+  for (const r of diff.changed) {
+    const key = spec.keyOf(r);
+    out.push({ source, kind: 'changed', key, before: before.get(key), after: r });
+  }
+  for (const r of diff.refreshed) {
+    const key = spec.keyOf(r);
+    out.push({ source, kind: 'refreshed', key, before: before.get(key), after: r });
+  }
+  return out;
 }

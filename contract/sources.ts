@@ -35,6 +35,20 @@ const tupleKey = (t: R.ConntrackTuple): string => `${t.src}|${t.sport ?? ''}|${t
 const sameTuple = (a: R.ConntrackTuple, b: R.ConntrackTuple): boolean =>
   a.src === b.src && a.dst === b.dst && a.sport === b.sport && a.dport === b.dport && a.extra === b.extra;
 const timerRearmed = (prev: number | null, next: number | null): boolean => prev !== null && next !== null && next > prev;
+
+/**
+ * A conntrack timer that went up, or held still from one sample to the next,
+ * was re-armed by a packet: traffic is still flowing on that tuple. This is how
+ * a stale NAT entry to a removed pod shows itself (the client keeps sending).
+ * Healthy ESTABLISHED TCP flows re-arm their 5-day timer with every packet;
+ * sending those every second would swamp the stream, so they count only when
+ * the timer visibly went up.
+ */
+export function conntrackTimerRearmed(prev: number | null, next: number | null, entry: { proto: string; state: string | null }): boolean {
+  if (prev === null || next === null) return false;
+  if (entry.proto === 'tcp' && entry.state === 'ESTABLISHED') return next > prev;
+  return next >= prev;
+}
 const countersMoved = (p: { packets: number | null; bytes: number | null }, n: { packets: number | null; bytes: number | null }) =>
   p.packets !== n.packets || p.bytes !== n.bytes;
 const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
@@ -54,7 +68,7 @@ const conntrack: SourceSpec<R.ConntrackEntry> = {
     a.offload === b.offload &&
     a.mark === b.mark &&
     sameTuple(a.reply, b.reply),
-  refreshed: (a, b) => timerRearmed(a.timeout, b.timeout),
+  refreshed: (a, b) => conntrackTimerRearmed(a.timeout, b.timeout, b),
 };
 
 const ipvsRecord = tagged('kind', { service: R.ipvsService, destination: R.ipvsDestination });

@@ -1,0 +1,68 @@
+// Runs every detector on every applied step of every node, keeps each node's
+// endpoint history current, and hands folded finding lines to a sink (the
+// collector's log, `replay`'s stdout, a test's array).
+import type { RecordOf, SourceName } from '../contract/sources.ts';
+import { FindingAggregator, type FindingLine } from './aggregate.ts';
+import { detectConntrackPressure } from './detectors/conntrack-pressure.ts';
+import type { Detector, DetectorInput } from './detectors/input.ts';
+import { detectPortReuse } from './detectors/port-reuse.ts';
+import { detectStaleNat } from './detectors/stale-nat.ts';
+import { EndpointHistory } from './endpoint-history.ts';
+import type { NodeView, Transition } from './node-view.ts';
+import { programmedServices } from './services.ts';
+
+export const detectors: readonly Detector[] = [detectPortReuse, detectStaleNat, detectConntrackPressure];
+
+const RULE_SOURCES = new Set<SourceName>(['iptables', 'nft', 'ipvs']);
+
+export class Detection {
+  readonly #histories = new Map<string, EndpointHistory>();
+  readonly #prevTime = new Map<string, number>();
+  readonly #aggregator: FindingAggregator;
+  readonly #sink: (line: FindingLine) => void;
+
+  constructor(sink: (line: FindingLine) => void, windowMs?: number) {
+    this.#sink = sink;
+    this.#aggregator = new FindingAggregator(windowMs);
+  }
+
+  history(node: string): EndpointHistory {
+    let h = this.#histories.get(node);
+    if (h === undefined) {
+      h = new EndpointHistory();
+      this.#histories.set(node, h);
+    }
+    return h;
+  }
+
+  onStep(view: NodeView, time: number, transitions: readonly Transition[]): void {
+    const history = this.history(view.name);
+    if (transitions.some((t) => RULE_SOURCES.has(t.source)) || history.services.length === 0) {
+      history.update(
+        time,
+        programmedServices({
+          iptables: [...view.recordMap('iptables').values()] as RecordOf<'iptables'>[],
+          nft: [...view.recordMap('nft').values()] as RecordOf<'nft'>[],
+          ipvs: [...view.recordMap('ipvs').values()] as RecordOf<'ipvs'>[],
+        }),
+      );
+    }
+    const input: DetectorInput = {
+      node: view.name,
+      time,
+      prevTime: this.#prevTime.get(view.name) ?? null,
+      transitions,
+      records: <N extends SourceName>(source: N) => view.recordMap(source) as ReadonlyMap<string, RecordOf<N>>,
+      endpoints: history,
+      kernel: view.facts?.kernel ?? (view.recordMap('sysctl').get('kernel.osrelease') as RecordOf<'sysctl'> | undefined)?.value ?? null,
+    };
+    this.#prevTime.set(view.name, time);
+    for (const detect of detectors) for (const f of detect(input)) for (const line of this.#aggregator.add(f)) this.#sink(line);
+    for (const line of this.#aggregator.flush(time)) this.#sink(line);
+  }
+
+  /** Logs what repeats are still being counted (at shutdown, or at the end of a replay). */
+  flush(now: number): void {
+    for (const line of this.#aggregator.flush(now, true)) this.#sink(line);
+  }
+}

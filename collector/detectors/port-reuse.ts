@@ -1,0 +1,96 @@
+// Seed 002 / kubernetes#81775: with net.ipv4.vs.conn_reuse_mode=0, a new SYN
+// on a client tuple whose old connection sits in TIME_WAIT reuses that
+// connection entry instead of being scheduled, so it goes to the endpoint the
+// old connection had, even when a rollout has removed it. On the node this is
+// one entry (IPVS connection or conntrack) going TIME_WAIT -> SYN_RECV/SYN_SENT
+// on the same tuple, towards an endpoint no longer in the Service.
+import type { ConntrackEntry, IpvsConnection } from '../../contract/records.ts';
+import { endpointKey } from '../endpoint-history.ts';
+import { iso, type Evidence, type Finding, type Tuple } from '../findings.ts';
+import { kernelAtLeast, serviceAt, sysctlLine, type Detector, type DetectorInput } from './input.ts';
+
+const NEW_CONNECTION_STATES = new Set(['SYN_RECV', 'SYN_SENT']);
+
+interface Reuse {
+  readonly source: 'ipvs-conn' | 'conntrack';
+  readonly tuple: Tuple;
+  readonly endpoint: { address: string; port: number };
+  readonly beforeRaw: string;
+  readonly afterRaw: string;
+}
+
+function reuseOf(t: DetectorInput['transitions'][number]): Reuse | null {
+  if (t.kind !== 'changed' || t.before === undefined || t.after === undefined) return null;
+  if (t.source === 'ipvs-conn') {
+    const b = t.before as IpvsConnection;
+    const a = t.after as IpvsConnection;
+    if (b.state !== 'TIME_WAIT' || !NEW_CONNECTION_STATES.has(a.state) || a.template) return null;
+    return {
+      source: 'ipvs-conn',
+      tuple: { proto: a.proto.toLowerCase(), src: a.client.address, sport: a.client.port, dst: a.virtual.address, dport: a.virtual.port },
+      endpoint: a.destination,
+      beforeRaw: b.raw,
+      afterRaw: a.raw,
+    };
+  }
+  if (t.source === 'conntrack') {
+    const b = t.before as ConntrackEntry;
+    const a = t.after as ConntrackEntry;
+    if (b.state !== 'TIME_WAIT' || a.state === null || !NEW_CONNECTION_STATES.has(a.state)) return null;
+    // Only NATed entries (a Service) have an endpoint different from where the client sent it.
+    if (a.reply.src === a.orig.dst || a.reply.sport === null || a.orig.sport === null || a.orig.dport === null) return null;
+    return {
+      source: 'conntrack',
+      tuple: { proto: a.proto, src: a.orig.src, sport: a.orig.sport, dst: a.orig.dst, dport: a.orig.dport },
+      endpoint: { address: a.reply.src, port: a.reply.sport },
+      beforeRaw: b.raw,
+      afterRaw: a.raw,
+    };
+  }
+  return null;
+}
+
+export const detectPortReuse: Detector = (input) => {
+  const findings: Finding[] = [];
+  for (const t of input.transitions) {
+    const reuse = reuseOf(t);
+    if (reuse === null) continue;
+    const service = serviceAt(input.endpoints.services, reuse.tuple.dst, reuse.tuple.dport ?? -1, reuse.tuple.proto);
+    if (service === undefined) continue;
+    const endpoint = endpointKey(reuse.endpoint);
+    const state = input.endpoints.stateAt(service.id, endpoint, input.time);
+    const programmed = service.endpoints.some((e) => endpointKey(e) === endpoint);
+    // Reuse towards a live endpoint is ordinary TCP; only a departed or draining one is a failure.
+    if (state === 'serving' || (state === 'unknown' && programmed)) continue;
+    const severity = state === 'terminating' ? 'warning' : 'error';
+    const reuseMode = sysctlLine(input, 'net.ipv4.vs.conn_reuse_mode');
+    const span = input.endpoints.span(service.id, endpoint);
+    const kernelFixed = kernelAtLeast(input.kernel, 5, 9);
+    const evidence: Evidence[] = [
+      { source: reuse.source, node: input.node, time: iso(input.prevTime ?? input.time), raw: reuse.beforeRaw },
+      { source: reuse.source, node: input.node, time: iso(input.time), raw: reuse.afterRaw },
+    ];
+    if (span !== undefined) evidence.push({ source: t.source === 'ipvs-conn' ? 'ipvs' : 'iptables', node: input.node, time: iso(span.firstSeen), raw: span.raw });
+    if (reuseMode !== undefined) evidence.push({ source: 'sysctl', node: input.node, time: iso(input.time), raw: reuseMode.raw });
+    const left = state === 'terminating' ? `is draining (weight 0) since ${span ? iso(span.terminatingSince ?? input.time) : 'before conntrail started'}` : span?.removedAt ? `left the Service at ${iso(span.removedAt)}` : 'is not an endpoint of the Service';
+    findings.push({
+      finding: 'port-reuse-to-removed-endpoint',
+      severity,
+      node: input.node,
+      service: service.id,
+      tuple: reuse.tuple,
+      endpoint,
+      summary: `${reuse.tuple.src}:${reuse.tuple.sport} reused its source port towards ${reuse.tuple.dst}:${reuse.tuple.dport} while the old connection was in TIME_WAIT; the new SYN went to ${endpoint}, which ${left}`,
+      evidence,
+      advice:
+        `The new connection was not load-balanced: with net.ipv4.vs.conn_reuse_mode=${reuseMode?.value ?? '?'} IPVS reuses a TIME_WAIT entry for a SYN on the same client tuple and keeps its old destination (kubernetes/kubernetes#81775). ` +
+        (kernelFixed === false
+          ? `This kernel (${input.kernel}) is older than 5.9 by version string, so kube-proxy (even >= 1.22, kubernetes/kubernetes#102122) sets conn_reuse_mode=0 on it, patched or not: upgrade the node kernel to >= 5.9, or run kube-proxy in iptables or nftables mode. `
+          : `On kernels >= 5.9 set net.ipv4.vs.conn_reuse_mode=1 (kube-proxy >= 1.22 leaves it alone there; kubernetes/kubernetes#102122). `) +
+        'Meanwhile set net.ipv4.vs.expire_nodest_conn=1 so entries to removed real servers are dropped, and widen net.ipv4.ip_local_port_range on busy clients to make reuse rarer.',
+      time: input.time,
+      details: { connReuseMode: reuseMode?.value ?? null, kernel: input.kernel, via: reuse.source, endpointState: state },
+    });
+  }
+  return findings;
+};
