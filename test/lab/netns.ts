@@ -72,18 +72,20 @@ const TOOL_PACKAGES: Readonly<Record<string, string>> = {
  * Throws an Error naming exactly what stops the lab from running here: not
  * root, a missing command (with the Debian package that provides it), or a
  * kernel/container that refuses to create a network namespace. Lab tests call
- * it first and fail with this message: they never skip.
+ * it first and fail with this message: they never skip. `env` replaces the
+ * uid and the command lookup (for testing the messages).
  */
-export function assertLabPrerequisites(): void {
+export function assertLabPrerequisites(env: { readonly uid?: number | undefined; readonly findTool?: (name: string) => string | undefined } = {}): void {
   const problems: string[] = [];
-  const uid = process.getuid?.();
+  const uid = 'uid' in env ? env.uid : process.getuid?.();
+  const lookup = env.findTool ?? findTool;
   if (uid !== 0) problems.push(`lab tests need root (network namespaces, netfilter): running as uid ${uid ?? 'unknown'}; run them as root`);
-  const missing = Object.keys(TOOL_PACKAGES).filter((tool) => findTool(tool) === undefined);
+  const missing = Object.keys(TOOL_PACKAGES).filter((tool) => lookup(tool) === undefined);
   if (missing.length > 0) {
     const packages = [...new Set(missing.map((tool) => TOOL_PACKAGES[tool]))].join(' ');
     problems.push(`missing commands: ${missing.join(', ')} (install with: apt-get install ${packages}, or run npm run setup)`);
   }
-  const ip = findTool('ip');
+  const ip = lookup('ip');
   if (uid === 0 && ip !== undefined) {
     const probe = `ctlab-probe-${randomBytes(3).toString('hex')}`;
     try {
@@ -415,7 +417,7 @@ export class Lab {
     return this.#run(this.#ip, args, {});
   }
 
-  async #run(file: string, args: readonly string[], opts: ExecOptions): Promise<ExecResult> {
+  async #run(file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
     const res = await runCommand(file, args, opts);
     const argv = [file, ...args];
     const result: ExecResult = { stdout: res.stdout, stderr: res.stderr, code: res.code };

@@ -1,0 +1,468 @@
+// The seeds' failures, reproduced on the real kernel. Each scenario builds its
+// own cluster inside the Lab it is given (one Lab per scenario keeps them
+// independent), and exposes:
+//   facts   what an observer on the node should find, known before setup()
+//           (addresses are deterministic: see nodeIpOf/podIpOf);
+//   setup() the cluster, the pods and their servers, kube-proxy's rules, the LB;
+//   drive() the traffic that makes the failure happen, bounded in time.
+import { buildCluster, nodeIpOf, podIpOf, type Cluster, type ProxyMode } from './cluster.ts';
+import {
+  iptablesCounters,
+  iptablesServiceChains,
+  kubeProxyConntrackCleanup,
+  servicePortName,
+  type ProxyModel,
+  type ServiceModel,
+} from './kube-proxy.ts';
+import type { Lab } from './netns.ts';
+import { runClient, startClient, startServer, type Attempt } from './traffic.ts';
+
+export type ScenarioName = 'lbHairpin' | 'lbHealthCheckDropped' | 'udpRolloutStaleConntrack' | 'cleanRollout';
+
+/** A flow as the sender puts it on the wire. */
+export interface Tuple {
+  readonly protocol: 'tcp' | 'udp';
+  readonly src: string;
+  readonly sport: number;
+  readonly dst: string;
+  readonly dport: number;
+}
+
+export interface EndpointFact {
+  readonly pod: string;
+  readonly node: string;
+  readonly ip: string;
+  readonly port: number;
+}
+
+export interface ServiceFact {
+  readonly namespace: string;
+  readonly name: string;
+  readonly portName: string;
+  /** kube-proxy's service port name (`ns/name:port`), as in its rule comments. */
+  readonly key: string;
+  readonly protocol: 'tcp' | 'udp';
+  readonly clusterIP: string;
+  readonly port: number;
+  readonly nodePort?: number;
+  readonly externalTrafficPolicy: 'Cluster' | 'Local';
+  /** KUBE-SVC-… / KUBE-EXT-… / KUBE-SVL-… names (iptables mode). */
+  readonly chains: { readonly svc: string; readonly ext: string; readonly svl: string };
+}
+
+export interface LoadBalancerFact {
+  readonly ip: string;
+  readonly port: number;
+  readonly targets: readonly { readonly node: string; readonly nodeIp: string; readonly nodePort: number }[];
+}
+
+export interface ScenarioFacts {
+  readonly scenario: ScenarioName;
+  /** The node where the failure shows (its kube-proxy rules, conntrack, routes). */
+  readonly node: string;
+  readonly nodeIp: string;
+  /** The failing flow as the client sends it. */
+  readonly tuple: Tuple;
+  /** The endpoint the flow ends up at (or should have). */
+  readonly endpoint: EndpointFact;
+  readonly service: ServiceFact;
+}
+
+export interface Scenario<F extends ScenarioFacts, R, D = undefined> {
+  readonly name: ScenarioName;
+  readonly facts: F;
+  readonly lab: Lab;
+  /** The cluster; throws before setup(). */
+  cluster(): Cluster;
+  setup(): Promise<void>;
+  drive(opts?: D): Promise<R>;
+}
+
+export interface ScenarioOptions {
+  /** kube-proxy mode on every node (default iptables). */
+  readonly proxyMode?: ProxyMode;
+}
+
+function serviceFact(svc: ServiceModel): ServiceFact {
+  return {
+    namespace: svc.namespace,
+    name: svc.name,
+    portName: svc.portName,
+    key: servicePortName(svc),
+    protocol: svc.protocol,
+    clusterIP: svc.clusterIP,
+    port: svc.port,
+    ...(svc.nodePort !== undefined ? { nodePort: svc.nodePort } : {}),
+    externalTrafficPolicy: svc.externalTrafficPolicy,
+    chains: iptablesServiceChains(svc),
+  };
+}
+
+function holder(): { get(): Cluster; set(c: Cluster): void } {
+  let cluster: Cluster | undefined;
+  return {
+    get: () => {
+      if (!cluster) throw new Error('scenario setup() has not run');
+      return cluster;
+    },
+    set: (c) => {
+      cluster = c;
+    },
+  };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Sum over CPUs of `in_martian_src` in /proc/net/stat/rt_cache. Host-wide (not per namespace): it can only be compared before/after. */
+export async function readMartianSourceCount(lab: Lab, ns: string): Promise<number> {
+  const text = (await lab.exec(ns, ['cat', '/proc/net/stat/rt_cache'])).stdout;
+  const [header, ...rows] = text.trim().split('\n');
+  const col = (header ?? '').trim().split(/\s+/).indexOf('in_martian_src');
+  if (col < 0) throw new Error(`no in_martian_src column in /proc/net/stat/rt_cache: ${header}`);
+  return rows.reduce((sum, row) => sum + parseInt(row.trim().split(/\s+/)[col] ?? '0', 16), 0);
+}
+
+// --- (a) cloud LB hairpin (seeds 000, 001) ---------------------------------
+
+export interface LbHairpinFacts extends ScenarioFacts {
+  readonly scenario: 'lbHairpin';
+  readonly loadBalancer: LoadBalancerFact;
+  /** The client pod on the node the LB sends the flow back to. */
+  readonly clientPod: string;
+  /** The same SYN after the LB's DNAT: what reaches the node's NodePort. */
+  readonly natTuple: Tuple;
+  /** A pod on another node, for which the same LB address works. */
+  readonly otherNodeClientPod: string;
+}
+
+export interface LbHairpinResult {
+  /** The hairpinned connection: a timeout (its SYN-ACK came from node:NodePort and was reset). */
+  readonly hairpin: readonly Attempt[];
+  /** The same LB address from a pod on another node: answered. */
+  readonly fromOtherNode: readonly Attempt[];
+}
+
+/**
+ * A pod on node-1 connects to an NLB-style load balancer (instance targets,
+ * client IP preserved) that picks node-1's NodePort. node-1 DNATs to the
+ * endpoint and masquerades (externalTrafficPolicy Cluster), the endpoint's
+ * SYN-ACK is un-NATed to node-1:NodePort -> pod:sport and delivered straight
+ * to the pod over its host route; the pod's socket waits for LB:80, so it
+ * answers RST and keeps retransmitting its SYN until it times out.
+ *
+ * The model deliberately has no loadBalancerIP: the NLB publishes only a
+ * hostname in the Service status, so kube-proxy writes no "loadbalancer IP"
+ * rule and the pod's traffic really leaves for the LB (with the IP in the
+ * status, KUBE-SERVICES would short-circuit it and the bug would not happen).
+ */
+export function lbHairpin(lab: Lab, opts: ScenarioOptions = {}): Scenario<LbHairpinFacts, LbHairpinResult> {
+  const c = holder();
+  const lbIp = '198.18.100.10';
+  // Pods of node-1: netshoot (.1.10); of node-2: nginx (.2.10), curl (.2.11).
+  const svc: ServiceModel = {
+    namespace: 'nginx-demo',
+    name: 'service-nginx-demo',
+    portName: '',
+    protocol: 'tcp',
+    clusterIP: '198.18.64.10',
+    port: 80,
+    nodePort: 30161,
+    externalTrafficPolicy: 'Cluster',
+    endpoints: [{ ip: podIpOf(2, 0), port: 80, nodeName: 'node-2', ready: true }],
+  };
+  const sport = 52618;
+  const facts: LbHairpinFacts = {
+    scenario: 'lbHairpin',
+    node: 'node-1',
+    nodeIp: nodeIpOf(1),
+    tuple: { protocol: 'tcp', src: podIpOf(1, 0), sport, dst: lbIp, dport: 80 },
+    natTuple: { protocol: 'tcp', src: podIpOf(1, 0), sport, dst: nodeIpOf(1), dport: 30161 },
+    endpoint: { pod: 'nginx', node: 'node-2', ip: podIpOf(2, 0), port: 80 },
+    service: serviceFact(svc),
+    loadBalancer: { ip: lbIp, port: 80, targets: [{ node: 'node-1', nodeIp: nodeIpOf(1), nodePort: 30161 }] },
+    clientPod: 'netshoot',
+    otherNodeClientPod: 'curl',
+  };
+  return {
+    name: 'lbHairpin',
+    facts,
+    lab,
+    cluster: c.get,
+    async setup() {
+      const mode = opts.proxyMode ?? 'iptables';
+      const cluster = await buildCluster(lab, {
+        nodes: [{ name: 'node-1', proxyMode: mode }, { name: 'node-2', proxyMode: mode }],
+        pods: [{ name: 'netshoot', node: 'node-1' }, { name: 'nginx', node: 'node-2' }, { name: 'curl', node: 'node-2' }],
+      });
+      c.set(cluster);
+      await startServer(lab, cluster.pod('nginx').ns, { kind: 'tcp', port: 80, name: 'nginx' });
+      await cluster.applyServices({ services: [svc] });
+      // The LB picks node-1: a single target is the "chosen fixed target".
+      await cluster.addLoadBalancer(lbIp, 80, facts.loadBalancer.targets);
+    },
+    async drive() {
+      const cluster = c.get();
+      // 3 s: the first SYN and the retransmissions at 1 s and 3 s, each answered by a SYN-ACK from node-1:30161 and reset by the pod.
+      const [hairpin, fromOtherNode] = await Promise.all([
+        runClient(lab, cluster.pod('netshoot').ns, { mode: 'tcp-client', host: lbIp, port: 80, count: 1, timeoutMs: 3_000, sport }),
+        runClient(lab, cluster.pod('curl').ns, { mode: 'tcp-client', host: lbIp, port: 80, count: 3, timeoutMs: 2_000 }),
+      ]);
+      return { hairpin, fromOtherNode };
+    },
+  };
+}
+
+// --- (b) LB health checks dropped: LB IP bound on kube-ipvs0 (seed 003) ----
+
+export interface LbHealthCheckFacts extends ScenarioFacts {
+  readonly scenario: 'lbHealthCheckDropped';
+  readonly loadBalancer: LoadBalancerFact;
+  /** What `ip route show table local` holds on the node. */
+  readonly localRoute: string;
+  readonly sysctls: Readonly<Record<string, string>>;
+  /** The router's own address: a probe from it succeeds, which isolates the cause to the source address. */
+  readonly controlSource: string;
+}
+
+export interface LbHealthCheckResult {
+  /** Probes sourced from the LB IP: all time out. */
+  readonly healthChecks: readonly Attempt[];
+  /** The same probe sourced from the router's own address: answered. */
+  readonly control: readonly Attempt[];
+  /** Packets counted by the service's KUBE-NODEPORTS rule (iptables mode only). */
+  readonly nodePortPackets?: { readonly before: number; readonly after: number };
+  /** Host-wide in_martian_src, before and after. */
+  readonly martianSources: { readonly before: number; readonly after: number };
+}
+
+/**
+ * An externalTrafficPolicy=Local LoadBalancer Service whose LB IP kube-proxy
+ * (IPVS mode, 1.11+) bound on kube-ipvs0, so it sits in node-1's `local`
+ * table. The LB (Tencent CLB style) sends its health checks to node:NodePort
+ * FROM the LB IP. node-1 NATs each SYN in PREROUTING (counters rise), then the
+ * routing decision finds a local source arriving on eth0 with accept_local=0:
+ * a martian, dropped. No reply, and the unconfirmed conntrack entry dies with
+ * the packet.
+ */
+export function lbHealthCheckDropped(lab: Lab, opts: ScenarioOptions = {}): Scenario<LbHealthCheckFacts, LbHealthCheckResult> {
+  const c = holder();
+  const lbIp = '198.18.100.20';
+  const svc: ServiceModel = {
+    namespace: 'hc',
+    name: 'web',
+    portName: 'http',
+    protocol: 'tcp',
+    clusterIP: '198.18.64.20',
+    port: 80,
+    nodePort: 31199,
+    loadBalancerIP: lbIp,
+    externalTrafficPolicy: 'Local',
+    healthCheckNodePort: 32000,
+    endpoints: [{ ip: podIpOf(1, 0), port: 8080, nodeName: 'node-1', ready: true }],
+  };
+  const sport = 40000;
+  const facts: LbHealthCheckFacts = {
+    scenario: 'lbHealthCheckDropped',
+    node: 'node-1',
+    nodeIp: nodeIpOf(1),
+    tuple: { protocol: 'tcp', src: lbIp, sport, dst: nodeIpOf(1), dport: 31199 },
+    endpoint: { pod: 'web', node: 'node-1', ip: podIpOf(1, 0), port: 8080 },
+    service: serviceFact(svc),
+    loadBalancer: { ip: lbIp, port: 80, targets: [{ node: 'node-1', nodeIp: nodeIpOf(1), nodePort: 31199 }] },
+    localRoute: `local ${lbIp} dev kube-ipvs0 proto kernel scope host src ${lbIp}`,
+    sysctls: { 'net.ipv4.conf.all.accept_local': '0', 'net.ipv4.conf.eth0.accept_local': '0', 'net.ipv4.conf.eth0.rp_filter': '2', 'net.ipv4.conf.all.log_martians': '1' },
+    controlSource: '198.18.0.1',
+  };
+  return {
+    name: 'lbHealthCheckDropped',
+    facts,
+    lab,
+    cluster: c.get,
+    async setup() {
+      const cluster = await buildCluster(lab, { nodes: [{ name: 'node-1', proxyMode: opts.proxyMode ?? 'iptables' }], pods: [{ name: 'web', node: 'node-1' }] });
+      c.set(cluster);
+      await startServer(lab, cluster.pod('web').ns, { kind: 'tcp', port: 8080, name: 'web' });
+      await cluster.applyServices({ services: [svc] });
+      await cluster.bindKubeIpvs0('node-1', lbIp);
+      // Martian sources are logged to the kernel log (destination after DNAT).
+      await lab.sysctls('node-1', { 'net.ipv4.conf.all.log_martians': 1, 'net.ipv4.conf.eth0.log_martians': 1 });
+      await cluster.addLoadBalancer(lbIp, 80, facts.loadBalancer.targets);
+    },
+    async drive() {
+      const cluster = c.get();
+      const node = cluster.node('node-1');
+      const nodePortPackets = async (): Promise<number | undefined> => {
+        if (node.proxyMode !== 'iptables') return undefined;
+        const rules = await iptablesCounters(lab, node.ns);
+        return rules.find((r) => r.chain === 'KUBE-NODEPORTS' && r.rule.includes(`--dport ${svc.nodePort}`))?.packets;
+      };
+      const beforePackets = await nodePortPackets();
+      const beforeMartians = await readMartianSourceCount(lab, node.ns);
+      // Two probes of 1.5 s: each is a SYN plus its retransmission at 1 s.
+      const [healthChecks, control] = await Promise.all([
+        runClient(lab, cluster.router.ns, { mode: 'tcp-syn', host: node.ip, port: 31199, sport, src: lbIp, count: 2, timeoutMs: 1_500 }),
+        runClient(lab, cluster.router.ns, { mode: 'tcp-syn', host: node.ip, port: 31199, sport: sport + 1, src: facts.controlSource, count: 2, timeoutMs: 1_500 }),
+      ]);
+      const afterPackets = await nodePortPackets();
+      const afterMartians = await readMartianSourceCount(lab, node.ns);
+      return {
+        healthChecks,
+        control,
+        ...(beforePackets !== undefined && afterPackets !== undefined ? { nodePortPackets: { before: beforePackets, after: afterPackets } } : {}),
+        martianSources: { before: beforeMartians, after: afterMartians },
+      };
+    },
+  };
+}
+
+// --- (c, d) UDP Service rollout, with and without conntrack cleanup (seed 002's conntrack side)
+
+export interface UdpRolloutFacts extends ScenarioFacts {
+  readonly scenario: 'udpRolloutStaleConntrack' | 'cleanRollout';
+  readonly clientPod: string;
+  /** The pod replaced by the rollout (its namespace is deleted). */
+  readonly oldEndpoint: EndpointFact;
+  /** The pod that replaces it. */
+  readonly newEndpoint: EndpointFact;
+  /** Every attempt in milliseconds. */
+  readonly intervalMs: number;
+}
+
+export interface UdpRolloutResult {
+  /** Every attempt of the fixed-source-port client, in order. */
+  readonly attempts: readonly Attempt[];
+  /** When the new rules were applied (ms since epoch). */
+  readonly rolloutAt: number;
+  /** When the old pod's namespace was gone (its address blackholed from then on). */
+  readonly oldPodRemovedAt: number;
+  /** When kube-proxy's conntrack cleanup ran, if it did. */
+  readonly cleanupAt?: number;
+}
+
+export interface UdpRolloutDriveOptions {
+  /** Faulty rollout only: how long the client stays pinned before anything else happens (default 3000 ms). */
+  readonly pinnedMs?: number;
+  /** Faulty rollout only: run kube-proxy's cleanup late, after the pinned period, to show the client then moves (default true). */
+  readonly lateCleanup?: boolean;
+  /** Faulty rollout only: called once the client is pinned (three unanswered attempts after the rollout); the pinned period lasts at least until it resolves. */
+  readonly onPinned?: () => Promise<void>;
+}
+
+function udpRollout(lab: Lab, name: 'udpRolloutStaleConntrack' | 'cleanRollout', opts: ScenarioOptions): Scenario<UdpRolloutFacts, UdpRolloutResult, UdpRolloutDriveOptions> {
+  const c = holder();
+  // node-1: dns-client (.1.10); node-2: coredns-a (.2.10), coredns-b (.2.11).
+  const oldEndpoint: EndpointFact = { pod: 'coredns-a', node: 'node-2', ip: podIpOf(2, 0), port: 53 };
+  const newEndpoint: EndpointFact = { pod: 'coredns-b', node: 'node-2', ip: podIpOf(2, 1), port: 53 };
+  const base = {
+    namespace: 'kube-system',
+    name: 'kube-dns',
+    portName: 'dns',
+    protocol: 'udp',
+    clusterIP: '198.18.64.53',
+    port: 53,
+    externalTrafficPolicy: 'Cluster',
+  } as const;
+  const before: ServiceModel = { ...base, endpoints: [{ ip: oldEndpoint.ip, port: 53, nodeName: 'node-2', ready: true }] };
+  const after: ServiceModel = { ...base, endpoints: [{ ip: newEndpoint.ip, port: 53, nodeName: 'node-2', ready: true }] };
+  const sport = 41053;
+  const intervalMs = 200;
+  const facts: UdpRolloutFacts = {
+    scenario: name,
+    node: 'node-1',
+    nodeIp: nodeIpOf(1),
+    tuple: { protocol: 'udp', src: podIpOf(1, 0), sport, dst: base.clusterIP, dport: 53 },
+    endpoint: name === 'cleanRollout' ? newEndpoint : oldEndpoint,
+    service: serviceFact(before),
+    clientPod: 'dns-client',
+    oldEndpoint,
+    newEndpoint,
+    intervalMs,
+  };
+
+  // The rollout as kube-proxy sees it on every node: the endpoint set changes
+  // and the rules are re-rendered (old KUBE-SEP chain deleted). The pod's
+  // namespace goes last, as the kubelet kills it after the endpoint is gone.
+  const rollout = async (cluster: Cluster, cleanup: boolean): Promise<{ rolloutAt: number; oldPodRemovedAt: number; cleanupAt?: number }> => {
+    const model: ProxyModel = { services: [after] };
+    await cluster.applyServices(model);
+    const rolloutAt = Date.now();
+    let cleanupAt: number | undefined;
+    if (cleanup) {
+      await cleanupEverywhere(cluster);
+      cleanupAt = Date.now();
+    }
+    await cluster.removePod(oldEndpoint.pod);
+    return { rolloutAt, oldPodRemovedAt: Date.now(), ...(cleanupAt !== undefined ? { cleanupAt } : {}) };
+  };
+  const cleanupEverywhere = async (cluster: Cluster): Promise<void> => {
+    await Promise.all(cluster.nodes.map((n) => kubeProxyConntrackCleanup(lab, n.ns, { clusterIP: base.clusterIP, oldEndpointIp: oldEndpoint.ip })));
+  };
+
+  return {
+    name,
+    facts,
+    lab,
+    cluster: c.get,
+    async setup() {
+      const mode = opts.proxyMode ?? 'iptables';
+      const cluster = await buildCluster(lab, {
+        nodes: [{ name: 'node-1', proxyMode: mode }, { name: 'node-2', proxyMode: mode }],
+        pods: [{ name: 'dns-client', node: 'node-1' }, { name: oldEndpoint.pod, node: 'node-2' }, { name: newEndpoint.pod, node: 'node-2' }],
+      });
+      c.set(cluster);
+      await Promise.all([
+        startServer(lab, cluster.pod(oldEndpoint.pod).ns, { kind: 'udp', port: 53, name: oldEndpoint.pod }),
+        startServer(lab, cluster.pod(newEndpoint.pod).ns, { kind: 'udp', port: 53, name: newEndpoint.pod }),
+      ]);
+      await cluster.applyServices({ services: [before] });
+    },
+    async drive(driveOpts: UdpRolloutDriveOptions = {}) {
+      const cluster = c.get();
+      const pinnedMs = driveOpts.pinnedMs ?? 3_000;
+      // Enough attempts for every phase; the client is stopped as soon as the story is told.
+      const client = startClient(lab, cluster.pod('dns-client').ns, { mode: 'udp-client', host: base.clusterIP, port: 53, sport, count: 150, intervalMs });
+      try {
+        await client.waitFor(`an answer from ${oldEndpoint.pod}`, (a) => a.status === 'ok' && a.pod === oldEndpoint.pod, 5_000);
+        if (name === 'cleanRollout') {
+          const { rolloutAt, oldPodRemovedAt, cleanupAt } = await rollout(cluster, true);
+          await client.waitFor(`an answer from ${newEndpoint.pod} after the rollout`, (a) => a.status === 'ok' && a.pod === newEndpoint.pod && a.at >= rolloutAt, 5_000);
+          await sleep(4 * intervalMs);
+          return { attempts: client.attempts(), rolloutAt, oldPodRemovedAt, ...(cleanupAt !== undefined ? { cleanupAt } : {}) };
+        }
+        const { rolloutAt, oldPodRemovedAt } = await rollout(cluster, false);
+        // Pinned: the entry created before the rollout still DNATs every datagram to the deleted pod.
+        const lastSeq = client.attempts().at(-1)?.seq ?? 0;
+        await client.waitFor('three attempts after the rollout', (a) => a.seq >= lastSeq + 3, 5_000);
+        const pinnedSince = Date.now();
+        await driveOpts.onPinned?.();
+        await sleep(Math.max(0, pinnedMs - (Date.now() - pinnedSince)));
+        if (!(driveOpts.lateCleanup ?? true)) return { attempts: client.attempts(), rolloutAt, oldPodRemovedAt };
+        await cleanupEverywhere(cluster);
+        const cleanupAt = Date.now();
+        await client.waitFor(`an answer from ${newEndpoint.pod} after the late cleanup`, (a) => a.status === 'ok' && a.pod === newEndpoint.pod && a.at >= cleanupAt, 5_000);
+        return { attempts: client.attempts(), rolloutAt, oldPodRemovedAt, cleanupAt };
+      } finally {
+        await client.process.stop();
+      }
+    },
+  };
+}
+
+/**
+ * A UDP Service (kube-dns) with one endpoint; a client with a fixed source
+ * port (as a DNS stub resolver pins one) sends through the ClusterIP every
+ * 200 ms. The rollout replaces coredns-a with coredns-b: rules re-rendered,
+ * coredns-a deleted, but kube-proxy's conntrack cleanup does NOT run. The
+ * client's conntrack entry on node-1 keeps DNATing to coredns-a's address
+ * (blackholed on node-2) and, refreshed by every datagram, never expires:
+ * pinned until the entry is deleted. drive() deletes it late by default and
+ * shows the client then reaching coredns-b.
+ */
+export function udpRolloutStaleConntrack(lab: Lab, opts: ScenarioOptions = {}): Scenario<UdpRolloutFacts, UdpRolloutResult, UdpRolloutDriveOptions> {
+  return udpRollout(lab, 'udpRolloutStaleConntrack', opts);
+}
+
+/** The same rollout done right: kube-proxy's `conntrack -D` runs on every node, and the client moves to coredns-b at once. */
+export function cleanRollout(lab: Lab, opts: ScenarioOptions = {}): Scenario<UdpRolloutFacts, UdpRolloutResult, UdpRolloutDriveOptions> {
+  return udpRollout(lab, 'cleanRollout', opts);
+}
