@@ -14,7 +14,9 @@ import { CollectorServer, parseListen } from '../collector/server.ts';
 import { Detection } from '../collector/detection.ts';
 import { findingLogger } from '../collector/finding-log.ts';
 import { renderSummary } from '../collector/summary.ts';
+import { isConntrailError } from '../contract/errors.ts';
 import { isSourceName, sourceNames } from '../contract/sources.ts';
+import { replay } from './replay.ts';
 
 const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -25,6 +27,7 @@ usage:
   conntrail agent --collector ws://HOST:PORT [--node NAME] [--interval 1s] [--token-file F] [--ca F]
   conntrail local [--interval 1s] [--listen HOST:PORT]
   conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
+  conntrail replay DIR                recorded outputs (DIR/<node>/<time>/<file>) through the agent and the detectors
 
 The token comes from --token-file or $CONNTRAIL_TOKEN. Logs are JSON lines on stdout.`;
 
@@ -42,6 +45,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await runLocal(rest);
       case 'parse':
         return await runParse(rest);
+      case 'replay':
+        return await runReplay(rest);
       case undefined:
       case '-h':
       case '--help':
@@ -182,6 +187,24 @@ async function runParse(args: readonly string[]): Promise<number> {
   process.stdout.write(out.length > 0 ? `${out.join('\n')}\n` : '');
   for (const p of problems) process.stderr.write(`${JSON.stringify(p)}\n`);
   return 0;
+}
+
+async function runReplay(args: readonly string[]): Promise<number> {
+  const { positionals } = parseArgs({ args: [...args], allowPositionals: true, options: {} });
+  const [dir, ...extra] = positionals;
+  if (dir === undefined || extra.length > 0) throw new UsageError('replay: DIR');
+  // The collector's own chatter (agent connected, snapshot applied) is noise here; findings are the output.
+  const log = logger('collector', process.env.LOG_LEVEL ?? 'warn');
+  try {
+    const lines = await replay(dir, log, findingLogger(log));
+    return lines.some((l) => l.severity === 'error') ? 1 : 0;
+  } catch (err) {
+    if (isConntrailError(err, 'BAD_INPUT')) {
+      process.stderr.write(`conntrail: replay: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
 }
 
 function untilSignal(): Promise<void> {

@@ -37,18 +37,19 @@ const sameTuple = (a: R.ConntrackTuple, b: R.ConntrackTuple): boolean =>
 const timerRearmed = (prev: number | null, next: number | null): boolean => prev !== null && next !== null && next > prev;
 
 /**
- * A conntrack timer that went up, or held still from one sample to the next,
- * was re-armed by a packet: traffic is still flowing on that tuple. This is how
- * a stale NAT entry to a removed pod shows itself (the client keeps sending).
- * Healthy ESTABLISHED TCP flows re-arm their 5-day timer with every packet;
- * sending those every second would swamp the stream, so they count only when
- * the timer visibly went up.
+ * A conntrack timer re-armed by a packet means traffic still flows on that
+ * tuple: this is how a stale NAT entry to a removed pod shows itself (the
+ * client keeps sending). A UDP client sending several times a second holds
+ * its timer at the maximum, so for UDP and other stateless protocols a timer
+ * that held still counts too. TCP timers are re-armed to a state's fixed
+ * value and visibly go up (a retransmitted SYN, data on an idle flow); a held
+ * TCP timer is just two samples close together.
  */
-export function conntrackTimerRearmed(prev: number | null, next: number | null, entry: { proto: string; state: string | null }): boolean {
+export function conntrackTimerRearmed(prev: number | null, next: number | null, entry: { proto: string }): boolean {
   if (prev === null || next === null) return false;
-  if (entry.proto === 'tcp' && entry.state === 'ESTABLISHED') return next > prev;
-  return next >= prev;
+  return entry.proto === 'tcp' ? next > prev : next >= prev;
 }
+
 const countersMoved = (p: { packets: number | null; bytes: number | null }, n: { packets: number | null; bytes: number | null }) =>
   p.packets !== n.packets || p.bytes !== n.bytes;
 const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);

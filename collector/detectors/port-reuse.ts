@@ -6,7 +6,7 @@
 // on the same tuple, towards an endpoint no longer in the Service.
 import type { ConntrackEntry, IpvsConnection } from '../../contract/records.ts';
 import { endpointKey } from '../endpoint-history.ts';
-import { iso, type Evidence, type Finding, type Tuple } from '../findings.ts';
+import { iso, tupleText, type Evidence, type Finding, type Tuple } from '../findings.ts';
 import { kernelAtLeast, serviceAt, sysctlLine, type Detector, type DetectorInput } from './input.ts';
 
 const NEW_CONNECTION_STATES = new Set(['SYN_RECV', 'SYN_SENT']);
@@ -51,10 +51,18 @@ function reuseOf(t: DetectorInput['transitions'][number]): Reuse | null {
 }
 
 export const detectPortReuse: Detector = (input) => {
-  const findings: Finding[] = [];
+  // IPVS (SYN_RECV) and conntrack (SYN_SENT) both show the same reuse: one finding per tuple.
+  const byTuple = new Map<string, Reuse[]>();
   for (const t of input.transitions) {
     const reuse = reuseOf(t);
     if (reuse === null) continue;
+    const k = tupleText(reuse.tuple);
+    byTuple.set(k, [...(byTuple.get(k) ?? []), reuse]);
+  }
+  const findings: Finding[] = [];
+  for (const group of byTuple.values()) {
+    const reuse = group[0];
+    if (reuse === undefined) continue;
     const service = serviceAt(input.endpoints.services, reuse.tuple.dst, reuse.tuple.dport ?? -1, reuse.tuple.proto);
     if (service === undefined) continue;
     const endpoint = endpointKey(reuse.endpoint);
@@ -66,11 +74,11 @@ export const detectPortReuse: Detector = (input) => {
     const reuseMode = sysctlLine(input, 'net.ipv4.vs.conn_reuse_mode');
     const span = input.endpoints.span(service.id, endpoint);
     const kernelFixed = kernelAtLeast(input.kernel, 5, 9);
-    const evidence: Evidence[] = [
-      { source: reuse.source, node: input.node, time: iso(input.prevTime ?? input.time), raw: reuse.beforeRaw },
-      { source: reuse.source, node: input.node, time: iso(input.time), raw: reuse.afterRaw },
-    ];
-    if (span !== undefined) evidence.push({ source: t.source === 'ipvs-conn' ? 'ipvs' : 'iptables', node: input.node, time: iso(span.firstSeen), raw: span.raw });
+    const evidence: Evidence[] = group.flatMap((r) => [
+      { source: r.source, node: input.node, time: iso(input.prevTime ?? input.time), raw: r.beforeRaw },
+      { source: r.source, node: input.node, time: iso(input.time), raw: r.afterRaw },
+    ]);
+    if (span !== undefined) evidence.push({ source: /^(TCP|UDP|SCTP) /.test(service.id) ? 'ipvs' : 'iptables', node: input.node, time: iso(span.firstSeen), raw: span.raw });
     if (reuseMode !== undefined) evidence.push({ source: 'sysctl', node: input.node, time: iso(input.time), raw: reuseMode.raw });
     const left = state === 'terminating' ? `is draining (weight 0) since ${span ? iso(span.terminatingSince ?? input.time) : 'before conntrail started'}` : span?.removedAt ? `left the Service at ${iso(span.removedAt)}` : 'is not an endpoint of the Service';
     findings.push({
@@ -89,7 +97,7 @@ export const detectPortReuse: Detector = (input) => {
           : `On kernels >= 5.9 set net.ipv4.vs.conn_reuse_mode=1 (kube-proxy >= 1.22 leaves it alone there; kubernetes/kubernetes#102122). `) +
         'Meanwhile set net.ipv4.vs.expire_nodest_conn=1 so entries to removed real servers are dropped, and widen net.ipv4.ip_local_port_range on busy clients to make reuse rarer.',
       time: input.time,
-      details: { connReuseMode: reuseMode?.value ?? null, kernel: input.kernel, via: reuse.source, endpointState: state },
+      details: { connReuseMode: reuseMode?.value ?? null, kernel: input.kernel, seenIn: group.map((r) => r.source).join(','), endpointState: state },
     });
   }
   return findings;

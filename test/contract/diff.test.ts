@@ -35,6 +35,14 @@ describe('diffByKey', () => {
     expect(d.changed).toEqual([]);
   });
 
+  it('treats a UDP timer held at its maximum across samples as traffic (a client still sending)', () => {
+    const udp = (timeout: number): ConntrackEntry => ({ ...entry(53, 'x', timeout), proto: 'udp', protoNum: 17, state: null });
+    expect(diffByKey(keyed(udp(30)), keyed(udp(30)), spec).refreshed).toHaveLength(1);
+    expect(diffByKey(keyed(udp(30)), keyed(udp(29)), spec).refreshed).toHaveLength(0);
+    // A TCP timer holding still is only two samples taken close together.
+    expect(diffByKey(keyed(entry(1, 'SYN_SENT', 119)), keyed(entry(1, 'SYN_SENT', 119)), spec).refreshed).toHaveLength(0);
+  });
+
   it('reports a new reply tuple (a different endpoint) as a change', () => {
     const d = diffByKey(keyed(entry(1, 'ESTABLISHED', 5)), keyed(entry(1, 'ESTABLISHED', 5, '10.27.1.250')), spec);
     expect(d.changed).toHaveLength(1);

@@ -1,0 +1,141 @@
+// `conntrail replay DIR`: recorded raw outputs, timestamped per node, go
+// through the agent's real samplers (parse, key, diff), the real wire
+// encoding, the collector's node views and the same detectors, and come out
+// as the log lines the collector would have written.
+//
+// Layout: DIR/<node>/<time>/<file>, where <time> is an ISO 8601 time or
+// milliseconds since the epoch, and <file> is one of RECORDED_FILES. A file
+// not recorded at a step keeps its last recorded content (an IPVS table that
+// did not change need not be recorded again); a file never recorded makes
+// that source unavailable, exactly as on a node without it.
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { NodeState } from '../agent/node-state.ts';
+import { createRecordedIO } from '../agent/recorded-io.ts';
+import { createSamplers } from '../agent/samplers.ts';
+import { parseSysctl } from '../agent/sources/sysctl.ts';
+import type { FindingLine } from '../collector/aggregate.ts';
+import { Collector, type Session } from '../collector/collector.ts';
+import { Detection } from '../collector/detection.ts';
+import { ConntrailError } from '../contract/errors.ts';
+import { encode, SNAPSHOT_CHUNK, type AgentMessage } from '../contract/protocol.ts';
+import { nodeFacts } from '../contract/records.ts';
+
+/** Recorded file name → the command line or path the samplers ask HostIO for. */
+export const RECORDED_FILES: Readonly<Record<string, string>> = {
+  'iptables-save.txt': 'iptables-nft-save -c',
+  'iptables-legacy-save.txt': 'iptables-legacy-save -c',
+  'nft.json': 'nft -j list ruleset',
+  'ipvsadm-Ln.txt': 'ipvsadm -Ln',
+  'ipvsadm-Lnc.txt': 'ipvsadm -Lnc',
+  'nf_conntrack.txt': '/proc/net/nf_conntrack',
+  'conntrack-L.txt': 'conntrack -L -o extended',
+  'ip-route.txt': 'ip -4 route show table all',
+  'ip-6-route.txt': 'ip -6 route show table all',
+  'ip-addr.txt': 'ip -o addr show',
+  'ip-link.txt': 'ip -o link show',
+  'ip-rule.txt': 'ip -4 rule show',
+  'ip-6-rule.txt': 'ip -6 rule show',
+  'stat-nf_conntrack.txt': '/proc/net/stat/nf_conntrack',
+  'stat-rt_cache.txt': '/proc/net/stat/rt_cache',
+};
+/** `sysctl -a` text; each line becomes the /proc/sys file the agent reads. */
+const SYSCTL_FILE = 'sysctl.txt';
+/** Node facts as JSON (the systeminformation picture: kernel, hostname …). */
+const FACTS_FILE = 'facts.json';
+
+export interface ReplayStep {
+  readonly time: number;
+  readonly files: ReadonlyMap<string, string>;
+}
+
+export function readTimeline(dir: string): Map<string, ReplayStep[]> {
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new ConntrailError('BAD_INPUT', `${dir} is not a directory`);
+  const nodes = new Map<string, ReplayStep[]>();
+  for (const node of readdirSync(dir).sort()) {
+    const nodeDir = join(dir, node);
+    if (!statSync(nodeDir).isDirectory()) continue;
+    const steps: ReplayStep[] = [];
+    for (const stamp of readdirSync(nodeDir)) {
+      const time = /^\d+$/.test(stamp) ? Number(stamp) : Date.parse(stamp);
+      if (Number.isNaN(time)) throw new ConntrailError('BAD_INPUT', `${join(nodeDir, stamp)}: not a time (ISO 8601 or epoch milliseconds)`);
+      const files = new Map<string, string>();
+      for (const f of readdirSync(join(nodeDir, stamp))) {
+        if (!(f in RECORDED_FILES) && f !== SYSCTL_FILE && f !== FACTS_FILE)
+          throw new ConntrailError('BAD_INPUT', `${join(nodeDir, stamp, f)}: unknown recorded file (expected one of ${[...Object.keys(RECORDED_FILES), SYSCTL_FILE, FACTS_FILE].join(', ')})`);
+        files.set(f, readFileSync(join(nodeDir, stamp, f), 'utf8'));
+      }
+      steps.push({ time, files });
+    }
+    steps.sort((a, b) => a.time - b.time);
+    nodes.set(node, steps);
+  }
+  if (nodes.size === 0) throw new ConntrailError('BAD_INPUT', `${dir} holds no node directories`);
+  return nodes;
+}
+
+function recordingOf(files: ReadonlyMap<string, string>): Map<string, string> {
+  const rec = new Map<string, string>();
+  for (const [f, text] of files) {
+    const key = RECORDED_FILES[f];
+    if (key !== undefined) rec.set(key, text);
+  }
+  const sysctl = files.get(SYSCTL_FILE);
+  if (sysctl !== undefined)
+    for (const s of parseSysctl(sysctl).records) {
+      const parts = s.name.split('.');
+      // sysctl names a per-interface knob with `/` for a dot in the interface name.
+      rec.set(`/proc/sys/${parts.map((p) => p.replaceAll('/', '.')).join('/')}`, `${s.value}\n`);
+    }
+  return rec;
+}
+
+/** Replays a timeline; returns the finding lines in the order the collector would log them. */
+export async function replay(dir: string, log: Logger, sink?: (line: FindingLine) => void): Promise<FindingLine[]> {
+  const timeline = readTimeline(dir);
+  const lines: FindingLine[] = [];
+  const detection = new Detection((line) => {
+    lines.push(line);
+    sink?.(line);
+  });
+  let clock = 0;
+  const collector = new Collector({ log, now: () => clock });
+  collector.onTimeline((view, entry, transitions) => detection.onStep(view, entry.time, transitions));
+  // Interleave nodes by time, as a collector receives them.
+  const events = [...timeline].flatMap(([node, steps]) => steps.map((step, i) => ({ node, step, first: i === 0 }))).sort((a, b) => a.step.time - b.step.time);
+  const agents = new Map<string, { state: NodeState; carried: Map<string, string>; seq: number; session: Session }>();
+  for (const { node, step, first } of events) {
+    clock = step.time;
+    let a = agents.get(node);
+    if (a === undefined) {
+      const carried = new Map<string, string>();
+      a = { state: new NodeState(createSamplers(), createRecordedIO(() => recordingOf(carried)), () => clock), carried, seq: 0, session: { node: null, remote: `replay:${node}`, send: () => undefined } };
+      agents.set(node, a);
+    }
+    for (const [f, text] of step.files) a.carried.set(f, text);
+    const send = (msg: AgentMessage) => collector.receive(a.session, encode(msg));
+    if (first) {
+      send({ v: 1, type: 'hello', node, agentVersion: 'replay', intervalMs: 1000, startedAt: step.time });
+      const factsText = a.carried.get(FACTS_FILE);
+      if (factsText !== undefined) {
+        const facts = nodeFacts.decode(JSON.parse(factsText), 'facts.json');
+        if (!facts.ok) throw new ConntrailError('BAD_INPUT', `${node}: ${facts.error}`);
+        send({ v: 1, type: 'facts', facts: facts.value });
+      }
+    }
+    const result = await a.state.tick();
+    a.seq++;
+    if (first) {
+      for (const { source, records } of a.state.snapshot()) {
+        const parts = Math.max(1, Math.ceil(records.length / SNAPSHOT_CHUNK));
+        for (let part = 0; part < parts; part++) send({ v: 1, type: 'snapshot', seq: a.seq, time: step.time, source, part, parts, records: records.slice(part * SNAPSHOT_CHUNK, (part + 1) * SNAPSHOT_CHUNK) });
+      }
+      send({ v: 1, type: 'snapshot-end', seq: a.seq, time: step.time, status: a.state.statuses() });
+    } else {
+      send({ v: 1, type: 'diff', seq: a.seq, time: step.time, changes: result.changes, status: result.statusChanges });
+    }
+  }
+  detection.flush(clock + 3_600_000);
+  return lines;
+}
