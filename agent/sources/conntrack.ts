@@ -18,7 +18,6 @@ const SPACE = 0x20;
 const TAB = 0x09;
 const CR = 0x0d;
 const LBRACKET = 0x5b;
-const RBRACKET = 0x5d;
 const DOT = 0x2e;
 const COLON = 0x3a;
 const MINUS = 0x2d;
@@ -29,12 +28,22 @@ const EQUALS = 0x3d;
 /** Where the scanner stands: the current token is line[start, end), `pos` is past it. */
 interface Cursor {
   readonly line: string;
+  /** The line has a TAB or CR somewhere, so a token ends at more than a space. */
+  readonly otherBlanks: boolean;
   pos: number;
   start: number;
   end: number;
 }
 
 const isBlank = (c: number): boolean => c === SPACE || c === TAB || c === CR;
+
+function cursorOn(line: string): Cursor {
+  // Tokens are separated by spaces in both printers; a TAB appears only after
+  // an -E timestamp, a CR only in a CRLF copy. Lines without either take the
+  // indexOf fast path below.
+  const otherBlanks = line.charCodeAt(line.length - 1) === CR || line.includes('\t');
+  return { line, otherBlanks, pos: 0, start: 0, end: 0 };
+}
 
 /** Moves to the next blank-separated token; false at the end of the line. */
 function next(c: Cursor): boolean {
@@ -47,7 +56,12 @@ function next(c: Cursor): boolean {
     return false;
   }
   const start = i;
-  while (i < n && !isBlank(line.charCodeAt(i))) i++;
+  if (c.otherBlanks) {
+    while (i < n && !isBlank(line.charCodeAt(i))) i++;
+  } else {
+    i = line.indexOf(' ', i);
+    if (i < 0) i = n;
+  }
   c.start = start;
   c.end = i;
   c.pos = i;
@@ -55,8 +69,13 @@ function next(c: Cursor): boolean {
 }
 
 const token = (c: Cursor): string => c.line.slice(c.start, c.end);
-const is = (c: Cursor, word: string): boolean => c.end - c.start === word.length && c.line.startsWith(word, c.start);
-const hasKey = (c: Cursor, key: string): boolean => c.line.startsWith(key, c.start) && c.line.charCodeAt(c.start + key.length) === EQUALS;
+/** line[at…] begins with `word` (a char loop: startsWith with a position is not inlined and showed in profiles). */
+function matchesAt(line: string, at: number, word: string): boolean {
+  for (let k = 0; k < word.length; k++) if (line.charCodeAt(at + k) !== word.charCodeAt(k)) return false;
+  return true;
+}
+const is = (c: Cursor, word: string): boolean => c.end - c.start === word.length && matchesAt(c.line, c.start, word);
+const hasKey = (c: Cursor, key: string): boolean => c.line.charCodeAt(c.start + key.length) === EQUALS && matchesAt(c.line, c.start, key);
 const quote = (c: Cursor): string => JSON.stringify(token(c));
 
 /** Decimal digits in line[from, to) as a number, or -1. */
@@ -101,13 +120,66 @@ function isDottedQuad(line: string, from: number, to: number): boolean {
   return parts === 4;
 }
 
+function hexDigit(ch: number): number {
+  if (ch >= ZERO && ch <= NINE) return ch - ZERO;
+  if (ch >= 0x61 && ch <= 0x66) return ch - 0x57;
+  return -1;
+}
+
+/**
+ * RFC 5952 text (what canonicalIp() returns) of an address in the full form
+ * the kernel's %pI6 prints: 8 groups of 4 lower-case hex digits. Returns null
+ * for any other form. canonicalIp() costs several microseconds an address
+ * (split, map, regex); on an IPv6 cluster that would dominate the parse.
+ */
+export function compressFullIPv6(text: string, from = 0, to = text.length): string | null {
+  if (to - from !== 39) return null;
+  const groups = [0, 0, 0, 0, 0, 0, 0, 0];
+  for (let g = 0; g < 8; g++) {
+    const at = from + g * 5;
+    if (g > 0 && text.charCodeAt(at - 1) !== COLON) return null;
+    let v = 0;
+    for (let k = 0; k < 4; k++) {
+      const h = hexDigit(text.charCodeAt(at + k));
+      if (h < 0) return null;
+      v = v * 16 + h;
+    }
+    groups[g] = v;
+  }
+  // The longest run of two or more zero groups becomes `::`, the first on a tie.
+  let bestStart = -1;
+  let bestLen = 1;
+  for (let g = 0; g < 8; ) {
+    if (groups[g] !== 0) { g++; continue; }
+    let e = g;
+    while (e < 8 && groups[e] === 0) e++;
+    if (e - g > bestLen) { bestStart = g; bestLen = e - g; }
+    g = e;
+  }
+  let out = '';
+  let sep = false;
+  for (let g = 0; g < 8; g++) {
+    if (g === bestStart) {
+      out += '::';
+      sep = false;
+      g += bestLen - 1;
+      continue;
+    }
+    if (sep) out += ':';
+    out += (groups[g] ?? 0).toString(16);
+    sep = true;
+  }
+  return out;
+}
+
 /** Canonical text of the address after `key=`, or null. */
 function addressValue(c: Cursor, key: string): string | null {
   const from = c.start + key.length + 1;
   if (isDottedQuad(c.line, from, c.end)) return c.line.slice(from, c.end);
   // IPv6: procfs prints %pI6 in full, conntrack -L compresses it (FORMATS.md §7).
   const colon = c.line.indexOf(':', from);
-  return colon >= 0 && colon < c.end ? canonicalIp(c.line.slice(from, c.end)) : null;
+  if (colon < 0 || colon >= c.end) return null;
+  return compressFullIPv6(c.line, from, c.end) ?? canonicalIp(c.line.slice(from, c.end));
 }
 
 /**
@@ -179,6 +251,18 @@ function isEventTime(line: string, from: number, to: number): boolean {
   return to - from > 2 && dots <= 1;
 }
 
+// The names l4proto_name() and the tcp/sctp/dccp state tables print
+// (FORMATS.md §3.1). Returning the shared constant instead of a fresh slice
+// saves two small strings per entry, most of a 250k-line table's garbage.
+const PROTO_NAMES: readonly string[] = ['tcp', 'udp', 'icmp', 'icmpv6', 'sctp', 'dccp', 'gre', 'udplite', 'unknown'];
+const STATE_NAMES: readonly string[] = [
+  'ESTABLISHED', 'TIME_WAIT', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT', 'CLOSE_WAIT', 'LAST_ACK', 'CLOSE', 'NONE', 'SYN_SENT2',
+];
+function known(c: Cursor, names: readonly string[]): string {
+  for (const name of names) if (is(c, name)) return name;
+  return token(c);
+}
+
 const isLower = (ch: number): boolean => ch >= 0x61 && ch <= 0x7a;
 const isUpper = (ch: number): boolean => ch >= 0x41 && ch <= 0x5a;
 const isDigit = (ch: number): boolean => ch >= ZERO && ch <= NINE;
@@ -203,15 +287,15 @@ function isStateName(line: string, from: number, to: number): boolean {
   return true;
 }
 
-/** `key=` with a lower-case key such as `delta-time` or a future attribute. */
-function isKeyValue(line: string, from: number, to: number): boolean {
-  if (!isLower(line.charCodeAt(from))) return false;
+/** Where the `=` of a `key=value` token with a lower-case key (`delta-time`, a future attribute) is, or -1. */
+function keyValueEquals(line: string, from: number, to: number): number {
+  if (!isLower(line.charCodeAt(from))) return -1;
   for (let i = from + 1; i < to; i++) {
     const ch = line.charCodeAt(i);
-    if (ch === EQUALS) return i + 1 < to;
-    if (!isLower(ch) && !isDigit(ch) && ch !== MINUS && ch !== 0x5f) return false;
+    if (ch === EQUALS) return i + 1 < to ? i : -1;
+    if (!isLower(ch) && !isDigit(ch) && ch !== MINUS && ch !== 0x5f) return -1;
   }
-  return false;
+  return -1;
 }
 
 /**
@@ -220,8 +304,10 @@ function isKeyValue(line: string, from: number, to: number): boolean {
  * (secctx, helper, labels) and keys newer than this parser are let through.
  */
 const NUMERIC_KEYS: readonly string[] = ['mark', 'zone', 'secmark', 'delta-time', 'use', 'id', 'zone-orig', 'zone-reply'];
-const numericKeyAt = (line: string, from: number, eq: number): string | undefined =>
-  NUMERIC_KEYS.find((key) => eq - from === key.length && line.startsWith(key, from));
+function numericKeyAt(line: string, from: number, eq: number): string | undefined {
+  for (const key of NUMERIC_KEYS) if (eq - from === key.length && matchesAt(line, from, key)) return key;
+  return undefined;
+}
 
 /**
  * Parses one conntrack line. The trailer conntrack-tools writes to stderr
@@ -230,7 +316,7 @@ const numericKeyAt = (line: string, from: number, eq: number): string | undefine
  * (see isConntrackToolsMessage).
  */
 export function parseConntrackLine(line: string): ConntrackEntry | { error: string } {
-  const c: Cursor = { line, pos: 0, start: 0, end: 0 };
+  const c = cursorOn(line);
   if (!next(c)) return { error: 'empty line' };
 
   // `conntrack -E` prefixes `%9s ` ([NEW], [UPDATE], [DESTROY]), and with
@@ -253,9 +339,12 @@ export function parseConntrackLine(line: string): ConntrackEntry | { error: stri
   }
 
   if (!isProtoName(line, c.start, c.end)) {
+    if (readUint(line, c.start, c.end) >= 0) {
+      return { error: `starts with the number ${quote(c)} where the protocol name belongs: a half entry, cut at the start` };
+    }
     return { error: `expected a protocol name such as tcp, found ${quote(c)} (line cut at the start, or not conntrack output)` };
   }
-  const proto = token(c);
+  const proto = known(c, PROTO_NAMES);
   if (!next(c)) return { error: `${proto} with no protocol number (line cut short?)` };
   const protoNum = readUint(line, c.start, c.end);
   if (protoNum < 0 || protoNum > 255) return { error: `expected the protocol number after ${proto}, found ${quote(c)}` };
@@ -274,8 +363,14 @@ export function parseConntrackLine(line: string): ConntrackEntry | { error: stri
   }
   let state: string | null = null;
   if (isStateName(line, c.start, c.end)) {
-    state = token(c);
+    state = known(c, STATE_NAMES);
     if (!next(c)) return { error: 'no tuple after the state (line cut short?)' };
+  } else if (hasKey(c, 'timeout')) {
+    // GRE's print_conntrack hook in procfs, where other protocols print a
+    // state: `timeout=%u, stream_timeout=%u ` (gre_print_conntrack() in
+    // nf_conntrack_proto_gre.c; not in FORMATS.md §3.1).
+    if (!next(c) || !hasKey(c, 'stream_timeout')) return { error: 'gre timeout= without stream_timeout= (line cut short?)' };
+    if (!next(c)) return { error: 'no tuple after the gre timeouts (line cut short?)' };
   }
   c.pos = c.start; // the tuple reader takes its first token itself
 
@@ -323,6 +418,9 @@ export function parseConntrackLine(line: string): ConntrackEntry | { error: stri
       if (is(c, '[ASSURED]')) assured = true;
       else if (is(c, '[OFFLOAD]')) offload = 'sw';
       else if (is(c, '[HW_OFFLOAD]')) offload = 'hw';
+      // `conntrack -E` marks events a program caused, then `portid=`
+      // and `progname=` (event_cb() in conntrack.c).
+      else if (is(c, '[USERSPACE]')) continue;
       else if (line.startsWith('[start=', c.start) || line.startsWith('[stop=', c.start)) {
         // -o timestamp prints ctime() text, which has blanks: skip to its `]`.
         const close = line.indexOf(']', c.start);
@@ -336,8 +434,8 @@ export function parseConntrackLine(line: string): ConntrackEntry | { error: stri
       if (bad !== null) return { error: bad };
       continue;
     }
-    if (!isKeyValue(line, c.start, c.end)) return { error: `unexpected ${quote(c)} after the reply tuple` };
-    const eq = line.indexOf('=', c.start);
+    const eq = keyValueEquals(line, c.start, c.end);
+    if (eq < 0) return { error: `unexpected ${quote(c)} after the reply tuple` };
     const key = numericKeyAt(line, c.start, eq);
     if (key === undefined) continue;
     const v = readUint(line, eq + 1, c.end);
