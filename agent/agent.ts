@@ -23,6 +23,8 @@ export interface AgentOptions {
 /** Above this much unsent data the agent stops queueing diffs and resyncs when the socket drains. */
 const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
 const FACTS_EVERY_MS = 60_000;
+/** How much a snapshot may queue on the socket before its next chunk is made. */
+const SNAPSHOT_DRAIN_BYTES = 4 * 1024 * 1024;
 
 export class Agent {
   readonly #o: AgentOptions;
@@ -81,7 +83,10 @@ export class Agent {
       this.#send({ v: 1, type: 'hello', node: this.#o.node, agentVersion: this.#o.version, intervalMs: this.#o.intervalMs, startedAt: Date.now() });
       if (this.#facts) this.#send({ v: 1, type: 'facts', facts: this.#facts });
       // The snapshot goes out now, from the last completed tick, so the collector has state at once.
-      if (!this.#ticking && this.#seq > 0) this.#sendSnapshot(Date.now());
+      if (!this.#ticking && this.#seq > 0) {
+        this.#ticking = true;
+        void this.#sendSnapshot(Date.now()).finally(() => (this.#ticking = false));
+      }
     });
     ws.on('message', (data) => {
       const decoded = decodeCollectorMessage(data.toString());
@@ -128,7 +133,7 @@ export class Agent {
       const result = await this.#o.state.tick();
       this.#seq++;
       if (!this.#connected) return;
-      if (this.#needSnapshot) this.#sendSnapshot(result.time);
+      if (this.#needSnapshot) await this.#sendSnapshot(result.time);
       else this.#sendDiff(result);
     } catch (err) {
       // The loop never rejects: a bug in one tick must not stop sampling.
@@ -151,17 +156,34 @@ export class Agent {
     }
   }
 
-  #sendSnapshot(time: number): void {
+  /**
+   * Snapshot chunks are made and sent one at a time, waiting for the socket to
+   * drain between them, so a 250k-entry table never sits in memory as one
+   * encoded blob.
+   */
+  async #sendSnapshot(time: number): Promise<void> {
     const seq = this.#seq;
-    for (const { source, records } of this.#o.state.snapshot()) {
-      const parts = Math.max(1, Math.ceil(records.length / SNAPSHOT_CHUNK));
-      for (let part = 0; part < parts; part++) {
-        const chunk = records.slice(part * SNAPSHOT_CHUNK, (part + 1) * SNAPSHOT_CHUNK);
-        this.#send({ v: 1, type: 'snapshot', seq, time, source, part, parts, records: chunk });
+    this.#needSnapshot = false;
+    for (const chunk of this.#o.state.snapshot(SNAPSHOT_CHUNK)) {
+      if (!this.#connected) {
+        this.#needSnapshot = true;
+        return;
       }
+      this.#send({ v: 1, type: 'snapshot', seq, time, ...chunk });
+      await this.#drained(SNAPSHOT_DRAIN_BYTES);
     }
     this.#send({ v: 1, type: 'snapshot-end', seq, time, status: this.#o.state.statuses() });
-    this.#needSnapshot = false;
+  }
+
+  #drained(below: number): Promise<void> {
+    return new Promise((resolve) => {
+      const check = () => {
+        const ws = this.#ws;
+        if (ws === null || ws.readyState !== WebSocket.OPEN || ws.bufferedAmount <= below) resolve();
+        else setTimeout(check, 5);
+      };
+      check();
+    });
   }
 
   #sendDiff(result: TickResult): void {

@@ -6,9 +6,16 @@
 import { diffByKey, indexByKey, isEmptyDiff } from '../contract/diff.ts';
 import { isConntrailError } from '../contract/errors.ts';
 import { MAX_PROBLEM_SAMPLES, type SourceChange, type SourceStatus } from '../contract/protocol.ts';
-import { specOf, type RecordOf, type SourceName } from '../contract/sources.ts';
+import { specOf, type RecordOf, type SourceName, type SourceSpec } from '../contract/sources.ts';
 import type { HostIO } from './host-io.ts';
 import type { Reading, Sample, Sampler } from './samplers.ts';
+
+/** What the agent holds of one source: records (or its compact form) by key. */
+interface Kept {
+  readonly map: ReadonlyMap<string, unknown>;
+  readonly spec: SourceSpec<unknown>;
+  readonly expand: ((kept: unknown) => RecordOf<SourceName> | null) | null;
+}
 
 export interface TickResult {
   readonly time: number;
@@ -23,7 +30,7 @@ const REPROBE_MS = 60_000;
 export class NodeState {
   readonly #samplers: readonly Sampler[];
   readonly #io: HostIO;
-  readonly #maps = new Map<SourceName, ReadonlyMap<string, RecordOf<SourceName>>>();
+  readonly #kept = new Map<SourceName, Kept>();
   readonly #status = new Map<SourceName, SourceStatus>();
   readonly #readings = new Map<SourceName, readonly Reading[]>();
   readonly #unavailableSince = new Map<SourceName, number>();
@@ -61,7 +68,7 @@ export class NodeState {
           state: 'ok',
           via: sample.readings.map((r) => r.via).join(' + '),
           reason: null,
-          records: this.#maps.get(source)?.size ?? 0,
+          records: this.#kept.get(source)?.map.size ?? 0,
           problemCount: sample.problems.length,
           problems: sample.problems.slice(0, MAX_PROBLEM_SAMPLES),
           durationMs,
@@ -81,7 +88,7 @@ export class NodeState {
           state: unavailable ? 'unavailable' : 'failed',
           via: prev?.via ?? null,
           reason: err instanceof Error ? err.message : String(err),
-          records: this.#maps.get(source)?.size ?? 0,
+          records: this.#kept.get(source)?.map.size ?? 0,
           problemCount: 0,
           problems: [],
           durationMs: 0,
@@ -93,9 +100,23 @@ export class NodeState {
     return { time, changes, statusChanges };
   }
 
-  /** Current records of every source that has been sampled, for a full snapshot. */
-  snapshot(): { source: SourceName; records: readonly RecordOf<SourceName>[] }[] {
-    return [...this.#maps].map(([source, map]) => ({ source, records: [...map.values()] }));
+  /** Current records of every sampled source, in chunks of at most `size`, made as they are asked for. */
+  *snapshot(size: number): Generator<{ source: SourceName; part: number; parts: number; records: RecordOf<SourceName>[] }> {
+    for (const [source, kept] of this.#kept) {
+      const parts = Math.max(1, Math.ceil(kept.map.size / size));
+      let part = 0;
+      let chunk: RecordOf<SourceName>[] = [];
+      for (const r of kept.map.values()) {
+        const full = kept.expand === null ? (r as RecordOf<SourceName>) : kept.expand(r);
+        if (full !== null) chunk.push(full);
+        if (chunk.length === size) {
+          yield { source, part: part++, parts, records: chunk };
+          chunk = [];
+        }
+      }
+      if (part < parts) yield { source, part: part++, parts, records: chunk };
+      while (part < parts) yield { source, part: part++, parts, records: [] };
+    }
   }
 
   statuses(): SourceStatus[] {
@@ -114,12 +135,18 @@ export class NodeState {
   }
 
   #apply(source: SourceName, sample: Sample<SourceName>): SourceChange | null {
-    const spec = specOf(source);
-    const next = sample.keyed ?? indexByKey(sample.records, spec).map;
-    const prev = this.#maps.get(source) ?? new Map();
-    this.#maps.set(source, next);
+    const compact = sample.compact;
+    const spec = compact?.spec ?? (specOf(source) as SourceSpec<unknown>);
+    const next = compact?.keyed ?? indexByKey<unknown>(sample.records, spec).map;
+    const kept = this.#kept.get(source);
+    const prev = kept !== undefined && kept.spec === spec ? kept.map : new Map<string, unknown>();
+    const expand = compact === undefined ? null : (r: unknown) => compact.expand(r);
+    this.#kept.set(source, { map: next, spec, expand });
     const diff = diffByKey(prev, next, spec);
-    return isEmptyDiff(diff) ? null : { source, ...diff };
+    if (isEmptyDiff(diff)) return null;
+    const full = (rs: readonly unknown[]): RecordOf<SourceName>[] =>
+      expand === null ? (rs as RecordOf<SourceName>[]) : rs.map(expand).filter((r): r is RecordOf<SourceName> => r !== null);
+    return { source, added: full(diff.added), removed: diff.removed, changed: full(diff.changed), refreshed: full(diff.refreshed) };
   }
 }
 

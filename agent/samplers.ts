@@ -2,7 +2,7 @@
 // run live, in `conntrail replay` (HostIO serving recorded outputs) and in
 // tests, so recorded IPVS timelines go through exactly the live code path.
 import { ConntrailError, isConntrailError } from '../contract/errors.ts';
-import type { Problem, RecordOf, SourceName } from '../contract/sources.ts';
+import type { Problem, RecordOf, SourceName, SourceSpec } from '../contract/sources.ts';
 import type { HostIO } from './host-io.ts';
 import { parseAddrs } from './sources/addrs.ts';
 import { parseConntrackStat } from './sources/conntrack-stat.ts';
@@ -14,7 +14,7 @@ import { parseNft } from './sources/nft.ts';
 import { parseRoutes } from './sources/routes.ts';
 import { parseRules } from './sources/rules.ts';
 import { parseSysctl, sysctlNameOfPath } from './sources/sysctl.ts';
-import { createConntrackLineCache } from './conntrack-cache.ts';
+import { compactConntrackSpec, createConntrackLineCache, expandConntrack, type CompactEntry } from './conntrack-cache.ts';
 
 /** One verbatim output a sample was made from: what a bundle stores and `replay` reads. */
 export interface Reading {
@@ -27,8 +27,18 @@ export interface Sample<N extends SourceName> {
   readonly readings: readonly Reading[];
   readonly records: readonly RecordOf<N>[];
   readonly problems: readonly Problem[];
-  /** Set by samplers that key their records themselves (the conntrack line cache). */
-  readonly keyed?: ReadonlyMap<string, RecordOf<N>>;
+  /** Set by a source kept compact on the agent (conntrack): records are then empty. */
+  readonly compact?: Compact<N>;
+}
+
+/**
+ * A source the agent keeps in its own compact form, diffed with its own spec
+ * (the same generic diff) and expanded into contract records only when sent.
+ */
+export interface Compact<N extends SourceName> {
+  readonly keyed: ReadonlyMap<string, unknown>;
+  readonly spec: SourceSpec<unknown>;
+  expand(kept: unknown): RecordOf<N> | null;
 }
 
 export interface Sampler<N extends SourceName = SourceName> {
@@ -140,8 +150,13 @@ function conntrackSampler(): Sampler<'conntrack'> {
         const out = await io.run(argv, { timeoutMs: TIMEOUT_MS });
         reading = { via: argv.join(' '), text: out.stdout };
       }
-      const { records, keyed, problems } = cache.parse(reading.text);
-      return { source: 'conntrack', readings: [reading], records, keyed, problems };
+      const { keyed, problems } = cache.parse(reading.text);
+      const compact: Compact<'conntrack'> = {
+        keyed,
+        spec: compactConntrackSpec as unknown as SourceSpec<unknown>,
+        expand: (kept) => expandConntrack(kept as CompactEntry),
+      };
+      return { source: 'conntrack', readings: [reading], records: [], problems, compact };
     },
   };
 }

@@ -127,10 +127,7 @@ export async function replay(dir: string, log: Logger, sink?: (line: FindingLine
     const result = await a.state.tick();
     a.seq++;
     if (first) {
-      for (const { source, records } of a.state.snapshot()) {
-        const parts = Math.max(1, Math.ceil(records.length / SNAPSHOT_CHUNK));
-        for (let part = 0; part < parts; part++) send({ v: 1, type: 'snapshot', seq: a.seq, time: step.time, source, part, parts, records: records.slice(part * SNAPSHOT_CHUNK, (part + 1) * SNAPSHOT_CHUNK) });
-      }
+      for (const chunk of a.state.snapshot(SNAPSHOT_CHUNK)) send({ v: 1, type: 'snapshot', seq: a.seq, time: step.time, ...chunk });
       send({ v: 1, type: 'snapshot-end', seq: a.seq, time: step.time, status: a.state.statuses() });
     } else {
       send({ v: 1, type: 'diff', seq: a.seq, time: step.time, changes: result.changes, status: result.statusChanges });

@@ -94,9 +94,10 @@ export function parseConntrackStat(text: string): ParseResult<StatRow> {
           reason: `${tokens.length} hex fields under a ${header.length}-column header (line ${headerLine}); the row is cut or belongs to another table`,
         });
       } else {
+        const names = header;
         const counters: Record<string, number> = {};
         tokens.forEach((t, k) => {
-          counters[header?.[k] ?? ''] = parseInt(t, 16);
+          counters[names[k] ?? ''] = parseInt(t, 16);
         });
         records.push({ cpu: rowIndex, counters, raw: line });
       }

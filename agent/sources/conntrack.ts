@@ -354,7 +354,7 @@ export function parseConntrackLine(line: string): ConntrackEntry | { error: stri
   if (!next(c)) return { error: 'no tuple after the protocol (line cut short?)' };
   let timeout: number | null = null;
   if (isDigit(line.charCodeAt(c.start)) || line.charCodeAt(c.start) === MINUS) {
-    // The 2.6.3x kernel printed a signed `%ld` difference that could dip below zero.
+    // `%ld` is signed: a minus sign is read, not taken for garbage.
     const negative = line.charCodeAt(c.start) === MINUS;
     const v = readUint(line, negative ? c.start + 1 : c.start, c.end);
     if (v < 0) return { error: `timeout is not a number: ${quote(c)}` };

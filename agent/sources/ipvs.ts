@@ -20,7 +20,7 @@ const SCHEDULER = /^[a-z][a-z0-9_-]*$/;
 const DECIMAL = /^\d+$/;
 /** fwd_name(): the forwarding method of a real server. */
 const FORWARD = new Set(['Masq', 'Local', 'Tunnel', 'Route']);
-const SERVICE_PROTOS = new Set(['TCP', 'UDP', 'SCTP']);
+const isServiceProto = (p: string): p is 'TCP' | 'UDP' | 'SCTP' => p === 'TCP' || p === 'UDP' || p === 'SCTP';
 
 const NOT_NUMERIC =
   'host or port is a name, not a number: take the output with `ipvsadm -Ln` (without -n ipvsadm resolves names and cuts them at 33 bytes for a service, 28 for a destination, which can swallow the port)';
@@ -72,8 +72,10 @@ type ServiceRead = { service: IpvsService; numeric: boolean } | { error: string 
  * as UDP), `SCTP addr:port` (1.31), `FWM  N` or `FWM  N IPv6`.
  */
 function readService(line: string, tokens: readonly string[]): ServiceRead {
-  const [proto, name] = tokens;
-  if (proto === undefined || name === undefined) return { error: 'service line cut short' };
+  const [proto = '', name] = tokens;
+  const kind = proto === 'FWM' ? 'FWM' : isServiceProto(proto) ? proto : null;
+  if (kind === null) return { error: `${JSON.stringify(proto)} is not a service protocol` };
+  if (name === undefined) return { error: 'service line cut short' };
   let k = 2;
   let address: string | null = null;
   let port: number | null = null;
@@ -122,7 +124,7 @@ function readService(line: string, tokens: readonly string[]): ServiceRead {
   }
   const service: IpvsService = {
     kind: 'service',
-    proto: proto === 'FWM' ? 'FWM' : (proto as 'TCP' | 'UDP' | 'SCTP'),
+    proto: kind,
     address,
     port,
     fwmark,
@@ -221,7 +223,7 @@ export function parseIpvs(text: string): ParseResult<IpvsRecord> {
       continue;
     }
 
-    if (SERVICE_PROTOS.has(first) || first === 'FWM') {
+    if (isServiceProto(first) || first === 'FWM') {
       current = null;
       if (listing !== 'default') {
         problem(UNSUPPORTED[listing]);

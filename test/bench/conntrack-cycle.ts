@@ -24,6 +24,24 @@ function vmHwmKiB(pid: number): number {
   return Number(m?.[1] ?? 0);
 }
 
+/** Runs `conntrail agent` inside the namespace for `ms` and returns its peak resident memory. */
+async function runAgentFor(ms: number): Promise<number> {
+  // `ip netns exec` execs the command, so the child's pid is the agent's.
+  const agent = spawn('ip', ['netns', 'exec', ns, node, join(root, 'bin/conntrail.js'), 'agent', '--collector', `ws+unix:${sock}`, '--node', 'bench'], {
+    stdio: 'ignore',
+    env: { ...process.env, LOG_LEVEL: 'warn' },
+  });
+  let peak = 0;
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    try { peak = Math.max(peak, vmHwmKiB(agent.pid ?? 0)); } catch { break; }
+  }
+  agent.kill('SIGTERM');
+  await new Promise((r) => agent.once('exit', r));
+  return peak;
+}
+
 if (process.getuid?.() !== 0) {
   console.error('bench: needs root (it creates a network namespace and fills its conntrack table)');
   process.exit(2);
@@ -37,8 +55,10 @@ try {
   const rows: Record<string, string | number>[] = [];
   for (const n of sizes) {
     sh(['ip', 'netns', 'exec', ns, 'conntrack', '-F'], undefined);
-    const out = sh(['ip', 'netns', 'exec', ns, node, join(root, 'test/bench/cycle-inner.ts'), String(n), `ws+unix:${sock}`, dir]);
+    const out = sh(['ip', 'netns', 'exec', ns, node, join(root, 'test/bench/cycle-inner.ts'), String(n), dir]);
     const r = JSON.parse(out.trim().split('\n').pop() ?? '{}') as Record<string, number>;
+    // The real agent, in its own process, streams the same table to the real collector.
+    r.agentHwmKiB = await runAgentFor(8_000);
     rows.push({
       entries: n,
       'cat alone ms': r.readMs ?? 0,

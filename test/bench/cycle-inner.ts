@@ -2,14 +2,12 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pino } from 'pino';
-import { Agent } from '../../agent/agent.ts';
 import { createHostIO } from '../../agent/host-io.ts';
 import { NodeState } from '../../agent/node-state.ts';
 import { createSamplers } from '../../agent/samplers.ts';
 import { encode, SNAPSHOT_CHUNK } from '../../contract/protocol.ts';
 
-const [nText = '10000', collectorUrl = '', dir = '/tmp'] = process.argv.slice(2);
+const [nText = '10000', dir = '/tmp'] = process.argv.slice(2);
 const n = Number(nText);
 
 const entry = (i: number, salt: number) =>
@@ -46,27 +44,12 @@ for (let k = 0; k < 5; k++) {
   cycles.push((await cycle()).ms);
 }
 let snapshotBytes = 0;
-for (const { source, records } of state.snapshot()) {
-  for (let i = 0; i < records.length; i += SNAPSHOT_CHUNK)
-    snapshotBytes += Buffer.byteLength(encode({ v: 1, type: 'snapshot', seq: 1, time: 0, source, part: 0, parts: 1, records: records.slice(i, i + SNAPSHOT_CHUNK) }));
-}
+for (const chunk of state.snapshot(SNAPSHOT_CHUNK)) snapshotBytes += Buffer.byteLength(encode({ v: 1, type: 'snapshot', seq: 1, time: 0, ...chunk }));
 // 1% churn: half removed, half new.
 const churn = Math.max(1, Math.floor(n / 200));
 load([...Array.from({ length: churn }, (_, i) => del(i, 1)), ...Array.from({ length: churn }, (_, i) => entry(i, 2))]);
 const churned = await cycle();
-
-// The real agent streams the table to the real collector (its memory is read by the parent).
-const agent = new Agent({
-  node: 'bench', collectorUrl, intervalMs: 1000, token: null, version: 'bench',
-  state: new NodeState(createSamplers().filter((s) => s.source === 'conntrack'), io),
-  log: pino({ level: 'warn' }), readFacts: () => Promise.reject(new Error('not needed')),
-});
-agent.start();
-await new Promise((r) => setTimeout(r, 4_000));
-await agent.stop();
-
-const hwm = /VmHWM:\s+(\d+) kB/.exec(String(execFileSync('cat', [`/proc/${process.pid}/status`])));
 console.log(JSON.stringify({
   readMs: Math.round(median(reads)), cycleMs: Math.round(median(cycles)), firstCycleMs: Math.round(first.ms),
-  diffBytes: churned.bytes, snapshotBytes, agentHwmKiB: Number(hwm?.[1] ?? 0),
+  diffBytes: churned.bytes, snapshotBytes,
 }));

@@ -141,6 +141,17 @@ describe('parseIpvsConnLine', () => {
     expect(spec.schema.decode(c, 'record').ok).toBe(true);
   });
 
+  it('skips the --persistent-conn header, whose `pe name` heading has a space', () => {
+    const text = [
+      'IPVS connection entries',
+      'pro expire state       source             virtual            destination        pe name          pe_data',
+      'UDP 02:59  UDP         192.168.1.10:5060  192.168.1.100:5060 192.168.1.21:5060  sip              a84b4c76e66710@pc33.atlanta.com',
+    ].join('\n');
+    const { records, problems } = parseIpvsConn(text);
+    expect(problems).toEqual([]);
+    expect(records.map(row)).toEqual([['UDP', 'UDP', 179, '192.168.1.10:5060', '192.168.1.100:5060', '192.168.1.21:5060', false]]);
+  });
+
   it.each<[string, string, RegExp]>([
     ['names printed without -n', 'TCP 14:59  ESTABLISHED client.example.com:51234 web.default.svc:http 10.244.1.9:http', /not a numeric address:port: take the output with `ipvsadm -Lnc`/],
     ['a cut line', 'TCP 00:57  SYN_RECV    10.148.20.23:59620 10.148.201.234:8848', /5 fields where ipvsadm -Lnc prints 6/],
