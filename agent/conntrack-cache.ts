@@ -1,7 +1,7 @@
 // The conntrack table is the one large source (250k entries at 1 Hz), and
 // from one second to the next almost every line differs only in its
 // countdown timer. So the agent keeps conntrack compact: per entry its key,
-// its line (detached from the read) and its timer, and nothing parsed. A line
+// its line (a copy, not a view of the read) and its timer, and nothing parsed. A line
 // whose text after the timer was seen last tick is the same entry in the same
 // state and is not parsed again; only new or changed lines are. Full records
 // are made from the kept lines only when they are sent (a diff's few changed
@@ -9,6 +9,7 @@
 import type { ConntrackEntry } from '../contract/records.ts';
 import { conntrackTimerRearmed, sources, type Problem, type SourceSpec } from '../contract/sources.ts';
 import { isConntrackToolsMessage, parseConntrackLine } from './sources/conntrack.ts';
+
 
 /** A conntrack entry as the agent keeps it between ticks. */
 export interface CompactEntry {
@@ -21,8 +22,11 @@ export interface CompactEntry {
 
 interface Cached {
   entry: CompactEntry;
-  /** What precedes the timer (`ipv4     2 tcp      6 `), to tell apart lines whose tails match. */
-  readonly prefix: string;
+  /** Where the timer sits in `entry.raw`'s first-seen line (both -1 without a timer). */
+  readonly timerStart: number;
+  readonly timerEnd: number;
+  /** The first-seen line: what a later line's bytes outside the timer must equal. */
+  readonly line: string;
   /** The timer as printed this tick. */
   timeout: number | null;
 }
@@ -42,68 +46,92 @@ export function expandConntrack(e: CompactEntry): ConntrackEntry | null {
 }
 
 export interface ConntrackLineCache {
-  parse(text: string): { keyed: Map<string, CompactEntry>; problems: Problem[] };
+  /** Reads `bytes` (the table as read, valid only during the call). */
+  parse(bytes: Buffer): { keyed: Map<string, CompactEntry>; problems: Problem[] };
 }
 
 const keyOf = sources.conntrack.keyOf;
 
+/**
+ * Works on the bytes of the read, not a string of it: a 15 MB string per
+ * second would be garbage V8 collects late, and every line cut from it would
+ * pin it. A line is hashed (FNV-1a) around its timer and compared, byte for
+ * byte, with the line first seen for that hash; only misses become strings.
+ */
 export function createConntrackLineCache(): ConntrackLineCache {
-  let prev = new Map<string, Cached>();
-  // A handful of distinct prefixes (`ipv4     2 tcp      6 `, …) shared by every entry.
-  const prefixes = new Map<string, string>();
-  const intern = (p: string) => {
-    let v = prefixes.get(p);
-    if (v === undefined) {
-      v = detach(p);
-      prefixes.set(v, v);
-    }
-    return v;
-  };
+  let prev = new Map<number, Cached>();
+  // One string per protocol name for all entries, not one per entry.
+  const protos = new Map<string, string>();
   return {
-    parse(text) {
-      const next = new Map<string, Cached>();
+    parse(bytes) {
+      const next = new Map<number, Cached>();
       const keyed = new Map<string, CompactEntry>();
       const problems: Problem[] = [];
+      const len = bytes.length;
       let start = 0;
       let lineNo = 0;
-      while (start < text.length) {
-        let end = text.indexOf('\n', start);
-        if (end < 0) end = text.length;
-        const line = text.slice(start, end);
+      while (start < len) {
+        let end = bytes.indexOf(10, start);
+        if (end < 0) end = len;
+        const lineStart = start;
         start = end + 1;
         lineNo++;
-        if (line.length === 0 || isConntrackToolsMessage(line)) continue;
-        const cut = timerSpan(line);
-        // The line after its timer is the cache key: a view, not a copy, of this tick's text.
-        const tail = cut === null ? line : line.slice(cut.end);
-        const timeout = cut === null ? null : cut.value;
-        let c = prev.get(tail);
-        if (c !== undefined && c.prefix === (cut === null ? '' : line.slice(0, cut.start))) {
+        if (end === lineStart) continue;
+        const timer = timerSpanBytes(bytes, lineStart, end);
+        const timeout = timer === null ? null : timer.value;
+        const hash = timer === null ? hashBytes(bytes, lineStart, end, 0x811c9dc5) : hashBytes(bytes, timer.end, end, hashBytes(bytes, lineStart, timer.start, 0x811c9dc5));
+        let c = prev.get(hash);
+        if (c !== undefined && sameOutsideTimer(bytes, lineStart, end, timer, c)) {
           // A timer re-armed by traffic makes a fresh entry, which the diff sends as refreshed.
-          if (conntrackTimerRearmed(c.timeout, timeout, c.entry)) c.entry = { ...c.entry, raw: detach(line), timeout };
+          if (conntrackTimerRearmed(c.timeout, timeout, c.entry)) c.entry = { ...c.entry, raw: bytes.toString('latin1', lineStart, end), timeout };
           c.timeout = timeout;
         } else {
-          // Entries outlive this tick's text: keep a copy of the line, not a
-          // view that would pin the whole read in memory.
-          const raw = detach(line);
-          const parsed = parseConntrackLine(raw);
+          const line = bytes.toString('latin1', lineStart, end);
+          const parsed = parseConntrackLine(line);
           if ('error' in parsed) {
-            problems.push({ line: lineNo, text: line, reason: parsed.error });
+            if (!isConntrackToolsMessage(line)) problems.push({ line: lineNo, text: line, reason: parsed.error });
             continue;
           }
+          let proto = protos.get(parsed.proto);
+          if (proto === undefined) protos.set(parsed.proto, (proto = parsed.proto));
           c = {
-            entry: { key: keyOf(parsed), raw, timeout: parsed.timeout, proto: parsed.proto },
-            prefix: cut === null ? '' : intern(line.slice(0, cut.start)),
+            entry: { key: keyOf(parsed), raw: line, timeout: parsed.timeout, proto },
+            timerStart: timer === null ? -1 : timer.start - lineStart,
+            timerEnd: timer === null ? -1 : timer.end - lineStart,
+            line,
             timeout: parsed.timeout,
           };
         }
-        next.set(tail, c);
+        next.set(hash, c);
         if (!keyed.has(c.entry.key)) keyed.set(c.entry.key, c.entry);
       }
       prev = next;
       return { keyed, problems };
     },
   };
+}
+
+/** 30 bits, so the Map keys stay small integers rather than heap numbers. */
+function hashBytes(b: Uint8Array, from: number, to: number, seed: number): number {
+  let h = seed;
+  for (let i = from; i < to; i++) h = Math.imul(h ^ (b[i] ?? 0), 16777619);
+  return h & 0x3fffffff;
+}
+
+/** The line's bytes equal the cached line's everywhere but the timer digits. */
+function sameOutsideTimer(b: Uint8Array, start: number, end: number, timer: { start: number; end: number } | null, c: Cached): boolean {
+  const line = c.line;
+  if (timer === null) {
+    if (c.timerStart !== -1 || end - start !== line.length) return false;
+    for (let i = 0; i < line.length; i++) if (b[start + i] !== line.charCodeAt(i)) return false;
+    return true;
+  }
+  const prefixLen = timer.start - start;
+  const tailLen = end - timer.end;
+  if (c.timerStart !== prefixLen || line.length - c.timerEnd !== tailLen) return false;
+  for (let i = 0; i < prefixLen; i++) if (b[start + i] !== line.charCodeAt(i)) return false;
+  for (let i = 0; i < tailLen; i++) if (b[timer.end + i] !== line.charCodeAt(c.timerEnd + i)) return false;
+  return true;
 }
 
 function withoutTimer(raw: string): string {
@@ -115,34 +143,33 @@ function withoutTimer(raw: string): string {
  * Where the timer sits: after `l3name l3num l4name l4num` in procfs and
  * `conntrack -L -o extended`, after `l4name l4num` in plain `conntrack -L`
  * (FORMATS.md §3). Returns null when the line does not have that shape (an
- * offloaded flow has no timer); the whole line is then the cache key.
+ * offloaded flow has no timer).
  */
 export function timerSpan(line: string): { start: number; end: number; value: number } | null {
-  let i = 0;
+  const bytes = new Uint8Array(line.length);
+  for (let i = 0; i < line.length; i++) bytes[i] = line.charCodeAt(i) & 0xff;
+  return timerSpanBytes(bytes, 0, bytes.length);
+}
+
+function timerSpanBytes(b: Uint8Array, from: number, to: number): { start: number; end: number; value: number } | null {
+  let i = from;
   const skipToken = () => {
-    while (i < line.length && line.charCodeAt(i) !== 32) i++;
-    while (i < line.length && line.charCodeAt(i) === 32) i++;
+    while (i < to && b[i] !== 32) i++;
+    while (i < to && b[i] === 32) i++;
   };
-  if (line.charCodeAt(0) === 91 /* [ */) skipToken(); // conntrack -E event tag
-  const tokensBefore = line.startsWith('ipv4 ') || line.startsWith('ipv6 ') ? 4 : 2;
-  for (let t = 0; t < tokensBefore; t++) skipToken();
+  if (b[from] === 91 /* [ */) skipToken(); // conntrack -E event tag
+  // `ipv4 ` / `ipv6 `: procfs and -o extended print the l3 columns first.
+  const l3 = b[i] === 105 && b[i + 1] === 112 && b[i + 2] === 118 && (b[i + 3] === 52 || b[i + 3] === 54) && b[i + 4] === 32;
+  for (let t = 0; t < (l3 ? 4 : 2); t++) skipToken();
   const start = i;
   let value = 0;
-  while (i < line.length) {
-    const c = line.charCodeAt(i);
+  while (i < to) {
+    const c = b[i] ?? 0;
     if (c < 48 || c > 57) break;
     value = value * 10 + (c - 48);
     i++;
   }
-  if (i === start || line.charCodeAt(i) !== 32) return null;
+  if (i === start || b[i] !== 32) return null;
   return { start, end: i, value };
 }
 
-/**
- * A copy of `s` that does not share memory with the string it was cut from.
- * V8 keeps substrings as views into their parent; concatenating forces a flat
- * copy, and the slice of that copy points at the copy alone.
- */
-function detach(s: string): string {
-  return ` ${s}`.slice(1);
-}

@@ -16,6 +16,12 @@ export interface HostIO {
   run(argv: readonly string[], options?: { timeoutMs?: number }): Promise<CommandOutput>;
   /** Reads a whole file. Rejects with SOURCE_UNAVAILABLE when it does not exist. */
   readFile(path: string): Promise<string>;
+  /**
+   * Reads a whole file and hands its bytes to `consume`, synchronously: the
+   * bytes live in a buffer the next read reuses (no 15 MB string a second for
+   * conntrack), so they must not be kept.
+   */
+  readFileWith<T>(path: string, consume: (bytes: Buffer) => T): Promise<T>;
   /** Lists a directory; [] when it does not exist. */
   listDir(path: string): Promise<readonly string[]>;
 }
@@ -24,6 +30,9 @@ export interface HostIO {
 const MAX_OUTPUT_BYTES = 256 * 1024 * 1024;
 
 export function createHostIO(): HostIO {
+  // One read buffer for the agent's life: a 250k-entry conntrack read is ~40 MB,
+  // and fresh buffers every second would sit as external memory until a GC.
+  const reader = createProcReader();
   return {
     run(argv, options = {}) {
       const [cmd, ...args] = argv;
@@ -45,8 +54,11 @@ export function createHostIO(): HostIO {
       });
     },
     readFile(path) {
+      return this.readFileWith(path, (b) => b.toString('latin1'));
+    },
+    readFileWith(path, consume) {
       try {
-        return Promise.resolve(readProcFile(path));
+        return Promise.resolve(consume(reader.read(path)));
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code === 'ENOENT') return Promise.reject(new ConntrailError('SOURCE_UNAVAILABLE', `${path} does not exist on this node`, { cause: err }));
@@ -67,29 +79,32 @@ export function createHostIO(): HostIO {
  * procfs files report size 0 and the kernel fills at most one page per read()
  * (LAB-NOTES), so the read loop, not the buffer, is the cost. A synchronous
  * loop matches `cat`; libuv's async readFile would add a thread hop per page.
+ * The buffer grows to the largest file read and is reused.
  */
-function readProcFile(path: string): string {
-  const fd = openSync(path, 'r');
-  try {
-    const chunks: Buffer[] = [];
-    let total = 0;
-    let buf = Buffer.allocUnsafe(1 << 20);
-    let used = 0;
-    for (;;) {
-      if (used === buf.length) {
-        chunks.push(buf);
-        buf = Buffer.allocUnsafe(1 << 20);
-        used = 0;
+function createProcReader(): { read(path: string): Buffer } {
+  let buf = Buffer.allocUnsafe(1 << 20);
+  return {
+    read(path) {
+      const fd = openSync(path, 'r');
+      try {
+        let used = 0;
+        for (;;) {
+          if (buf.length - used < 65_536) {
+            if (buf.length >= MAX_OUTPUT_BYTES) throw new ConntrailError('SOURCE_FAILED', `${path} is larger than ${MAX_OUTPUT_BYTES} bytes`);
+            // Grow in 4 MiB steps, not by doubling: the buffer lives as long as the agent.
+            const bigger = Buffer.allocUnsafe(Math.min(buf.length + (4 << 20), MAX_OUTPUT_BYTES));
+            buf.copy(bigger, 0, 0, used);
+            buf = bigger;
+          }
+          // A huge count makes sysctl reads fail (the kernel allocates it: ENOMEM); procfs tables give a page per read anyway.
+          const n = readSync(fd, buf, used, Math.min(buf.length - used, 1 << 20), null);
+          if (n === 0) break;
+          used += n;
+        }
+        return buf.subarray(0, used);
+      } finally {
+        closeSync(fd);
       }
-      const n = readSync(fd, buf, used, buf.length - used, null);
-      if (n === 0) break;
-      used += n;
-      total += n;
-      if (total > MAX_OUTPUT_BYTES) throw new ConntrailError('SOURCE_FAILED', `${path} is larger than ${MAX_OUTPUT_BYTES} bytes`);
-    }
-    chunks.push(buf.subarray(0, used));
-    return Buffer.concat(chunks).toString('utf8');
-  } finally {
-    closeSync(fd);
-  }
+    },
+  };
 }

@@ -19,6 +19,9 @@ export function createRecordedIO(current: () => Recording): HostIO {
       if (text === undefined) return Promise.reject(new ConntrailError('SOURCE_UNAVAILABLE', `${path} was not recorded`));
       return Promise.resolve(text);
     },
+    readFileWith(path, consume) {
+      return this.readFile(path).then((t) => consume(Buffer.from(t, 'latin1')));
+    },
     listDir(path) {
       const prefix = path.endsWith('/') ? path : `${path}/`;
       const names = new Set<string>();

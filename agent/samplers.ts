@@ -19,7 +19,8 @@ import { compactConntrackSpec, createConntrackLineCache, expandConntrack, type C
 /** One verbatim output a sample was made from: what a bundle stores and `replay` reads. */
 export interface Reading {
   readonly via: string;
-  readonly text: string;
+  /** null for a source too large to keep a copy of (conntrack). */
+  readonly text: string | null;
 }
 
 export interface Sample<N extends SourceName> {
@@ -98,7 +99,7 @@ function iptablesSampler(): Sampler<'iptables'> {
   return {
     source: 'iptables',
     async sample(io) {
-      const outputs: { backend: 'nft' | 'legacy' | null; reading: Reading }[] = [];
+      const outputs: { backend: 'nft' | 'legacy' | null; reading: { via: string; text: string } }[] = [];
       for (const b of backends) {
         try {
           const out = await io.run(b.argv, { timeoutMs: TIMEOUT_MS });
@@ -141,16 +142,19 @@ function conntrackSampler(): Sampler<'conntrack'> {
   return {
     source: 'conntrack',
     async sample(io) {
-      let reading: Reading;
+      let via = '/proc/net/nf_conntrack';
+      let parsed: ReturnType<typeof cache.parse>;
       try {
-        reading = { via: '/proc/net/nf_conntrack', text: await io.readFile('/proc/net/nf_conntrack') };
+        parsed = await io.readFileWith(via, (bytes) => cache.parse(bytes));
       } catch (err) {
         if (!isConntrailError(err, 'SOURCE_UNAVAILABLE')) throw err;
         const argv = ['conntrack', '-L', '-o', 'extended'];
-        const out = await io.run(argv, { timeoutMs: TIMEOUT_MS });
-        reading = { via: argv.join(' '), text: out.stdout };
+        via = argv.join(' ');
+        parsed = cache.parse(Buffer.from((await io.run(argv, { timeoutMs: TIMEOUT_MS })).stdout, 'latin1'));
       }
-      const { keyed, problems } = cache.parse(reading.text);
+      // The table's text is not kept: at 250k entries it is 40 MB a second. Each kept entry holds its own line.
+      const reading: Reading = { via, text: null };
+      const { keyed, problems } = parsed;
       const compact: Compact<'conntrack'> = {
         keyed,
         spec: compactConntrackSpec as unknown as SourceSpec<unknown>,

@@ -81,16 +81,21 @@ async function nodeConntrack(node: string): Promise<Map<string, string | null>> 
 
 /** The collector's conntrack for `node` lies between two reads of the node's own table taken around it (one tick apart at most). */
 async function expectConntrackMatches(node: string): Promise<void> {
+  let last = '';
   await waitFor(`${node}'s conntrack at the collector`, async () => {
     const before = await nodeConntrack(node);
     await new Promise((r) => setTimeout(r, 1_200));
     const seen = new Map((await records<ConntrackEntry>(node, 'conntrack')).map((e) => [sources.conntrack.keyOf(e), e.state]));
     await new Promise((r) => setTimeout(r, 1_200));
     const after = await nodeConntrack(node);
-    for (const [k, state] of before) if (after.get(k) === state && seen.get(k) !== state) return false;
-    for (const [k, state] of seen) if (before.get(k) !== state && after.get(k) !== state) return false;
-    return seen.size > 0;
-  }, 20_000);
+    const missing = [...before].filter(([k, state]) => after.get(k) === state && seen.get(k) !== state);
+    const extra = [...seen].filter(([k, state]) => before.get(k) !== state && after.get(k) !== state);
+    last = JSON.stringify({ missing: missing.slice(0, 3), extra: extra.slice(0, 3), seen: seen.size, node: after.size });
+    return missing.length === 0 && extra.length === 0 && seen.size > 0;
+  }, 15_000).catch((err: Error) => {
+    const warnings = collectorLines.filter((l) => Number(l.level) >= 40).slice(-5);
+    throw new Error(`${err.message}; last difference: ${last}; collector warnings: ${JSON.stringify(warnings)}`);
+  });
 }
 
 async function expectIptablesMatches(node: string): Promise<void> {
@@ -144,7 +149,7 @@ afterAll(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-describe('agent and collector on a live lab cluster', () => {
+describe('agent and collector on a live lab cluster', { timeout: 90_000 }, () => {
   it('both agents connect and the collector reports every source of each node', async () => {
     const nodes = await waitFor('two nodes with sources', async () => {
       const list = await api<{ node: string; connected: boolean; sources: { source: string; state: string; records: number }[] }[]>('/api/nodes');
