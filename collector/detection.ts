@@ -5,13 +5,20 @@ import type { RecordOf, SourceName } from '../contract/sources.ts';
 import { FindingAggregator, type FindingLine } from './aggregate.ts';
 import { detectConntrackPressure } from './detectors/conntrack-pressure.ts';
 import type { Detector, DetectorInput } from './detectors/input.ts';
+import { detectLbHairpin } from './detectors/lb-hairpin.ts';
+import { detectLbHealthcheckDropped } from './detectors/lb-healthcheck-dropped.ts';
 import { detectPortReuse } from './detectors/port-reuse.ts';
 import { detectStaleNat } from './detectors/stale-nat.ts';
+import { detectUnansweredSyn } from './detectors/unanswered-syn.ts';
+import type { Finding } from './findings.ts';
 import { EndpointHistory } from './endpoint-history.ts';
 import type { NodeView, Transition } from './node-view.ts';
 import { programmedServices } from './services.ts';
 
-export const detectors: readonly Detector[] = [detectPortReuse, detectStaleNat, detectConntrackPressure];
+/** Specific detectors; `unanswered-syn` runs after them, for what they leave unexplained. */
+export const detectors: readonly Detector[] = [detectPortReuse, detectStaleNat, detectLbHairpin, detectLbHealthcheckDropped, detectConntrackPressure];
+/** How long a specific finding explains later symptoms on the same client. */
+const EXPLAINS_MS = 5 * 60_000;
 
 const RULE_SOURCES = new Set<SourceName>(['iptables', 'nft', 'ipvs']);
 
@@ -20,6 +27,8 @@ export class Detection {
   readonly #prevTime = new Map<string, number>();
   readonly #aggregator: FindingAggregator;
   readonly #sink: (line: FindingLine) => void;
+  /** Client address:port of tuples a specific finding explained, with when. */
+  readonly #explained = new Map<string, number>();
 
   constructor(sink: (line: FindingLine) => void, windowMs?: number) {
     this.#sink = sink;
@@ -57,7 +66,13 @@ export class Detection {
       kernel: view.facts?.kernel ?? (view.recordMap('sysctl').get('kernel.osrelease') as RecordOf<'sysctl'> | undefined)?.value ?? null,
     };
     this.#prevTime.set(view.name, time);
-    for (const detect of detectors) for (const f of detect(input)) for (const line of this.#aggregator.add(f)) this.#sink(line);
+    const found: Finding[] = detectors.flatMap((detect) => detect(input));
+    for (const f of found) if (f.tuple) this.#explained.set(clientOf(f), time);
+    for (const f of detectUnansweredSyn(input)) {
+      const at = this.#explained.get(clientOf(f));
+      if (at === undefined || time - at > EXPLAINS_MS) found.push(f);
+    }
+    for (const f of found) for (const line of this.#aggregator.add(f)) this.#sink(line);
     for (const line of this.#aggregator.flush(time)) this.#sink(line);
   }
 
@@ -66,3 +81,5 @@ export class Detection {
     for (const line of this.#aggregator.flush(now, true)) this.#sink(line);
   }
 }
+
+const clientOf = (f: Finding): string => (f.tuple ? `${f.node} ${f.tuple.proto} ${f.tuple.src}:${f.tuple.sport ?? '-'}` : '');

@@ -6,7 +6,9 @@ import type { FindingLine } from './aggregate.ts';
 export function findingLogger(log: Logger): (line: FindingLine) => void {
   const out = log.child({ component: 'findings' });
   return (line) => {
-    const { summary, ...fields } = line;
+    // pino owns `time` (when the line was written); the sample that showed the finding is `observedAt`.
+    const { summary, time, ...rest } = line;
+    const fields = { ...rest, observedAt: new Date(time).toISOString() };
     if (line.severity === 'error') out.error(fields, summary);
     else out.warn(fields, summary);
   };

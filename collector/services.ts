@@ -55,10 +55,10 @@ export function splitEndpoint(text: string): { address: string; port: number } |
   return { address: bracket ? text.slice(1, i) : text.slice(0, i), port };
 }
 
-/** kube-proxy comments start with `ns/name:port`, then maybe ` cluster IP`, ` loadbalancer IP`, ` -> 10.0.0.1:80` … */
+/** kube-proxy comments start with `ns/name:port` (`ns/name` for an unnamed port), then maybe ` cluster IP`, ` loadbalancer IP`, ` -> 10.0.0.1:80` … */
 function serviceIdOf(comment: string | null): { id: string; rest: string } | null {
   if (comment === null) return null;
-  const m = /^([a-z0-9][-a-z0-9.]*\/[a-z0-9][-a-z0-9.]*:[-a-z0-9]*)(.*)$/i.exec(comment);
+  const m = /^([a-z0-9][-a-z0-9.]*\/[a-z0-9][-a-z0-9.]*(?::[-a-z0-9]*)?)(.*)$/i.exec(comment);
   return m === null ? null : { id: m[1] ?? '', rest: (m[2] ?? '').trim() };
 }
 

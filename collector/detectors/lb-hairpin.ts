@@ -1,0 +1,56 @@
+// Seeds 000/001: a pod connects to a load balancer that preserves client IPs
+// and targets instances; the LB picks the pod's own node, so the SYN comes
+// back in through that node's NodePort from the pod's own address. The node
+// DNATs it to an endpoint and sends the SYN-ACK straight to the pod from
+// node:NodePort, which the pod never asked; it resets, and its SYN to the LB
+// is never answered. On the node: one entry pod -> LB that never replied, and
+// one from the same pod and source port to the node's own NodePort, NATed.
+import type { Address, ConntrackEntry } from '../../contract/records.ts';
+import { endpointKey } from '../endpoint-history.ts';
+import { iso, type Finding } from '../findings.ts';
+import type { Detector } from './input.ts';
+
+export const detectLbHairpin: Detector = (input) => {
+  const services = input.endpoints.services.filter((s) => s.nodePorts.length > 0);
+  if (services.length === 0) return [];
+  const conntrack = input.records('conntrack');
+  const local = [...input.records('addrs').values()].filter((a: Address) => a.family === 'inet' && a.scope !== 'host').map((a) => a.address);
+  const findings: Finding[] = [];
+  const seen = new Set<string>();
+  for (const t of input.transitions) {
+    if (t.source !== 'conntrack' || t.after === undefined || t.kind === 'removed') continue;
+    const toLb = t.after as ConntrackEntry;
+    if (!toLb.unreplied || toLb.orig.sport === null || toLb.orig.dport === null || local.includes(toLb.orig.dst)) continue;
+    for (const svc of services) {
+      for (const port of svc.nodePorts) {
+        for (const nodeIp of local) {
+          const key = `${toLb.zone}|${toLb.proto}|${toLb.orig.src}|${toLb.orig.sport}|${nodeIp}|${port}|`;
+          const back = conntrack.get(key);
+          if (back === undefined || back.reply.src === back.orig.dst || back.reply.sport === null || seen.has(key)) continue;
+          seen.add(key);
+          const endpoint = endpointKey({ address: back.reply.src, port: back.reply.sport });
+          findings.push({
+            finding: 'lb-hairpin',
+            severity: 'error',
+            node: input.node,
+            service: svc.id,
+            tuple: { proto: toLb.proto, src: toLb.orig.src, sport: toLb.orig.sport, dst: toLb.orig.dst, dport: toLb.orig.dport },
+            endpoint,
+            summary: `${toLb.orig.src}:${toLb.orig.sport} connected to the load balancer ${toLb.orig.dst}:${toLb.orig.dport}, which sent it back to this node's NodePort ${nodeIp}:${port} with the client address kept; the node answered from ${nodeIp}:${port} (via ${endpoint}), the client never got an answer from the load balancer and the connection times out`,
+            evidence: [
+              { source: 'conntrack', node: input.node, time: iso(input.time), raw: toLb.raw },
+              { source: 'conntrack', node: input.node, time: iso(input.time), raw: back.raw },
+            ],
+            advice:
+              'A load balancer that keeps client IPs cannot hairpin a target\'s own connection back to it (AWS NLB docs, "Connections time out for requests from a target to its load balancer"). ' +
+              'Use IP targets (`service.beta.kubernetes.io/aws-load-balancer-nlb-target-type: ip`), or turn client IP preservation off (`service.beta.kubernetes.io/aws-load-balancer-target-group-attributes: preserve_client_ip.enabled=false`), ' +
+              `or have in-cluster clients use the Service name (${svc.id.split(':')[0] ?? svc.id}) instead of the load balancer.`,
+            time: input.time,
+            details: { nodePort: port, nodeAddress: nodeIp },
+          });
+        }
+      }
+    }
+  }
+  return findings;
+};
