@@ -13,6 +13,7 @@ import { detectUnansweredSyn } from './detectors/unanswered-syn.ts';
 import type { Finding } from './findings.ts';
 import { EndpointHistory } from './endpoint-history.ts';
 import type { NodeView, Transition } from './node-view.ts';
+import { PendingSyns } from './pending-syns.ts';
 import { programmedServices } from './services.ts';
 
 /** Specific detectors; `unanswered-syn` runs after them, for what they leave unexplained. */
@@ -24,6 +25,7 @@ const RULE_SOURCES = new Set<SourceName>(['iptables', 'nft', 'ipvs']);
 
 export class Detection {
   readonly #histories = new Map<string, EndpointHistory>();
+  readonly #pendingSyns = new Map<string, PendingSyns>();
   readonly #prevTime = new Map<string, number>();
   readonly #aggregator: FindingAggregator;
   readonly #sink: (line: FindingLine) => void;
@@ -56,6 +58,12 @@ export class Detection {
         }),
       );
     }
+    let pending = this.#pendingSyns.get(view.name);
+    if (pending === undefined) {
+      pending = new PendingSyns();
+      this.#pendingSyns.set(view.name, pending);
+    }
+    pending.update(time, transitions);
     const input: DetectorInput = {
       node: view.name,
       time,
@@ -63,6 +71,7 @@ export class Detection {
       transitions,
       records: <N extends SourceName>(source: N) => view.recordMap(source) as ReadonlyMap<string, RecordOf<N>>,
       endpoints: history,
+      pendingSyns: pending,
       kernel: view.facts?.kernel ?? (view.recordMap('sysctl').get('kernel.osrelease') as RecordOf<'sysctl'> | undefined)?.value ?? null,
     };
     this.#prevTime.set(view.name, time);

@@ -3,6 +3,7 @@
 import type { RecordOf, SourceName } from '../../contract/sources.ts';
 import type { Sysctl } from '../../contract/records.ts';
 import type { EndpointHistory } from '../endpoint-history.ts';
+import type { PendingSyns } from '../pending-syns.ts';
 import type { Finding } from '../findings.ts';
 import type { Transition } from '../node-view.ts';
 import type { ProgrammedService } from '../services.ts';
@@ -16,6 +17,8 @@ export interface DetectorInput {
   /** State after this step. */
   records<N extends SourceName>(source: N): ReadonlyMap<string, RecordOf<N>>;
   readonly endpoints: EndpointHistory;
+  /** Conntrack entries still waiting for a SYN-ACK, and since when. */
+  readonly pendingSyns: PendingSyns;
   /** Kernel release from node facts, else from kernel.osrelease. */
   readonly kernel: string | null;
 }

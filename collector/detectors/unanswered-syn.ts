@@ -1,21 +1,24 @@
-// The symptom itself: SYNs to a Service address, NodePort or load balancer
-// that stay unanswered across samples (the client retransmits, re-arming the
-// entry's timer), attributed to the endpoint they were NATed to. The engine
-// drops it where a more specific finding on the same tuple explains it.
-import type { ConntrackEntry } from '../../contract/records.ts';
+// The symptom itself: a SYN to a Service address, NodePort or load balancer
+// that stays unanswered across samples, attributed to the endpoint it was
+// NATed to. The engine drops it where a more specific finding on the same
+// client explains it.
 import { iso, type Finding } from '../findings.ts';
 import { serviceAt, type Detector } from './input.ts';
 
+/** A SYN-ACK takes milliseconds; two samples without one is a client retransmitting into the void. */
+export const UNANSWERED_AFTER_MS = 2_000;
+
 export const detectUnansweredSyn: Detector = (input) => {
   const findings: Finding[] = [];
-  for (const t of input.transitions) {
-    if (t.source !== 'conntrack' || t.kind !== 'refreshed' || t.after === undefined || t.before === undefined) continue;
-    const e = t.after as ConntrackEntry;
-    if (e.state !== 'SYN_SENT' || !e.unreplied || e.orig.dport === null) continue;
+  for (const p of input.pendingSyns.olderThan(input.time, UNANSWERED_AFTER_MS)) {
+    const e = p.entry;
+    if (e.orig.dport === null) continue;
     const service = serviceAt(input.endpoints.services, e.orig.dst, e.orig.dport, e.proto);
     if (service === undefined) continue;
+    p.reported = true;
     const natted = e.reply.src !== e.orig.dst;
     const endpoint = natted && e.reply.sport !== null ? `${e.reply.src}:${e.reply.sport}` : null;
+    const waited = Math.round((input.time - p.since) / 1000);
     findings.push({
       finding: 'unanswered-syn',
       severity: 'warning',
@@ -23,15 +26,13 @@ export const detectUnansweredSyn: Detector = (input) => {
       service: service.id,
       tuple: { proto: e.proto, src: e.orig.src, sport: e.orig.sport, dst: e.orig.dst, dport: e.orig.dport },
       endpoint,
-      summary: `${e.orig.src}:${e.orig.sport ?? '-'} keeps retransmitting its SYN to ${e.orig.dst}:${e.orig.dport}${endpoint ? ` (sent on to ${endpoint})` : ''} and gets no answer`,
-      evidence: [
-        { source: 'conntrack', node: input.node, time: iso(input.prevTime ?? input.time), raw: (t.before as ConntrackEntry).raw },
-        { source: 'conntrack', node: input.node, time: iso(input.time), raw: e.raw },
-      ],
+      summary: `${e.orig.src}:${e.orig.sport ?? '-'} has had no answer to its SYN to ${e.orig.dst}:${e.orig.dport}${endpoint ? ` (sent on to ${endpoint})` : ''} for ${waited} s`,
+      evidence: [{ source: 'conntrack', node: input.node, time: iso(input.time), raw: e.raw }],
       advice: endpoint
-        ? `Check that ${endpoint} is alive and reachable from ${input.node} (pod running, its node routing the pod range, no NetworkPolicy dropping it); capture on the endpoint's node: \`tcpdump -nn host ${e.reply.src} and port ${e.reply.sport}\`.`
+        ? `Check that ${endpoint} is alive and reachable from ${input.node} (pod running, its node routing the pod range, no NetworkPolicy dropping it) and that kube-proxy has caught up with its removal; capture on the way: \`tcpdump -nn host ${e.reply.src} and port ${e.reply.sport}\`.`
         : `Nothing on ${input.node} NATed this SYN: check the Service has endpoints and kube-proxy has programmed them here.`,
       time: input.time,
+      details: { unansweredForMs: input.time - p.since },
     });
   }
   return findings;

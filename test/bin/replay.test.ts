@@ -50,6 +50,30 @@ describe('conntrail replay on seed 002 timelines (IPVS, conn_reuse_mode=0)', () 
     expect(await replay(join(timelines, 'seed-002-reuse-to-live-endpoint'), log)).toEqual([]);
   });
 
+  it('reads the verbatim calico#4851 SYN_RECV output: reuse towards the backend that left is an error, towards the one still serving is not', async () => {
+    const { log } = captureLog();
+    const lines = await replay(join(timelines, 'calico-4851-reuse-after-scale-down'), log);
+    expect(lines.map((l) => [l.finding, l.severity, l.endpoint, l.tuple?.sport])).toEqual([
+      ['port-reuse-to-removed-endpoint', 'error', '10.178.166.153:8848', 59623],
+      // The second tuple to the same endpoint in the same window is folded into a count.
+      ['port-reuse-to-removed-endpoint', 'error', '10.178.166.153:8848', 59620],
+    ]);
+    expect(lines[1]?.count).toBe(1);
+    expect(lines[0]?.evidence.map((e) => e.raw)).toContain('TCP 00:57  SYN_RECV    10.148.20.23:59623 10.148.201.234:8848 10.178.166.153:8848');
+    expect(lines[0]?.advice).toMatch(/older than 5\.9/);
+  });
+
+  it('reports conntrack dropping flows when insert_failed and drop rise, with the table nearly full', async () => {
+    const { log } = captureLog();
+    const lines = await replay(join(timelines, 'conntrack-pressure-drops'), log);
+    // 1822 of 2048 is already 89% full at the first sample: a warning; then drops begin: an error.
+    expect(lines.map((l) => [l.finding, l.severity])).toEqual([['conntrack-pressure', 'warning'], ['conntrack-pressure', 'error']]);
+    const f = lines[1];
+    expect(f).toMatchObject({ severity: 'error', node: 'node-a', details: { insert_failed: 3, drop: 11, count: 2040, max: 2048 } });
+    expect(f?.summary).toMatch(/insert_failed \+3, drop \+11 .*100% full|insert_failed \+3, drop \+11/);
+    expect(f?.evidence.map((e) => e.raw)).toContain('net.netfilter.nf_conntrack_max = 2048');
+  });
+
   it('prints the finding as the collector logs it, and exits 1 on an error finding', async () => {
     const err = await run(process.execPath, [join(root, 'bin/conntrail.js'), 'replay', join(timelines, 'seed-002-reuse-to-removed-endpoint')]).catch((e: { code: number; stdout: string }) => e);
     expect(err).toMatchObject({ code: 1 });

@@ -2,7 +2,7 @@
 // sockets reach across network namespaces), and one agent inside each node's
 // namespace, stopped with the lab.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -83,6 +83,9 @@ export async function startConntrail(lab: Lab, nodes: readonly string[], token =
       }),
     findings,
     async stop() {
+      // For the README's "Reading a finding": the real lines a lab run produced.
+      const dump = process.env.CONNTRAIL_FINDINGS_DUMP;
+      if (dump) appendFileSync(dump, findings().map((f) => `${JSON.stringify(f)}\n`).join(''));
       const c = collector;
       if (c !== null && c.exitCode === null) {
         c.kill('SIGKILL');

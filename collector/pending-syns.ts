@@ -1,0 +1,35 @@
+// Conntrack entries still in SYN_SENT with no reply, and since when: a SYN
+// that a healthy endpoint answers in milliseconds is still unanswered after
+// seconds. Timers cannot tell this at 1 Hz (a retransmission re-arms the
+// 120 s timer within the same second it was sampled in), ages can.
+import type { ConntrackEntry } from '../contract/records.ts';
+import type { Transition } from './node-view.ts';
+
+export interface PendingSyn {
+  readonly since: number;
+  entry: ConntrackEntry;
+  reported: boolean;
+}
+
+export class PendingSyns {
+  readonly #pending = new Map<string, PendingSyn>();
+
+  update(time: number, transitions: readonly Transition[]): void {
+    for (const t of transitions) {
+      if (t.source !== 'conntrack') continue;
+      const after = t.after as ConntrackEntry | undefined;
+      if (after !== undefined && after.state === 'SYN_SENT' && after.unreplied) {
+        const p = this.#pending.get(t.key);
+        if (p === undefined) this.#pending.set(t.key, { since: time, entry: after, reported: false });
+        else p.entry = after;
+      } else {
+        this.#pending.delete(t.key);
+      }
+    }
+  }
+
+  /** Entries unanswered for at least `ms` at `time`, not yet reported. */
+  olderThan(time: number, ms: number): PendingSyn[] {
+    return [...this.#pending.values()].filter((p) => !p.reported && time - p.since >= ms);
+  }
+}
