@@ -79,7 +79,7 @@ describe('conntrail replay on seed 002 timelines (IPVS, conn_reuse_mode=0)', () 
     expect(err).toMatchObject({ code: 1 });
     const lines = (err as { stdout: string }).stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatchObject({ level: 50, component: 'findings', finding: 'port-reuse-to-removed-endpoint', endpoint: '10.27.1.249:80' });
+    expect(lines[0]).toMatchObject({ level: 50, component: 'collector', finding: 'port-reuse-to-removed-endpoint', endpoint: '10.27.1.249:80' });
     expect(lines[0]?.evidence).toContainEqual(expect.objectContaining({ source: 'ipvs-conn', raw: TW }));
   });
 
