@@ -4,11 +4,6 @@
 // through kube-proxy-style rules. The collector's view of each node must equal
 // what the node itself shows, after the snapshot, after diffs, and after the
 // collector is killed and restarted.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConntrack } from '../../agent/sources/conntrack.ts';
 import { parseIptables } from '../../agent/sources/iptables.ts';
@@ -19,50 +14,13 @@ import { waitFor } from '../helpers/capture-log.ts';
 import { buildCluster, type Cluster } from '../lab/cluster.ts';
 import type { ProxyModel, ServiceModel } from '../lab/kube-proxy.ts';
 import { assertLabPrerequisites, Lab } from '../lab/netns.ts';
-import { nodeBinary, runClient, startServer } from '../lab/traffic.ts';
-
-const root = new URL('../..', import.meta.url).pathname;
-const cli = join(root, 'bin/conntrail.js');
-const TOKEN = 'lab-token-7f3a';
+import { runClient, startServer } from '../lab/traffic.ts';
+import { startConntrail, type Conntrail } from './harness.ts';
 
 let lab: Lab;
 let cluster: Cluster;
-let dir: string;
-let sock: string;
-let collector: ChildProcess | null = null;
-const collectorLines: Record<string, unknown>[] = [];
-
-function startCollector(): ChildProcess {
-  const child = spawn(nodeBinary(), [cli, 'collector', '--listen', `unix:${sock}`, '--token-file', join(dir, 'token')], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let buf = '';
-  child.stdout?.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let i: number;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      try {
-        collectorLines.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        collectorLines.push({ unparsed: line });
-      }
-    }
-  });
-  return child;
-}
-
-function api<T>(path: string): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: sock, path, headers: { authorization: `Bearer ${TOKEN}` }, timeout: 3_000 }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(body) as T) : reject(new Error(`${path}: HTTP ${res.statusCode}: ${body}`))));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
+let ct: Conntrail;
+const api = <T>(path: string): Promise<T> => ct.api<T>(path);
 const records = async <T>(node: string, source: string) => (await api<{ records: T[] }>(`/api/nodes/${node}/${source}`)).records;
 
 const webSvc = (endpoints: ServiceModel['endpoints']): ServiceModel => ({
@@ -93,7 +51,7 @@ async function expectConntrackMatches(node: string): Promise<void> {
     last = JSON.stringify({ missing: missing.slice(0, 3), extra: extra.slice(0, 3), seen: seen.size, node: after.size });
     return missing.length === 0 && extra.length === 0 && seen.size > 0;
   }, 15_000).catch((err: Error) => {
-    const warnings = collectorLines.filter((l) => Number(l.level) >= 40).slice(-5);
+    const warnings = ct.lines.filter((l) => Number(l.level) >= 40).slice(-5);
     throw new Error(`${err.message}; last difference: ${last}; collector warnings: ${JSON.stringify(warnings)}`);
   });
 }
@@ -124,9 +82,6 @@ async function expectRoutesMatch(node: string): Promise<string[]> {
 beforeAll(async () => {
   assertLabPrerequisites();
   lab = new Lab();
-  dir = mkdtempSync(join(tmpdir(), 'conntrail-it-'));
-  sock = join(dir, 'collector.sock');
-  writeFileSync(join(dir, 'token'), `${TOKEN}\n`, { mode: 0o600 });
   cluster = await buildCluster(lab, {
     nodes: [{ name: 'node-1', proxyMode: 'iptables' }, { name: 'node-2', proxyMode: 'nft' }],
     pods: [{ name: 'client', node: 'node-1' }, { name: 'web-a', node: 'node-1' }, { name: 'web-b', node: 'node-2' }, { name: 'dns-a', node: 'node-2' }],
@@ -137,16 +92,12 @@ beforeAll(async () => {
   await startServer(lab, cluster.pod('web-a').ns, { kind: 'tcp', port: 8080, name: 'web-a' });
   await startServer(lab, cluster.pod('web-b').ns, { kind: 'tcp', port: 8080, name: 'web-b' });
   await startServer(lab, cluster.pod('dns-a').ns, { kind: 'udp', port: 5353, name: 'dns-a' });
-  collector = startCollector();
-  await waitFor('collector listening', () => collectorLines.find((l) => l.msg === 'collector listening'), 10_000);
-  for (const node of ['node-1', 'node-2'])
-    lab.spawn(node, [nodeBinary(), cli, 'agent', '--collector', `ws+unix:${sock}`, '--node', node, '--interval', '1s', '--token-file', join(dir, 'token')]);
+  ct = await startConntrail(lab, ['node-1', 'node-2']);
 }, 90_000);
 
 afterAll(async () => {
-  collector?.kill('SIGKILL');
+  await ct?.stop();
   await lab?.teardown();
-  if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
 describe('agent and collector on a live lab cluster', { timeout: 90_000 }, () => {
@@ -187,20 +138,19 @@ describe('agent and collector on a live lab cluster', { timeout: 90_000 }, () =>
     const routes = await expectRoutesMatch('node-1');
     expect(routes).toContain('inet local local 198.18.100.77 kube-ipvs0 ');
     await expectConntrackMatches('node-1');
-    const tl = collectorLines.filter((l) => l.msg === 'snapshot applied' && l.node === 'node-1');
-    expect(tl).toHaveLength(1);
+    // Diffs only: no resync was needed on the way.
+    expect(ct.lines.filter((l) => l.msg === 'snapshot applied' && l.node === 'node-1')).toHaveLength(1);
+    expect(ct.lines.filter((l) => l.msg === 'asking agent for a resync')).toEqual([]);
   });
 
   it('resyncs to identical state after the collector is killed and restarted', async () => {
     const before = (await records<IptablesRecord>('node-1', 'iptables')).map((r) => sources.iptables.keyOf(r)).sort();
     const nftBefore = (await records<NftObject>('node-2', 'nft')).map((r) => sources.nft.keyOf(r)).sort();
     expect(nftBefore.length).toBeGreaterThan(0);
-    collector?.kill('SIGKILL');
-    await new Promise((r) => collector?.once('exit', r));
-    rmSync(sock, { force: true });
-    collectorLines.length = 0;
-    collector = startCollector();
-    await waitFor('both agents resynced', () => collectorLines.filter((l) => l.msg === 'snapshot applied').length >= 2, 30_000);
+    await ct.killCollector();
+    ct.lines.length = 0;
+    ct.startCollector();
+    await waitFor('both agents resynced', () => ct.lines.filter((l) => l.msg === 'snapshot applied').length >= 2, 30_000);
     const after = (await records<IptablesRecord>('node-1', 'iptables')).map((r) => sources.iptables.keyOf(r)).sort();
     expect(after).toEqual(before);
     await expectConntrackMatches('node-1');
