@@ -16,11 +16,11 @@ import { createRecordedIO } from '../agent/recorded-io.ts';
 import { createSamplers } from '../agent/samplers.ts';
 import { parseSysctl } from '../agent/sources/sysctl.ts';
 import type { FindingLine } from '../collector/aggregate.ts';
-import { Collector, type Session } from '../collector/collector.ts';
+import { Collector } from '../collector/collector.ts';
 import { Detection } from '../collector/detection.ts';
 import { ConntrailError } from '../contract/errors.ts';
-import { encode, SNAPSHOT_CHUNK, type AgentMessage } from '../contract/protocol.ts';
-import { nodeFacts } from '../contract/records.ts';
+import { nodeFacts, type NodeFacts } from '../contract/records.ts';
+import { InProcessAgent } from './in-process.ts';
 
 /** Recorded file name → the command line or path the samplers ask HostIO for. */
 export const RECORDED_FILES: Readonly<Record<string, string>> = {
@@ -103,35 +103,25 @@ export async function replay(dir: string, log: Logger, sink?: (line: FindingLine
   const collector = new Collector({ log, now: () => clock });
   collector.onTimeline((view, entry, transitions) => detection.onStep(view, entry.time, transitions));
   // Interleave nodes by time, as a collector receives them.
-  const events = [...timeline].flatMap(([node, steps]) => steps.map((step, i) => ({ node, step, first: i === 0 }))).sort((a, b) => a.step.time - b.step.time);
-  const agents = new Map<string, { state: NodeState; carried: Map<string, string>; seq: number; session: Session }>();
-  for (const { node, step, first } of events) {
+  const events = [...timeline].flatMap(([node, steps]) => steps.map((step) => ({ node, step }))).sort((a, b) => a.step.time - b.step.time);
+  const agents = new Map<string, { agent: InProcessAgent; carried: Map<string, string> }>();
+  for (const { node, step } of events) {
     clock = step.time;
     let a = agents.get(node);
     if (a === undefined) {
       const carried = new Map<string, string>();
-      a = { state: new NodeState(createSamplers(), createRecordedIO(() => recordingOf(carried)), () => clock), carried, seq: 0, session: { node: null, remote: `replay:${node}`, send: () => undefined } };
+      a = { agent: new InProcessAgent(node, new NodeState(createSamplers(), createRecordedIO(() => recordingOf(carried)), () => clock), collector), carried };
       agents.set(node, a);
     }
     for (const [f, text] of step.files) a.carried.set(f, text);
-    const send = (msg: AgentMessage) => collector.receive(a.session, encode(msg));
-    if (first) {
-      send({ v: 1, type: 'hello', node, agentVersion: 'replay', intervalMs: 1000, startedAt: step.time });
-      const factsText = a.carried.get(FACTS_FILE);
-      if (factsText !== undefined) {
-        const facts = nodeFacts.decode(JSON.parse(factsText), 'facts.json');
-        if (!facts.ok) throw new ConntrailError('BAD_INPUT', `${node}: ${facts.error}`);
-        send({ v: 1, type: 'facts', facts: facts.value });
-      }
+    const factsText = step.files.get(FACTS_FILE);
+    let facts: NodeFacts | undefined;
+    if (factsText !== undefined) {
+      const decoded = nodeFacts.decode(JSON.parse(factsText), 'facts.json');
+      if (!decoded.ok) throw new ConntrailError('BAD_INPUT', `${node}: ${decoded.error}`);
+      facts = decoded.value;
     }
-    const result = await a.state.tick();
-    a.seq++;
-    if (first) {
-      for (const chunk of a.state.snapshot(SNAPSHOT_CHUNK)) send({ v: 1, type: 'snapshot', seq: a.seq, time: step.time, ...chunk });
-      send({ v: 1, type: 'snapshot-end', seq: a.seq, time: step.time, status: a.state.statuses() });
-    } else {
-      send({ v: 1, type: 'diff', seq: a.seq, time: step.time, changes: result.changes, status: result.statusChanges });
-    }
+    await a.agent.step(step.time, facts);
   }
   detection.flush(clock + 3_600_000);
   return lines;
