@@ -7,7 +7,7 @@
 // are made from the kept lines only when they are sent (a diff's few changed
 // entries, or a snapshot chunk by chunk).
 import type { ConntrackEntry } from '../contract/records.ts';
-import { conntrackTimerRearmed, sources, type Problem, type SourceSpec } from '../contract/sources.ts';
+import { sources, type Problem, type SourceSpec } from '../contract/sources.ts';
 import { isConntrackToolsMessage, parseConntrackLine } from './sources/conntrack.ts';
 
 
@@ -27,8 +27,9 @@ interface Cached {
   readonly timerEnd: number;
   /** The first-seen line: what a later line's bytes outside the timer must equal. */
   readonly line: string;
-  /** The timer as printed this tick. */
-  timeout: number | null;
+  /** The timer as printed when the entry was last sent, and when that was: the reference a re-arm is measured against. */
+  refTimeout: number | null;
+  refTime: number;
 }
 
 /** Identity and state of compact entries: the same as the contract's, read from the line. */
@@ -36,8 +37,25 @@ export const compactConntrackSpec: SourceSpec<CompactEntry> = {
   schema: { describe: 'compact conntrack entry', decode: () => ({ ok: false, error: 'compact entries never cross the wire' }) },
   keyOf: (e) => e.key,
   sameState: (a, b) => withoutTimer(a.raw) === withoutTimer(b.raw),
-  refreshed: (a, b) => conntrackTimerRearmed(a.timeout, b.timeout, b),
+  // The cache makes a new entry object for a kept line only when its timer was re-armed.
+  refreshed: () => true,
 };
+
+/**
+ * Timers print whole seconds and the agent samples once a second, so one
+ * pair of samples cannot tell a timer held at its maximum by a client sending
+ * every 200 ms (120, 119, 120, 119 …) from one counting down. Against a
+ * reference instead: an idle timer loses as many seconds as have passed; a
+ * re-armed one loses at least 2 fewer. Healthy ESTABLISHED TCP flows re-arm
+ * their 5-day timer with every packet and are left out, or every busy flow
+ * would be sent every other second.
+ */
+export function rearmedSince(refTimeout: number | null, refTime: number, timeout: number | null, now: number, entry: { proto: string; raw: string }): boolean {
+  if (refTimeout === null || timeout === null) return false;
+  if (entry.proto === 'tcp' && entry.raw.includes(' ESTABLISHED ')) return false;
+  const elapsed = (now - refTime) / 1000;
+  return elapsed - (refTimeout - timeout) >= 2;
+}
 
 /** The full record of a kept entry, for the wire. */
 export function expandConntrack(e: CompactEntry): ConntrackEntry | null {
@@ -46,8 +64,8 @@ export function expandConntrack(e: CompactEntry): ConntrackEntry | null {
 }
 
 export interface ConntrackLineCache {
-  /** Reads `bytes` (the table as read, valid only during the call). */
-  parse(bytes: Buffer): { keyed: Map<string, CompactEntry>; problems: Problem[] };
+  /** Reads `bytes` (the table as read, valid only during the call), sampled at `now` (ms). */
+  parse(bytes: Buffer, now: number): { keyed: Map<string, CompactEntry>; problems: Problem[] };
 }
 
 const keyOf = sources.conntrack.keyOf;
@@ -63,7 +81,7 @@ export function createConntrackLineCache(): ConntrackLineCache {
   // One string per protocol name for all entries, not one per entry.
   const protos = new Map<string, string>();
   return {
-    parse(bytes) {
+    parse(bytes, now) {
       const next = new Map<number, Cached>();
       const keyed = new Map<string, CompactEntry>();
       const problems: Problem[] = [];
@@ -83,8 +101,11 @@ export function createConntrackLineCache(): ConntrackLineCache {
         let c = prev.get(hash);
         if (c !== undefined && sameOutsideTimer(bytes, lineStart, end, timer, c)) {
           // A timer re-armed by traffic makes a fresh entry, which the diff sends as refreshed.
-          if (conntrackTimerRearmed(c.timeout, timeout, c.entry)) c.entry = { ...c.entry, raw: bytes.toString('latin1', lineStart, end), timeout };
-          c.timeout = timeout;
+          if (rearmedSince(c.refTimeout, c.refTime, timeout, now, c.entry)) {
+            c.entry = { ...c.entry, raw: bytes.toString('latin1', lineStart, end), timeout };
+            c.refTimeout = timeout;
+            c.refTime = now;
+          }
         } else {
           const line = bytes.toString('latin1', lineStart, end);
           const parsed = parseConntrackLine(line);
@@ -99,7 +120,8 @@ export function createConntrackLineCache(): ConntrackLineCache {
             timerStart: timer === null ? -1 : timer.start - lineStart,
             timerEnd: timer === null ? -1 : timer.end - lineStart,
             line,
-            timeout: parsed.timeout,
+            refTimeout: parsed.timeout,
+            refTime: now,
           };
         }
         next.set(hash, c);

@@ -24,6 +24,8 @@ export interface HostIO {
   readFileWith<T>(path: string, consume: (bytes: Buffer) => T): Promise<T>;
   /** Lists a directory; [] when it does not exist. */
   listDir(path: string): Promise<readonly string[]>;
+  /** When a reading is taken (ms since the epoch): the wall clock live, the recording's time in replay. */
+  now(): number;
 }
 
 /** 256 MiB: a 250k-entry conntrack table through `conntrack -L` is about 60 MiB. */
@@ -65,6 +67,7 @@ export function createHostIO(): HostIO {
         return Promise.reject(new ConntrailError('SOURCE_FAILED', `cannot read ${path}: ${(err as Error).message}`, { cause: err }));
       }
     },
+    now: () => Date.now(),
     listDir(path) {
       try {
         return Promise.resolve(readdirSync(path));

@@ -7,8 +7,9 @@ import type { HostIO } from './host-io.ts';
 /** Keys are a command line (`ipvsadm -Lnc`) or a file path (`/proc/net/nf_conntrack`). */
 export type Recording = ReadonlyMap<string, string>;
 
-export function createRecordedIO(current: () => Recording): HostIO {
+export function createRecordedIO(current: () => Recording, now: () => number = Date.now): HostIO {
   return {
+    now,
     run(argv) {
       const text = current().get(argv.join(' '));
       if (text === undefined) return Promise.reject(new ConntrailError('TOOL_MISSING', `${argv[0] ?? ''} was not recorded`));

@@ -145,12 +145,12 @@ function conntrackSampler(): Sampler<'conntrack'> {
       let via = '/proc/net/nf_conntrack';
       let parsed: ReturnType<typeof cache.parse>;
       try {
-        parsed = await io.readFileWith(via, (bytes) => cache.parse(bytes));
+        parsed = await io.readFileWith(via, (bytes) => cache.parse(bytes, io.now()));
       } catch (err) {
         if (!isConntrailError(err, 'SOURCE_UNAVAILABLE')) throw err;
         const argv = ['conntrack', '-L', '-o', 'extended'];
         via = argv.join(' ');
-        parsed = cache.parse(Buffer.from((await io.run(argv, { timeoutMs: TIMEOUT_MS })).stdout, 'latin1'));
+        parsed = cache.parse(Buffer.from((await io.run(argv, { timeoutMs: TIMEOUT_MS })).stdout, 'latin1'), io.now());
       }
       // The table's text is not kept: at 250k entries it is 40 MB a second. Each kept entry holds its own line.
       const reading: Reading = { via, text: null };

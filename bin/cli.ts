@@ -16,6 +16,7 @@ import { findingLogger } from '../collector/finding-log.ts';
 import { renderSummary } from '../collector/summary.ts';
 import { isConntrailError } from '../contract/errors.ts';
 import { isSourceName, sourceNames } from '../contract/sources.ts';
+import { renderDoctor, runDoctor } from './doctor.ts';
 import { replay } from './replay.ts';
 
 const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -28,6 +29,7 @@ usage:
   conntrail local [--interval 1s] [--listen HOST:PORT]
   conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
   conntrail replay DIR                recorded outputs (DIR/<node>/<time>/<file>) through the agent and the detectors
+  conntrail doctor [--json] [--node NAME] [--gap 3s]   one-shot check of this node, no collector; exits 1 on an error
 
 The token comes from --token-file or $CONNTRAIL_TOKEN. Logs are JSON lines on stdout.`;
 
@@ -47,6 +49,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await runParse(rest);
       case 'replay':
         return await runReplay(rest);
+      case 'doctor':
+        return await runDoctorCommand(rest);
       case undefined:
       case '-h':
       case '--help':
@@ -100,7 +104,7 @@ async function runCollector(args: readonly string[]): Promise<number> {
   const tls = values['tls-cert'] && values['tls-key'] ? { cert: readFileSync(values['tls-cert'], 'utf8'), key: readFileSync(values['tls-key'], 'utf8') } : undefined;
   const collector = new Collector({ log });
   const detection = new Detection(findingLogger(log));
-  collector.onTimeline((view, entry, transitions) => detection.onStep(view, entry.time, transitions));
+  detection.watch(collector);
   const server = new CollectorServer({ collector, log, token, ...(tls ? { tls } : {}) });
   const addr = await server.listen(parseListen(values.listen));
   log.info({ listen: addr, auth: token === null ? 'none' : 'bearer token', tls: tls !== undefined }, 'collector listening');
@@ -205,6 +209,13 @@ async function runReplay(args: readonly string[]): Promise<number> {
     }
     throw err;
   }
+}
+
+async function runDoctorCommand(args: readonly string[]): Promise<number> {
+  const { values } = parseArgs({ args: [...args], options: { json: { type: 'boolean', default: false }, node: { type: 'string' }, gap: { type: 'string', default: '3s' } } });
+  const report = await runDoctor({ ...(values.node ? { node: values.node } : {}), gapMs: parseInterval(values.gap), log: logger('doctor', process.env.LOG_LEVEL ?? 'silent') });
+  process.stdout.write(values.json ? `${JSON.stringify(report)}\n` : `${renderDoctor(report)}\n`);
+  return report.ok ? 0 : 1;
 }
 
 function untilSignal(): Promise<void> {

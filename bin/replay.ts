@@ -101,7 +101,7 @@ export async function replay(dir: string, log: Logger, sink?: (line: FindingLine
   });
   let clock = 0;
   const collector = new Collector({ log, now: () => clock });
-  collector.onTimeline((view, entry, transitions) => detection.onStep(view, entry.time, transitions));
+  detection.watch(collector);
   // Interleave nodes by time, as a collector receives them.
   const events = [...timeline].flatMap(([node, steps]) => steps.map((step) => ({ node, step }))).sort((a, b) => a.step.time - b.step.time);
   const agents = new Map<string, { agent: InProcessAgent; carried: Map<string, string> }>();
@@ -110,7 +110,7 @@ export async function replay(dir: string, log: Logger, sink?: (line: FindingLine
     let a = agents.get(node);
     if (a === undefined) {
       const carried = new Map<string, string>();
-      a = { agent: new InProcessAgent(node, new NodeState(createSamplers(), createRecordedIO(() => recordingOf(carried)), () => clock), collector), carried };
+      a = { agent: new InProcessAgent(node, new NodeState(createSamplers(), createRecordedIO(() => recordingOf(carried), () => clock), () => clock), collector), carried };
       agents.set(node, a);
     }
     for (const [f, text] of step.files) a.carried.set(f, text);

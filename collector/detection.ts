@@ -12,8 +12,10 @@ import { detectStaleNat } from './detectors/stale-nat.ts';
 import { detectUnansweredSyn } from './detectors/unanswered-syn.ts';
 import type { Finding } from './findings.ts';
 import { EndpointHistory } from './endpoint-history.ts';
+import type { Collector } from './collector.ts';
 import type { NodeView, Transition } from './node-view.ts';
 import { PendingSyns } from './pending-syns.ts';
+import { RecentActivity } from './recent-activity.ts';
 import { programmedServices } from './services.ts';
 
 /** Specific detectors; `unanswered-syn` runs after them, for what they leave unexplained. */
@@ -26,6 +28,7 @@ const RULE_SOURCES = new Set<SourceName>(['iptables', 'nft', 'ipvs']);
 export class Detection {
   readonly #histories = new Map<string, EndpointHistory>();
   readonly #pendingSyns = new Map<string, PendingSyns>();
+  readonly #activity = new Map<string, RecentActivity>();
   readonly #prevTime = new Map<string, number>();
   readonly #aggregator: FindingAggregator;
   readonly #sink: (line: FindingLine) => void;
@@ -46,7 +49,7 @@ export class Detection {
     return h;
   }
 
-  onStep(view: NodeView, time: number, transitions: readonly Transition[]): void {
+  onStep(view: NodeView, time: number, transitions: readonly Transition[], snapshot = false): void {
     const history = this.history(view.name);
     if (transitions.some((t) => RULE_SOURCES.has(t.source)) || history.services.length === 0) {
       history.update(
@@ -64,6 +67,11 @@ export class Detection {
       this.#pendingSyns.set(view.name, pending);
     }
     pending.update(time, transitions);
+    let activity = this.#activity.get(view.name);
+    if (activity === undefined) {
+      activity = new RecentActivity();
+      this.#activity.set(view.name, activity);
+    }
     const input: DetectorInput = {
       node: view.name,
       time,
@@ -72,10 +80,13 @@ export class Detection {
       records: <N extends SourceName>(source: N) => view.recordMap(source) as ReadonlyMap<string, RecordOf<N>>,
       endpoints: history,
       pendingSyns: pending,
+      recentActivity: activity,
       kernel: view.facts?.kernel ?? (view.recordMap('sysctl').get('kernel.osrelease') as RecordOf<'sysctl'> | undefined)?.value ?? null,
     };
     this.#prevTime.set(view.name, time);
     const found: Finding[] = detectors.flatMap((detect) => detect(input));
+    // After detection: an entry is judged against activity before this step, and its own move this step.
+    activity.update(time, transitions, snapshot);
     for (const f of found) if (f.tuple) this.#explained.set(clientOf(f), time);
     for (const f of detectUnansweredSyn(input)) {
       const at = this.#explained.get(clientOf(f));
@@ -83,6 +94,11 @@ export class Detection {
     }
     for (const f of found) for (const line of this.#aggregator.add(f)) this.#sink(line);
     for (const line of this.#aggregator.flush(time)) this.#sink(line);
+  }
+
+  /** Runs on every step the collector applies. */
+  watch(collector: Collector): void {
+    collector.onTimeline((view, entry, transitions) => this.onStep(view, entry.time, transitions, entry.kind === 'snapshot'));
   }
 
   /** Logs what repeats are still being counted (at shutdown, or at the end of a replay). */

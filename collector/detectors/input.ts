@@ -4,6 +4,7 @@ import type { RecordOf, SourceName } from '../../contract/sources.ts';
 import type { Sysctl } from '../../contract/records.ts';
 import type { EndpointHistory } from '../endpoint-history.ts';
 import type { PendingSyns } from '../pending-syns.ts';
+import type { RecentActivity } from '../recent-activity.ts';
 import type { Finding } from '../findings.ts';
 import type { Transition } from '../node-view.ts';
 import type { ProgrammedService } from '../services.ts';
@@ -19,6 +20,8 @@ export interface DetectorInput {
   readonly endpoints: EndpointHistory;
   /** Conntrack entries still waiting for a SYN-ACK, and since when. */
   readonly pendingSyns: PendingSyns;
+  /** Conntrack entries that moved in the last few seconds. */
+  readonly recentActivity: RecentActivity;
   /** Kernel release from node facts, else from kernel.osrelease. */
   readonly kernel: string | null;
 }

@@ -11,11 +11,31 @@ import { serviceAt, type Detector } from './input.ts';
 
 const CLOSING = new Set(['TIME_WAIT', 'CLOSE', 'FIN_WAIT', 'LAST_ACK', 'CLOSE_WAIT']);
 
+const sameReply = (a: ConntrackEntry, b: ConntrackEntry): boolean =>
+  a.reply.src === b.reply.src && a.reply.sport === b.reply.sport && a.reply.dst === b.reply.dst && a.reply.dport === b.reply.dport;
+
 export const detectStaleNat: Detector = (input) => {
-  const findings: Finding[] = [];
+  // Traffic on a NATed tuple: its timer re-armed, or its state moved on (UDP
+  // turning ASSURED) with the same NAT.
+  const active: { entry: ConntrackEntry; before?: ConntrackEntry }[] = [];
   for (const t of input.transitions) {
-    if (t.source !== 'conntrack' || t.kind !== 'refreshed' || t.after === undefined) continue;
-    const e = t.after as ConntrackEntry;
+    if (t.source !== 'conntrack' || t.after === undefined || t.before === undefined) continue;
+    const before = t.before as ConntrackEntry;
+    const after = t.after as ConntrackEntry;
+    // A tuple reused for a new connection (back to SYN_SENT) is port reuse, that detector's case.
+    const reused = after.state === 'SYN_SENT' || after.state === 'SYN_RECV';
+    if (t.kind === 'refreshed' || (t.kind === 'changed' && sameReply(before, after) && !reused)) active.push({ entry: after, before });
+  }
+  // An endpoint that left at this step: entries still carrying traffic to it
+  // in the last seconds are stale now, before their next re-arm can show.
+  const leftNow = new Set(input.endpoints.all().filter((s) => s.removedAt === input.time).map((s) => s.endpoint));
+  if (leftNow.size > 0)
+    for (const { entry } of input.recentActivity.entries())
+      if (entry.reply.sport !== null && leftNow.has(endpointKey({ address: entry.reply.src, port: entry.reply.sport }))) active.push({ entry });
+
+  const findings: Finding[] = [];
+  const seen = new Set<string>();
+  for (const { entry: e, before } of active) {
     if (e.state !== null && CLOSING.has(e.state)) continue;
     if (e.reply.src === e.orig.dst || e.orig.dport === null || e.reply.sport === null) continue;
     const service = serviceAt(input.endpoints.services, e.orig.dst, e.orig.dport, e.proto);
@@ -24,8 +44,10 @@ export const detectStaleNat: Detector = (input) => {
     const state = input.endpoints.stateAt(service.id, endpoint, input.time);
     const programmed = service.endpoints.some((x) => endpointKey(x) === endpoint);
     if (state === 'serving' || state === 'terminating' || (state === 'unknown' && programmed)) continue;
+    const tupleKey = `${e.proto} ${e.orig.src}:${e.orig.sport ?? '-'} ${e.orig.dst}:${e.orig.dport}`;
+    if (seen.has(tupleKey)) continue;
+    seen.add(tupleKey);
     const span = input.endpoints.span(service.id, endpoint);
-    const before = t.before as ConntrackEntry | undefined;
     const evidence = [
       ...(before ? [{ source: 'conntrack' as const, node: input.node, time: iso(input.prevTime ?? input.time), raw: before.raw }] : []),
       { source: 'conntrack' as const, node: input.node, time: iso(input.time), raw: e.raw },

@@ -10,10 +10,11 @@ const feed = (...lines: string[]) => Buffer.from(`${lines.join('\n')}\n`, 'latin
 describe('conntrack line cache', () => {
   it('follows one tuple through SYN_SENT, ESTABLISHED and TIME_WAIT as changes of one key', () => {
     const cache = createConntrackLineCache();
-    let prev = cache.parse(feed(line(119, 'SYN_SENT', true))).keyed;
+    let prev = cache.parse(feed(line(119, 'SYN_SENT', true)), 0).keyed;
+    let t = 0;
     const states: string[] = [];
     for (const l of [line(431999, 'ESTABLISHED'), line(120, 'TIME_WAIT')]) {
-      const next = cache.parse(feed(l)).keyed;
+      const next = cache.parse(feed(l), (t += 1000)).keyed;
       const d = diffByKey(prev, next, compactConntrackSpec);
       expect(d.added).toEqual([]);
       expect(d.changed).toHaveLength(1);
@@ -25,23 +26,33 @@ describe('conntrack line cache', () => {
 
   it('keeps an entry whose timer only counted down as the same object, so nothing is sent', () => {
     const cache = createConntrackLineCache();
-    const a = cache.parse(feed(line(120, 'TIME_WAIT'))).keyed;
-    const b = cache.parse(feed(line(118, 'TIME_WAIT'))).keyed;
+    const a = cache.parse(feed(line(120, 'TIME_WAIT')), 0).keyed;
+    const b = cache.parse(feed(line(118, 'TIME_WAIT')), 2_000).keyed;
     expect([...b.values()][0]).toBe([...a.values()][0]);
     expect(diffByKey(a, b, compactConntrackSpec)).toEqual({ added: [], removed: [], changed: [], refreshed: [] });
   });
 
-  it('sends a UDP entry held at its timer by a client that keeps sending, with the line as now printed', () => {
-    const cache = createConntrackLineCache();
-    const a = cache.parse(feed(udp(120))).keyed;
-    const b = cache.parse(feed(udp(120))).keyed;
-    const d = diffByKey(a, b, compactConntrackSpec);
-    expect(d.refreshed.map((e) => e.raw)).toEqual([udp(120)]);
+  it('sends a UDP entry whose timer a client holds near its maximum, with the line as now printed, and not one counting down', () => {
+    const held = createConntrackLineCache();
+    const a = held.parse(feed(udp(120)), 0).keyed;
+    // One second later, 119: could be either. Two seconds later, 120 again: re-armed.
+    const b = held.parse(feed(udp(119)), 1_000).keyed;
+    expect(diffByKey(a, b, compactConntrackSpec).refreshed).toEqual([]);
+    const c = held.parse(feed(udp(120)), 2_000).keyed;
+    expect(diffByKey(b, c, compactConntrackSpec).refreshed.map((e) => e.raw)).toEqual([udp(120)]);
+
+    const idle = createConntrackLineCache();
+    let prev = idle.parse(feed(udp(120)), 0).keyed;
+    for (let s = 1; s <= 5; s++) {
+      const next = idle.parse(feed(udp(120 - s)), s * 1_000).keyed;
+      expect(diffByKey(prev, next, compactConntrackSpec).refreshed).toEqual([]);
+      prev = next;
+    }
   });
 
   it('reports an unreadable line with its line number and skips the conntrack-tools trailer', () => {
     const cache = createConntrackLineCache();
-    const r = cache.parse(feed(line(5, 'TIME_WAIT'), 'tcp      6 4', 'conntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.'));
+    const r = cache.parse(feed(line(5, 'TIME_WAIT'), 'tcp      6 4', 'conntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.'), 0);
     expect(r.keyed.size).toBe(1);
     expect(r.problems).toEqual([{ line: 2, text: 'tcp      6 4', reason: expect.any(String) }]);
   });
