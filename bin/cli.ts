@@ -1,5 +1,7 @@
 // `conntrail` command line: the one place where processes are wired together.
-import { readFileSync } from 'node:fs';
+import { createWriteStream, readFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
@@ -9,6 +11,7 @@ import { createHostIO } from '../agent/host-io.ts';
 import { NodeState } from '../agent/node-state.ts';
 import { parsers } from '../agent/parsers.ts';
 import { createSamplers } from '../agent/samplers.ts';
+import { BundleService } from '../collector/bundle-service.ts';
 import { Collector } from '../collector/collector.ts';
 import { CollectorServer, parseListen } from '../collector/server.ts';
 import { Detection } from '../collector/detection.ts';
@@ -29,6 +32,8 @@ usage:
   conntrail local [--interval 1s] [--listen HOST:PORT]
   conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
   conntrail replay DIR                recorded outputs (DIR/<node>/<time>/<file>) through the agent and the detectors
+  conntrail incidents --collector URL
+  conntrail bundle --collector URL (--incident ID | --since 10m) -o FILE
   conntrail doctor [--json] [--node NAME] [--gap 3s]   one-shot check of this node, no collector; exits 1 on an error
 
 The token comes from --token-file or $CONNTRAIL_TOKEN. Logs are JSON lines on stdout.`;
@@ -51,6 +56,10 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await runReplay(rest);
       case 'doctor':
         return await runDoctorCommand(rest);
+      case 'bundle':
+        return await runBundle(rest);
+      case 'incidents':
+        return await runIncidents(rest);
       case undefined:
       case '-h':
       case '--help':
@@ -103,9 +112,15 @@ async function runCollector(args: readonly string[]): Promise<number> {
   const token = readToken(values['token-file']);
   const tls = values['tls-cert'] && values['tls-key'] ? { cert: readFileSync(values['tls-cert'], 'utf8'), key: readFileSync(values['tls-key'], 'utf8') } : undefined;
   const collector = new Collector({ log });
-  const detection = new Detection(findingLogger(log));
+  const bundles = new BundleService(collector, VERSION);
+  const logFinding = findingLogger(log);
+  const detection = new Detection((line) => {
+    logFinding(line);
+    const opened = bundles.incidents.add(line);
+    if (opened !== null) log.warn({ incident: opened.id, service: opened.service, node: line.node }, 'incident opened');
+  });
   detection.watch(collector);
-  const server = new CollectorServer({ collector, log, token, ...(tls ? { tls } : {}) });
+  const server = new CollectorServer({ collector, log, token, bundles, ...(tls ? { tls } : {}) });
   const addr = await server.listen(parseListen(values.listen));
   log.info({ listen: addr, auth: token === null ? 'none' : 'bearer token', tls: tls !== undefined }, 'collector listening');
   if (token === null) log.warn('no token configured: any agent or client can connect (set CONNTRAIL_TOKEN or --token-file)');
@@ -216,6 +231,67 @@ async function runDoctorCommand(args: readonly string[]): Promise<number> {
   const report = await runDoctor({ ...(values.node ? { node: values.node } : {}), gapMs: parseInterval(values.gap), log: logger('doctor', process.env.LOG_LEVEL ?? 'silent') });
   process.stdout.write(values.json ? `${JSON.stringify(report)}\n` : `${renderDoctor(report)}\n`);
   return report.ok ? 0 : 1;
+}
+
+/** `http://host:port` (or `unix:/path` for a collector on a unix socket). */
+function httpGet(base: string, path: string, token: string | null): Promise<import('node:http').IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const headers = token === null ? {} : { authorization: `Bearer ${token}` };
+    const req = base.startsWith('unix:')
+      ? httpRequest({ socketPath: base.slice(5), path, headers })
+      : (base.startsWith('https:') ? httpsRequest : httpRequest)(new URL(path, base), { headers });
+    req.on('response', resolve);
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function runIncidents(args: readonly string[]): Promise<number> {
+  const { values } = parseArgs({ args: [...args], options: { collector: { type: 'string' }, 'token-file': { type: 'string' }, json: { type: 'boolean', default: false } } });
+  if (values.collector === undefined) throw new UsageError('incidents: --collector URL is required');
+  const res = await httpGet(values.collector, '/api/incidents', readToken(values['token-file']));
+  const body = await new Promise<string>((r) => { let b = ''; res.on('data', (d: Buffer) => (b += d.toString())); res.on('end', () => r(b)); });
+  if (res.statusCode !== 200) {
+    process.stderr.write(`conntrail: incidents: the collector answered ${res.statusCode}: ${body}\n`);
+    return 1;
+  }
+  const list = JSON.parse(body) as { id: string; service: string | null; nodes: string[]; findings: number; kinds: string[]; firstFinding: string }[];
+  if (values.json) process.stdout.write(`${body}\n`);
+  else if (list.length === 0) process.stdout.write('no incidents\n');
+  else for (const i of list) process.stdout.write(`${i.id}  ${i.firstFinding}  ${i.service ?? '-'}  nodes ${i.nodes.join(',')}  ${i.findings} findings (${i.kinds.join(', ')})\n`);
+  return 0;
+}
+
+async function runBundle(args: readonly string[]): Promise<number> {
+  const { values } = parseArgs({ args: [...args], options: { collector: { type: 'string' }, incident: { type: 'string' }, since: { type: 'string' }, output: { type: 'string', short: 'o' }, 'token-file': { type: 'string' } } });
+  if (values.collector === undefined || values.output === undefined || (values.incident === undefined) === (values.since === undefined))
+    throw new UsageError('bundle: --collector URL (--incident ID | --since 10m) -o FILE');
+  const path = values.incident !== undefined ? `/api/incidents/${encodeURIComponent(values.incident)}/bundle` : `/api/bundle?since=${encodeURIComponent(values.since ?? '')}`;
+  const res = await httpGet(values.collector, path, readToken(values['token-file']));
+  if (res.statusCode !== 200) {
+    let b = '';
+    for await (const d of res) b += String(d);
+    process.stderr.write(`conntrail: bundle: the collector answered ${res.statusCode}: ${b}\n`);
+    return 1;
+  }
+  const total = Number(res.headers['content-length'] ?? 0);
+  const out = createWriteStream(values.output);
+  let got = 0;
+  const bar = (done: boolean) => {
+    if (!process.stderr.isTTY && !done) return;
+    const width = 30;
+    const frac = total > 0 ? Math.min(1, got / total) : done ? 1 : 0;
+    process.stderr.write(`\r[${'#'.repeat(Math.round(frac * width)).padEnd(width, '.')}] ${(got / 1024).toFixed(0)} KiB${total ? ` of ${(total / 1024).toFixed(0)} KiB` : ''}${done ? '\n' : ''}`);
+  };
+  for await (const chunk of res) {
+    got += (chunk as Buffer).length;
+    out.write(chunk);
+    bar(false);
+  }
+  await new Promise<void>((r, j) => out.end((err?: Error | null) => (err ? j(err) : r())));
+  bar(true);
+  process.stderr.write(`wrote ${values.output}\n`);
+  return 0;
 }
 
 function untilSignal(): Promise<void> {

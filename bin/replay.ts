@@ -19,6 +19,7 @@ import type { FindingLine } from '../collector/aggregate.ts';
 import { Collector } from '../collector/collector.ts';
 import { Detection } from '../collector/detection.ts';
 import { ConntrailError } from '../contract/errors.ts';
+import { bundleTimelines, deriveFindings, readBundle } from '../collector/bundle.ts';
 import { nodeFacts, type NodeFacts } from '../contract/records.ts';
 import { InProcessAgent } from './in-process.ts';
 
@@ -44,6 +45,12 @@ export const RECORDED_FILES: Readonly<Record<string, string>> = {
 const SYSCTL_FILE = 'sysctl.txt';
 /** Node facts as JSON (the systeminformation picture: kernel, hostname …). */
 const FACTS_FILE = 'facts.json';
+
+function isBundle(path: string): boolean {
+  if (!existsSync(path)) throw new ConntrailError('BAD_INPUT', `${path} does not exist`);
+  if (!statSync(path).isDirectory()) return true;
+  return existsSync(join(path, 'manifest.json')) || readdirSync(path).some((d) => existsSync(join(path, d, 'manifest.json')));
+}
 
 export interface ReplayStep {
   readonly time: number;
@@ -91,8 +98,16 @@ function recordingOf(files: ReadonlyMap<string, string>): Map<string, string> {
   return rec;
 }
 
-/** Replays a timeline; returns the finding lines in the order the collector would log them. */
+/** Replays a timeline directory or an incident bundle (.tar.gz or unpacked); returns the finding lines in the order the collector would log them. */
 export async function replay(dir: string, log: Logger, sink?: (line: FindingLine) => void): Promise<FindingLine[]> {
+  if (isBundle(dir)) {
+    const { files } = await readBundle(dir).catch((err: Error) => {
+      throw new ConntrailError('BAD_INPUT', `${dir}: not a readable conntrail bundle (${err.message})`, { cause: err });
+    });
+    const { findings } = deriveFindings(bundleTimelines(files), log);
+    for (const f of findings) sink?.(f);
+    return findings;
+  }
   const timeline = readTimeline(dir);
   const lines: FindingLine[] = [];
   const detection = new Detection((line) => {

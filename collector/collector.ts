@@ -2,6 +2,7 @@
 // out. The server feeds it from WebSockets; `local` feeds it in-process.
 import type { Logger } from 'pino';
 import { decodeAgentMessage, type AgentMessage, type CollectorMessage, type SourceStatus } from '../contract/protocol.ts';
+import { NodeHistory } from './history.ts';
 import { NodeView, type ApplyOutcome, type TimelineEntry, type Transition } from './node-view.ts';
 
 export interface CollectorOptions {
@@ -25,7 +26,7 @@ export type TimelineListener = (node: NodeView, entry: TimelineEntry, transition
 
 export class Collector {
   readonly nodes = new Map<string, NodeView>();
-  readonly #timelines = new Map<string, TimelineEntry[]>();
+  readonly #histories = new Map<string, NodeHistory>();
   readonly #log: Logger;
   readonly #historyMs: number;
   readonly #now: () => number;
@@ -42,7 +43,11 @@ export class Collector {
   }
 
   timeline(node: string): readonly TimelineEntry[] {
-    return this.#timelines.get(node) ?? [];
+    return this.#histories.get(node)?.entries ?? [];
+  }
+
+  history(node: string): NodeHistory | undefined {
+    return this.#histories.get(node);
   }
 
   /** Handles one text frame from an agent. Bad frames are rejected and logged; state is untouched. */
@@ -139,18 +144,13 @@ export class Collector {
   }
 
   #record(view: NodeView, entry: TimelineEntry, transitions: readonly Transition[]): void {
-    let tl = this.#timelines.get(view.name);
-    if (tl === undefined) {
-      tl = [];
-      this.#timelines.set(view.name, tl);
+    let history = this.#histories.get(view.name);
+    if (history === undefined) {
+      history = new NodeHistory(this.#historyMs, MAX_TIMELINE_ENTRIES);
+      this.#histories.set(view.name, history);
     }
-    tl.push(entry);
-    // Bounded by age and by count; the view, not the timeline, holds current state.
-    const horizon = entry.time - this.#historyMs;
-    let drop = 0;
-    while (drop < tl.length - 1 && (tl[drop]?.time ?? Infinity) < horizon) drop++;
-    drop = Math.max(drop, tl.length - MAX_TIMELINE_ENTRIES);
-    if (drop > 0) tl.splice(0, drop);
+    if (history.push(entry) && history.overflowed === 1)
+      this.#log.warn({ node: view.name, maxEntries: MAX_TIMELINE_ENTRIES, historyMs: this.#historyMs }, 'history bound hit: this node sends more steps than the window can keep; older steps are folded early');
     for (const l of this.#listeners) l(view, entry, transitions);
   }
 }

@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { encode, SUBPROTOCOL } from '../contract/protocol.ts';
 import { isSourceName } from '../contract/sources.ts';
+import { parseSince, type BundleService } from './bundle-service.ts';
 import type { Collector, Session } from './collector.ts';
 
 export interface ServerOptions {
@@ -20,6 +21,7 @@ export interface ServerOptions {
   readonly tls?: { readonly cert: string; readonly key: string };
   /** Largest frame an agent may send; snapshot frames are chunked well below it. */
   readonly maxPayload?: number;
+  readonly bundles?: BundleService;
 }
 
 export interface ListenTarget {
@@ -133,6 +135,28 @@ export class CollectorServer {
     const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
     if (parts[0] !== 'api') return sendJson(res, 404, { error: 'not found' });
     if (parts[1] === 'nodes' && parts.length === 2) return sendJson(res, 200, this.#nodes());
+    const bundles = this.#o.bundles;
+    if (bundles !== undefined && parts[1] === 'incidents') {
+      if (parts.length === 2) return sendJson(res, 200, bundles.list());
+      const id = parts[2] ?? '';
+      if (parts.length === 3) {
+        const d = bundles.describe(id);
+        return d === undefined ? sendJson(res, 404, { error: `no incident ${JSON.stringify(id)}` }) : sendJson(res, 200, d);
+      }
+      if (parts.length === 4 && parts[3] === 'bundle') {
+        void bundles.incidentBundle(id).then(
+          (buf) => (buf === null ? sendJson(res, 404, { error: `no incident ${JSON.stringify(id)}` }) : sendTarball(res, `conntrail-${id}.tar.gz`, buf)),
+          (err: unknown) => this.#bundleFailed(res, err),
+        );
+        return;
+      }
+    }
+    if (bundles !== undefined && parts[1] === 'bundle' && parts.length === 2) {
+      const since = parseSince(url.searchParams.get('since') ?? '10m');
+      if (since === null) return sendJson(res, 400, { error: 'since: expected a duration like 90s, 10m or 2h' });
+      void bundles.recentBundle(since, Date.now()).then((buf) => sendTarball(res, 'conntrail-bundle.tar.gz', buf), (err: unknown) => this.#bundleFailed(res, err));
+      return;
+    }
     if (parts[1] === 'nodes' && parts.length === 4) {
       const view = this.#o.collector.nodes.get(parts[2] ?? '');
       if (view === undefined) return sendJson(res, 404, { error: `no node ${JSON.stringify(parts[2])}` });
@@ -141,6 +165,11 @@ export class CollectorServer {
       return sendJson(res, 200, { node: view.name, source, status: view.status(source) ?? null, records: view.records(source) });
     }
     return sendJson(res, 404, { error: 'not found' });
+  }
+
+  #bundleFailed(res: ServerResponse, err: unknown): void {
+    this.#o.log.error({ err }, 'could not build a bundle');
+    if (!res.headersSent) sendJson(res, 500, { error: 'could not build the bundle; see the collector log' });
   }
 
   #nodes(): unknown {
@@ -163,6 +192,11 @@ export class CollectorServer {
 
 function digest(s: string): Buffer {
   return createHash('sha256').update(s).digest();
+}
+
+function sendTarball(res: ServerResponse, name: string, buf: Buffer): void {
+  res.writeHead(200, { 'content-type': 'application/gzip', 'content-length': buf.length, 'content-disposition': `attachment; filename="${name}"` });
+  res.end(buf);
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {

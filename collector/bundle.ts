@@ -1,0 +1,199 @@
+// Incident bundles: everything someone who was not there needs to see what
+// happened, and everything conntrail needs to derive every finding again.
+// The findings in a bundle are the ones its own timeline yields when replayed
+// (same code as `conntrail replay`), so a bundle always agrees with itself.
+// Nothing secret goes in: no token, no configuration, only what nodes showed.
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import { pino, type Logger } from 'pino';
+import * as tar from 'tar';
+import { encode, SNAPSHOT_CHUNK, type SourceChange } from '../contract/protocol.ts';
+import type { NodeFacts } from '../contract/records.ts';
+import type { FindingLine } from './aggregate.ts';
+import { Collector, type Session } from './collector.ts';
+import { Detection } from './detection.ts';
+import type { EndpointSpan } from './endpoint-history.ts';
+import { iso, tupleText } from './findings.ts';
+import type { Incident } from './incidents.ts';
+import type { TimelineEntry } from './node-view.ts';
+
+export const BUNDLE_FORMAT = 1;
+
+export interface NodeTimeline {
+  readonly node: string;
+  readonly facts: NodeFacts | null;
+  readonly entries: readonly TimelineEntry[];
+}
+
+export interface Derived {
+  readonly findings: FindingLine[];
+  readonly endpoints: EndpointSpan[];
+}
+
+/** Runs the collector and the detectors over recorded timelines, each starting with a snapshot. */
+export function deriveFindings(timelines: readonly NodeTimeline[], log: Logger = pino({ level: 'silent' })): Derived {
+  const findings: FindingLine[] = [];
+  const detection = new Detection((l) => findings.push(l));
+  let clock = 0;
+  const collector = new Collector({ log, now: () => clock, historyMs: Number.MAX_SAFE_INTEGER });
+  detection.watch(collector);
+  const sessions = new Map<string, Session>();
+  const events = timelines.flatMap((t) => t.entries.map((entry) => ({ t, entry }))).sort((a, b) => a.entry.time - b.entry.time);
+  for (const { t, entry } of events) {
+    clock = entry.time;
+    let session = sessions.get(t.node);
+    const send = (msg: Parameters<typeof encode>[0]) => collector.receive(session as Session, encode(msg));
+    if (session === undefined) {
+      session = { node: null, remote: `bundle:${t.node}`, send: () => undefined };
+      sessions.set(t.node, session);
+      send({ v: 1, type: 'hello', node: t.node, agentVersion: 'bundle', intervalMs: 1000, startedAt: entry.time });
+      if (t.facts !== null) send({ v: 1, type: 'facts', facts: t.facts });
+    }
+    if (entry.kind === 'snapshot') {
+      for (const c of entry.changes) {
+        const parts = Math.max(1, Math.ceil(c.added.length / SNAPSHOT_CHUNK));
+        for (let part = 0; part < parts; part++)
+          send({ v: 1, type: 'snapshot', seq: entry.seq, time: entry.time, source: c.source, part, parts, records: c.added.slice(part * SNAPSHOT_CHUNK, (part + 1) * SNAPSHOT_CHUNK) });
+      }
+      send({ v: 1, type: 'snapshot-end', seq: entry.seq, time: entry.time, status: [] });
+    } else {
+      send({ v: 1, type: 'diff', seq: entry.seq, time: entry.time, changes: entry.changes, status: [] });
+    }
+  }
+  detection.flush(clock + 3_600_000);
+  const endpoints = timelines.flatMap((t) => detection.history(t.node).all());
+  return { findings, endpoints };
+}
+
+export interface BundleInput {
+  readonly from: number;
+  readonly to: number;
+  readonly timelines: readonly NodeTimeline[];
+  readonly incident: Incident | null;
+  readonly version: string;
+}
+
+const jsonl = (rows: readonly unknown[]): string => rows.map((r) => `${JSON.stringify(r)}\n`).join('');
+
+/** The bundle's files, by path. */
+export function bundleFiles(input: BundleInput): Map<string, string> {
+  const files = new Map<string, string>();
+  const derived = deriveFindings(input.timelines);
+  files.set('findings.jsonl', jsonl(derived.findings));
+  files.set('endpoints.jsonl', jsonl(derived.endpoints.map((s) => ({ ...s, firstSeen: iso(s.firstSeen), terminatingSince: s.terminatingSince === null ? null : iso(s.terminatingSince), removedAt: s.removedAt === null ? null : iso(s.removedAt) }))));
+  for (const t of input.timelines) {
+    files.set(`timeline/${t.node}.jsonl`, jsonl(t.entries));
+    const first = t.entries[0];
+    const start: readonly SourceChange[] = first?.kind === 'snapshot' ? first.changes : [];
+    for (const c of start) files.set(`snapshots/${t.node}/${c.source}.txt`, c.added.map((r) => `${(r as { raw: string }).raw}\n`).join(''));
+    const sysctl = start.find((c) => c.source === 'sysctl')?.added ?? [];
+    files.set(`nodes/${t.node}.json`, `${JSON.stringify({ node: t.node, facts: t.facts, sysctl: Object.fromEntries(sysctl.map((r) => [(r as { name: string }).name, (r as { value: string }).value])) }, null, 2)}\n`);
+  }
+  files.set('summary.md', summary(input, derived));
+  const manifest = {
+    format: BUNDLE_FORMAT,
+    conntrailVersion: input.version,
+    incident: input.incident?.id ?? null,
+    from: iso(input.from),
+    to: iso(input.to),
+    nodes: input.timelines.map((t) => t.node),
+    files: Object.fromEntries([...files].sort(([a], [b]) => a.localeCompare(b)).map(([p, text]) => [p, { bytes: Buffer.byteLength(text), sha256: createHash('sha256').update(text).digest('hex') }])),
+  };
+  files.set('manifest.json', `${JSON.stringify(manifest, null, 2)}\n`);
+  return files;
+}
+
+function summary(input: BundleInput, derived: Derived): string {
+  const lines: string[] = [];
+  const title = input.incident ? `Incident ${input.incident.id}${input.incident.service ? ` on ${input.incident.service}` : ''}` : 'conntrail bundle';
+  lines.push(`# ${title}`, '', `Window: ${iso(input.from)} to ${iso(input.to)}. Nodes: ${input.timelines.map((t) => t.node).join(', ') || 'none'}.`, '');
+  const left = derived.endpoints.filter((e) => e.removedAt !== null || e.terminatingSince !== null).sort((a, b) => (a.removedAt ?? a.terminatingSince ?? 0) - (b.removedAt ?? b.terminatingSince ?? 0));
+  if (left.length > 0) {
+    lines.push('## Endpoint changes', '');
+    for (const e of left) lines.push(`- ${e.terminatingSince !== null ? `${iso(e.terminatingSince)}: ${e.endpoint} started draining from ${e.service}. ` : ''}${e.removedAt !== null ? `${iso(e.removedAt)}: ${e.endpoint} left ${e.service}.` : ''}`);
+    lines.push('');
+  }
+  lines.push('## What happened, in order', '');
+  if (derived.findings.length === 0) lines.push('No finding in this window.', '');
+  for (const f of [...derived.findings].sort((a, b) => a.time - b.time)) {
+    lines.push(`### ${iso(f.time)} — ${f.severity.toUpperCase()} ${f.finding}${f.count > 1 ? ` (×${f.count})` : ''}`, '');
+    lines.push(`- Node: ${f.node}`, `- Service: ${f.service ?? '-'}`, `- Tuple: ${f.tuple ? tupleText(f.tuple) : '-'}`, `- Endpoint: ${f.endpoint ?? '-'}`, '');
+    lines.push(f.summary, '', 'Evidence, as the tools printed it:', '', '```');
+    for (const e of f.evidence) lines.push(`[${e.time} ${e.node} ${e.source}] ${e.raw}`);
+    lines.push('```', '', `What to do: ${f.advice}`, '');
+  }
+  lines.push('## In this bundle', '', '- `findings.jsonl`: the findings above, one JSON line each (`conntrail replay` on this bundle yields the same).', '- `timeline/<node>.jsonl`: every step the collector applied, starting with a full snapshot, with raw lines.', '- `snapshots/<node>/<source>.txt`: each source\'s records at the start of the window, one raw line each, as printed (tool headers are not kept).', '- `endpoints.jsonl`: when each Service endpoint appeared, started draining and left.', '- `nodes/<node>.json`: node facts and kernel knobs.', '- `manifest.json`: format, version, window, and a sha256 per file.', '');
+  return lines.join('\n');
+}
+
+/** Packs files into a .tar.gz. */
+export async function packBundle(files: ReadonlyMap<string, string>, prefix: string): Promise<Buffer> {
+  const dir = mkdtempSync(join(tmpdir(), 'conntrail-bundle-'));
+  try {
+    for (const [p, text] of files) {
+      const full = join(dir, prefix, p);
+      mkdirSync(dirname(full), { recursive: true });
+      writeFileSync(full, text);
+    }
+    const chunks: Buffer[] = [];
+    const stream = tar.c({ gzip: true, cwd: dir, portable: true }, [prefix]);
+    for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(Buffer.from(chunk));
+    return Buffer.concat(chunks);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Reads a bundle from a .tar.gz or an unpacked directory. */
+export async function readBundle(path: string): Promise<{ manifest: Record<string, unknown>; files: Map<string, string> }> {
+  let dir = path;
+  let cleanup: string | null = null;
+  if (!statSync(path).isDirectory()) {
+    cleanup = mkdtempSync(join(tmpdir(), 'conntrail-unpack-'));
+    await tar.x({ file: path, cwd: cleanup, strict: true });
+    dir = cleanup;
+  }
+  try {
+    const manifestPath = findManifest(dir);
+    if (manifestPath === null) throw new Error(`${path}: no manifest.json (not a conntrail bundle)`);
+    const root = dirname(manifestPath);
+    const files = new Map<string, string>();
+    const walk = (d: string) => {
+      for (const name of readdirSync(d)) {
+        const full = join(d, name);
+        if (statSync(full).isDirectory()) walk(full);
+        else files.set(relative(root, full), readFileSync(full, 'utf8'));
+      }
+    };
+    walk(root);
+    return { manifest: JSON.parse(files.get('manifest.json') ?? '{}') as Record<string, unknown>, files };
+  } finally {
+    if (cleanup !== null) rmSync(cleanup, { recursive: true, force: true });
+  }
+}
+
+function findManifest(dir: string): string | null {
+  if (statSync(join(dir, 'manifest.json'), { throwIfNoEntry: false })?.isFile()) return join(dir, 'manifest.json');
+  for (const name of readdirSync(dir)) {
+    const sub = join(dir, name);
+    if (statSync(sub).isDirectory() && statSync(join(sub, 'manifest.json'), { throwIfNoEntry: false })?.isFile()) return join(sub, 'manifest.json');
+  }
+  return null;
+}
+
+/** The timelines stored in a bundle. */
+export function bundleTimelines(files: ReadonlyMap<string, string>): NodeTimeline[] {
+  const out: NodeTimeline[] = [];
+  for (const [p, text] of files) {
+    const m = /^timeline\/(.+)\.jsonl$/.exec(p);
+    if (m === null || m[1] === undefined) continue;
+    const node = m[1];
+    const nodeFile = files.get(`nodes/${node}.json`);
+    const facts = nodeFile ? ((JSON.parse(nodeFile) as { facts: NodeFacts | null }).facts ?? null) : null;
+    const entries = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as TimelineEntry);
+    out.push({ node, facts, entries });
+  }
+  return out.sort((a, b) => a.node.localeCompare(b.node));
+}

@@ -1,0 +1,79 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { NodeState } from '../../agent/node-state.ts';
+import { createRecordedIO } from '../../agent/recorded-io.ts';
+import { createSamplers } from '../../agent/samplers.ts';
+import { InProcessAgent } from '../../bin/in-process.ts';
+import { readTimeline, replay } from '../../bin/replay.ts';
+import { bundleTimelines, readBundle } from '../../collector/bundle.ts';
+import { BundleService } from '../../collector/bundle-service.ts';
+import { Collector } from '../../collector/collector.ts';
+import { Detection } from '../../collector/detection.ts';
+import { captureLog } from '../helpers/capture-log.ts';
+
+const timelines = new URL('../fixtures/timelines/', import.meta.url).pathname;
+
+/** A collector that lived through seed 002's rollout, with incidents opened by its findings. */
+async function collectorThrough(dir: string): Promise<{ service: BundleService }> {
+  const { log } = captureLog();
+  let clock = 0;
+  const collector = new Collector({ log, now: () => clock });
+  const service = new BundleService(collector, 'test');
+  new Detection((line) => service.incidents.add(line)).watch(collector);
+  for (const [node, steps] of readTimeline(dir)) {
+    const files = new Map<string, string>();
+    const recording = () => {
+      const rec = new Map<string, string>();
+      for (const [f, t] of files) if (f === 'ipvsadm-Ln.txt') rec.set('ipvsadm -Ln', t);
+        else if (f === 'ipvsadm-Lnc.txt') rec.set('ipvsadm -Lnc', t);
+        else if (f === 'nf_conntrack.txt') rec.set('/proc/net/nf_conntrack', t);
+      rec.set('/proc/sys/net/ipv4/vs/conn_reuse_mode', '0\n');
+      return rec;
+    };
+    const agent = new InProcessAgent(node, new NodeState(createSamplers(), createRecordedIO(recording, () => clock), () => clock), collector);
+    for (const step of steps) {
+      clock = step.time;
+      for (const [f, t] of step.files) files.set(f, t);
+      await agent.step(step.time);
+    }
+  }
+  return { service };
+}
+
+describe('incident bundles', () => {
+  it('an error finding opens an incident whose bundle replays to exactly its findings.jsonl, with a readable summary', async () => {
+    const { service } = await collectorThrough(join(timelines, 'seed-002-reuse-to-removed-endpoint'));
+    const [incident] = service.list();
+    expect(incident).toMatchObject({ service: 'TCP 10.20.79.226:31199', nodes: ['cn-beijing.10.20.79.226'], kinds: ['port-reuse-to-removed-endpoint'] });
+    const buf = await service.incidentBundle(String(incident?.id));
+    expect(buf).not.toBeNull();
+    const file = join(mkdtempSync(join(tmpdir(), 'bundle-test-')), 'b.tar.gz');
+    writeFileSync(file, buf as Buffer);
+
+    const { manifest, files } = await readBundle(file);
+    expect(manifest).toMatchObject({ format: 1, incident: incident?.id, nodes: ['cn-beijing.10.20.79.226'] });
+    const stored = (files.get('findings.jsonl') ?? '').trim().split('\n').map((l) => JSON.parse(l) as unknown);
+    expect(stored).toHaveLength(1);
+    const { log } = captureLog();
+    expect(JSON.parse(JSON.stringify(await replay(file, log)))).toEqual(stored);
+
+    const summary = files.get('summary.md') ?? '';
+    expect(summary).toContain('cn-beijing.10.20.79.226');
+    expect(summary).toContain('tcp 10.23.31.87:58578 -> 10.20.79.226:31199');
+    expect(summary).toContain('10.27.1.249:80');
+    expect(summary).toContain('TCP 00:59  SYN_RECV    10.23.31.87:58578  10.20.79.226:31199 10.27.1.249:80');
+    expect(files.get('snapshots/cn-beijing.10.20.79.226/ipvs-conn.txt')).toContain('TIME_WAIT   10.23.31.87:58578');
+    const timeline = bundleTimelines(files)[0];
+    expect(timeline?.entries[0]?.kind).toBe('snapshot');
+    for (const [p, meta] of Object.entries(manifest.files as Record<string, { sha256: string }>))
+      expect(meta.sha256, p).toMatch(/^[0-9a-f]{64}$/);
+    expect(readFileSync(file).subarray(0, 2)).toEqual(Buffer.from([0x1f, 0x8b]));
+  });
+
+  it('a warning alone opens no incident', async () => {
+    const { service } = await collectorThrough(join(timelines, 'seed-002-reuse-to-terminating-endpoint'));
+    expect(service.list()).toEqual([]);
+  });
+});
