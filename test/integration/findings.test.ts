@@ -1,12 +1,22 @@
 // Issue 3's proof on the real kernel: each faulty scenario of the namespace
 // lab, watched by real agents and a real collector, produces its finding with
 // the right node, tuple and endpoint; the rollout done right produces no error.
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
+import { replay } from '../../bin/replay.ts';
+import { readBundle } from '../../collector/bundle.ts';
+import { waitFor } from '../helpers/capture-log.ts';
 import { assertLabPrerequisites, Lab } from '../lab/netns.ts';
 import { buildCluster } from '../lab/cluster.ts';
 import { runClient, startServer } from '../lab/traffic.ts';
 import { cleanRollout, lbHairpin, lbHealthCheckDropped, udpRolloutStaleConntrack } from '../lab/scenarios.ts';
-import { startConntrail, type Conntrail } from './harness.ts';
+import { cli, startConntrail, type Conntrail } from './harness.ts';
+
+const run = promisify(execFile);
 
 const running: { lab: Lab; ct: Conntrail | null }[] = [];
 afterEach(async () => {
@@ -87,6 +97,25 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     const f = found as unknown as { observedAt: string; advice: string };
     expect(Date.parse(f.observedAt) - result.rolloutAt).toBeLessThan(3_000);
     expect(f.advice).toContain(`conntrack -D -p udp --orig-dst 198.18.64.53 --dst-nat ${s.facts.oldEndpoint.ip}`);
+
+    // Issue 4: the incident it opened is exported over HTTP with the CLI, and replays to its own findings.
+    const opened = await waitFor('incident opened', () => ct.lines.find((l) => l.msg === 'incident opened'));
+    const listed = await run(process.execPath, [cli, 'incidents', '--collector', `unix:${ct.sock}`, '--token-file', ct.tokenFile]);
+    expect(listed.stdout).toMatch(new RegExp(`^${String(opened.incident)} .* kube-system/kube-dns:dns +nodes node-1 .*stale-nat-to-removed-endpoint`, 'm'));
+    const file = join(ct.dir, 'incident.tar.gz');
+    const cliRun = await run(process.execPath, [cli, 'bundle', '--collector', `unix:${ct.sock}`, '--incident', String(opened.incident), '-o', file, '--token-file', ct.tokenFile]);
+    expect(cliRun.stderr).toContain(`wrote ${file}`);
+    const { files } = await readBundle(file);
+    const stored = (files.get('findings.jsonl') ?? '').trim().split('\n').map((l) => JSON.parse(l) as { finding: string });
+    expect(stored.map((x) => x.finding)).toContain('stale-nat-to-removed-endpoint');
+    expect(JSON.parse(JSON.stringify(await replay(file, pino({ level: 'silent' }))))).toEqual(stored);
+    const summary = files.get('summary.md') ?? '';
+    expect(summary).toContain('- Node: node-1');
+    expect(summary).toContain(`udp ${s.facts.tuple.src}:${s.facts.tuple.sport} -> 198.18.64.53:53`);
+    expect(summary).toContain(`- Endpoint: ${s.facts.oldEndpoint.ip}:53`);
+    // No secret travels in a bundle.
+    for (const [path, text] of files) expect(text.includes(ct.token), path).toBe(false);
+    expect(readFileSync(file).includes(Buffer.from(ct.token))).toBe(false);
   });
 
   it('unanswered-syn: SYNs NATed to a pod that is gone while the rules still send traffic to it', async () => {

@@ -15,6 +15,9 @@ export const cli = join(root, 'bin/conntrail.js');
 
 export interface Conntrail {
   readonly sock: string;
+  readonly token: string;
+  readonly tokenFile: string;
+  readonly dir: string;
   readonly lines: Record<string, unknown>[];
   api<T>(path: string): Promise<T>;
   startCollector(): void;
@@ -68,6 +71,9 @@ export async function startConntrail(lab: Lab, nodes: readonly string[], token =
   const findings = () => lines.filter((l) => typeof l.finding === 'string');
   return {
     sock,
+    token,
+    tokenFile,
+    dir,
     lines,
     api,
     startCollector,
