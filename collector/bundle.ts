@@ -18,6 +18,7 @@ import type { EndpointSpan } from './endpoint-history.ts';
 import { iso, tupleText } from './findings.ts';
 import type { Incident } from './incidents.ts';
 import type { TimelineEntry } from './node-view.ts';
+import { renderReport } from './report.ts';
 
 export const BUNDLE_FORMAT = 1;
 
@@ -92,6 +93,17 @@ export function bundleFiles(input: BundleInput): Map<string, string> {
     files.set(`nodes/${t.node}.json`, `${JSON.stringify({ node: t.node, facts: t.facts, sysctl: Object.fromEntries(sysctl.map((r) => [(r as { name: string }).name, (r as { value: string }).value])) }, null, 2)}\n`);
   }
   files.set('summary.md', summary(input, derived));
+  files.set(
+    'report.html',
+    renderReport({
+      title: input.incident ? `conntrail incident ${input.incident.id}${input.incident.service ? ` on ${input.incident.service}` : ''}` : 'conntrail bundle',
+      from: input.from,
+      to: input.to,
+      nodes: input.timelines.map((t) => t.node),
+      endpoints: derived.endpoints,
+      findings: derived.findings,
+    }),
+  );
   const manifest = {
     format: BUNDLE_FORMAT,
     conntrailVersion: input.version,
@@ -124,7 +136,7 @@ function summary(input: BundleInput, derived: Derived): string {
     for (const e of f.evidence) lines.push(`[${e.time} ${e.node} ${e.source}] ${e.raw}`);
     lines.push('```', '', `What to do: ${f.advice}`, '');
   }
-  lines.push('## In this bundle', '', '- `findings.jsonl`: the findings above, one JSON line each (`conntrail replay` on this bundle yields the same).', '- `timeline/<node>.jsonl`: every step the collector applied, starting with a full snapshot, with raw lines.', '- `snapshots/<node>/<source>.txt`: each source\'s records at the start of the window, one raw line each, as printed (tool headers are not kept).', '- `endpoints.jsonl`: when each Service endpoint appeared, started draining and left.', '- `nodes/<node>.json`: node facts and kernel knobs.', '- `manifest.json`: format, version, window, and a sha256 per file.', '');
+  lines.push('## In this bundle', '', '- `report.html`: one self-contained page: each Service\'s endpoints and the findings on one time axis.', '- `findings.jsonl`: the findings above, one JSON line each (`conntrail replay` on this bundle yields the same).', '- `timeline/<node>.jsonl`: every step the collector applied, starting with a full snapshot, with raw lines.', '- `snapshots/<node>/<source>.txt`: each source\'s records at the start of the window, one raw line each, as printed (tool headers are not kept).', '- `endpoints.jsonl`: when each Service endpoint appeared, started draining and left.', '- `nodes/<node>.json`: node facts and kernel knobs.', '- `manifest.json`: format, version, window, and a sha256 per file.', '');
   return lines.join('\n');
 }
 

@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(iptables nftables conntrack ipvsadm iproute2 tcpdump procps)
+# chromium: the test that renders a bundle's report.html and looks at it.
+debian_packages=(iptables nftables conntrack ipvsadm iproute2 tcpdump procps chromium)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

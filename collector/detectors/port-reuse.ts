@@ -94,7 +94,9 @@ export const detectPortReuse: Detector = (input) => {
         `The new connection was not load-balanced: with net.ipv4.vs.conn_reuse_mode=${reuseMode?.value ?? '?'} IPVS reuses a TIME_WAIT entry for a SYN on the same client tuple and keeps its old destination (kubernetes/kubernetes#81775). ` +
         (kernelFixed === false
           ? `This kernel (${input.kernel}) is older than 5.9 by version string, so kube-proxy (even >= 1.22, kubernetes/kubernetes#102122) sets conn_reuse_mode=0 on it, patched or not: upgrade the node kernel to >= 5.9, or run kube-proxy in iptables or nftables mode. `
-          : `On kernels >= 5.9 set net.ipv4.vs.conn_reuse_mode=1 (kube-proxy >= 1.22 leaves it alone there; kubernetes/kubernetes#102122). `) +
+          : kernelFixed === true
+            ? `On kernels >= 5.9 (this one is ${input.kernel}) set net.ipv4.vs.conn_reuse_mode=1: kube-proxy >= 1.22 leaves it alone there (kubernetes/kubernetes#102122), so something else set 0. `
+            : 'The kernel version was not read: on kernels >= 5.9 set net.ipv4.vs.conn_reuse_mode=1 (kube-proxy >= 1.22 leaves it alone there, kubernetes/kubernetes#102122); on older ones kube-proxy forces 0, so upgrade the kernel or run kube-proxy in iptables or nftables mode. ') +
         'Meanwhile set net.ipv4.vs.expire_nodest_conn=1 so entries to removed real servers are dropped, and widen net.ipv4.ip_local_port_range on busy clients to make reuse rarer.',
       time: input.time,
       details: { connReuseMode: reuseMode?.value ?? null, kernel: input.kernel, seenIn: group.map((r) => r.source).join(','), endpointState: state },

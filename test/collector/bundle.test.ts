@@ -2,45 +2,12 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { NodeState } from '../../agent/node-state.ts';
-import { createRecordedIO } from '../../agent/recorded-io.ts';
-import { createSamplers } from '../../agent/samplers.ts';
-import { InProcessAgent } from '../../bin/in-process.ts';
-import { readTimeline, replay } from '../../bin/replay.ts';
+import { replay } from '../../bin/replay.ts';
 import { bundleTimelines, readBundle } from '../../collector/bundle.ts';
-import { BundleService } from '../../collector/bundle-service.ts';
-import { Collector } from '../../collector/collector.ts';
-import { Detection } from '../../collector/detection.ts';
 import { captureLog } from '../helpers/capture-log.ts';
+import { collectorThrough } from '../helpers/timeline-collector.ts';
 
 const timelines = new URL('../fixtures/timelines/', import.meta.url).pathname;
-
-/** A collector that lived through seed 002's rollout, with incidents opened by its findings. */
-async function collectorThrough(dir: string): Promise<{ service: BundleService }> {
-  const { log } = captureLog();
-  let clock = 0;
-  const collector = new Collector({ log, now: () => clock });
-  const service = new BundleService(collector, 'test');
-  new Detection((line) => service.incidents.add(line)).watch(collector);
-  for (const [node, steps] of readTimeline(dir)) {
-    const files = new Map<string, string>();
-    const recording = () => {
-      const rec = new Map<string, string>();
-      for (const [f, t] of files) if (f === 'ipvsadm-Ln.txt') rec.set('ipvsadm -Ln', t);
-        else if (f === 'ipvsadm-Lnc.txt') rec.set('ipvsadm -Lnc', t);
-        else if (f === 'nf_conntrack.txt') rec.set('/proc/net/nf_conntrack', t);
-      rec.set('/proc/sys/net/ipv4/vs/conn_reuse_mode', '0\n');
-      return rec;
-    };
-    const agent = new InProcessAgent(node, new NodeState(createSamplers(), createRecordedIO(recording, () => clock), () => clock), collector);
-    for (const step of steps) {
-      clock = step.time;
-      for (const [f, t] of step.files) files.set(f, t);
-      await agent.step(step.time);
-    }
-  }
-  return { service };
-}
 
 describe('incident bundles', () => {
   it('an error finding opens an incident whose bundle replays to exactly its findings.jsonl, with a readable summary', async () => {

@@ -437,8 +437,9 @@ function udpRollout(lab: Lab, name: 'udpRolloutStaleConntrack' | 'cleanRollout',
         await driveOpts.onPinned?.();
         await sleep(Math.max(0, pinnedMs - (Date.now() - pinnedSince)));
         if (!(driveOpts.lateCleanup ?? true)) return { attempts: client.attempts(), rolloutAt, oldPodRemovedAt };
-        await cleanupEverywhere(cluster);
+        // Taken before the cleanup runs: datagrams sent while it runs may already reach the new pod.
         const cleanupAt = Date.now();
+        await cleanupEverywhere(cluster);
         await client.waitFor(`an answer from ${newEndpoint.pod} after the late cleanup`, (a) => a.status === 'ok' && a.pod === newEndpoint.pod && a.at >= cleanupAt, 5_000);
         return { attempts: client.attempts(), rolloutAt, oldPodRemovedAt, cleanupAt };
       } finally {

@@ -384,14 +384,12 @@ describe('parseIptables, one line at a time', () => {
     }
   });
 
-  it('parses 20k rules in well under 100 ms', () => {
+  // Speed is measured in `npm run bench`, not asserted here: a timed unit test fails on a busy machine.
+  it('parses 20k generated rules, one record each, with no problem', () => {
     const line = '[1:60] -A KUBE-SEP-NW5VICAF3Z2QABHQ -p tcp -m comment --comment "demo/web:http" -m tcp -j DNAT --to-destination 10.244.1.5:8080';
     const text = `*nat\n${Array.from({ length: 20_000 }, (_, i) => line.replace('NW5', `N${i}`)).join('\n')}\nCOMMIT\n`;
-    parseIptables(text); // warm the JIT, as the agent's second tick would
-    const t0 = performance.now();
-    const { records } = parseIptables(text);
-    const ms = performance.now() - t0;
+    const { records, problems } = parseIptables(text);
     expect(records).toHaveLength(20_000);
-    expect(ms).toBeLessThan(100);
+    expect(problems).toEqual([]);
   });
 });
