@@ -3,7 +3,8 @@
 // always starts with a full snapshot and then streams one diff per tick.
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
-import { encode, decodeCollectorMessage, SNAPSHOT_CHUNK, SUBPROTOCOL, type AgentMessage } from '../contract/protocol.ts';
+import { encode, decodeCollectorMessage, SNAPSHOT_CHUNK, SUBPROTOCOL, type AgentMessage, type CaptureRequest } from '../contract/protocol.ts';
+import { runCapture } from './capture.ts';
 import type { NodeFacts } from '../contract/records.ts';
 import type { NodeState, TickResult } from './node-state.ts';
 
@@ -41,6 +42,7 @@ export class Agent {
   #facts: NodeFacts | null = null;
   #factsAt = 0;
   #overflowLogged = false;
+  readonly #capturing = new Set<string>();
 
   constructor(options: AgentOptions) {
     this.#o = options;
@@ -99,8 +101,11 @@ export class Agent {
           this.#o.log.info({ reason: decoded.msg.reason }, 'collector asked for a resync');
           this.#needSnapshot = true;
           break;
+        case 'capture':
+          this.#capture(decoded.msg);
+          break;
         default: {
-          const never: never = decoded.msg.type;
+          const never: never = decoded.msg;
           void never;
         }
       }
@@ -120,6 +125,21 @@ export class Agent {
       this.#reconnectTimer = setTimeout(() => this.#connect(), this.#backoffMs);
       this.#backoffMs = Math.min(this.#backoffMs * 2, 10_000);
     });
+  }
+
+  #capture(req: CaptureRequest): void {
+    if (this.#capturing.has(req.id)) return;
+    this.#capturing.add(req.id);
+    this.#o.log.info({ id: req.id, hosts: req.hosts, ports: req.ports, durationMs: req.durationMs }, 'capture requested');
+    void runCapture(req, {
+      lines: (tool, lines) => this.#send({ v: 1, type: 'capture-lines', id: req.id, tool, lines }),
+      end: (tool, error) => {
+        if (error !== null) this.#o.log.warn({ id: req.id, tool, error }, 'capture tool unavailable or failed');
+        this.#send({ v: 1, type: 'capture-end', id: req.id, tool, error });
+      },
+    })
+      .catch((err: unknown) => this.#o.log.error({ err, id: req.id }, 'capture failed'))
+      .finally(() => this.#capturing.delete(req.id));
   }
 
   async #tick(): Promise<void> {

@@ -27,7 +27,7 @@ const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', impo
 const USAGE = `conntrail ${VERSION}: finds intermittent connection timeouts through Kubernetes Services and load balancers
 
 usage:
-  conntrail collector [--listen HOST:PORT|unix:PATH] [--token-file F] [--tls-cert F --tls-key F]
+  conntrail collector [--listen HOST:PORT|unix:PATH] [--token-file F] [--tls-cert F --tls-key F] [--capture 15s|off]
   conntrail agent --collector ws://HOST:PORT [--node NAME] [--interval 1s] [--token-file F] [--ca F]
   conntrail local [--interval 1s] [--listen HOST:PORT]
   conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
@@ -106,9 +106,10 @@ function logger(component: string, level = process.env.LOG_LEVEL ?? 'info'): Log
 async function runCollector(args: readonly string[]): Promise<number> {
   const { values } = parseArgs({
     args: [...args],
-    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' } },
+    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' } },
   });
   const log = logger('collector');
+  const captureMs = values.capture === '0' || values.capture === 'off' ? 0 : parseInterval(values.capture);
   const token = readToken(values['token-file']);
   const tls = values['tls-cert'] && values['tls-key'] ? { cert: readFileSync(values['tls-cert'], 'utf8'), key: readFileSync(values['tls-key'], 'utf8') } : undefined;
   const collector = new Collector({ log });
@@ -117,7 +118,9 @@ async function runCollector(args: readonly string[]): Promise<number> {
   const detection = new Detection((line) => {
     logFinding(line);
     const opened = bundles.incidents.add(line);
-    if (opened !== null) log.warn({ incident: opened.id, service: opened.service, node: line.node }, 'incident opened');
+    if (opened === null) return;
+    const capturing = captureMs > 0 ? bundles.startCapture(opened, captureMs) : [];
+    log.warn({ incident: opened.id, service: opened.service, node: line.node, capturing, captureMs }, 'incident opened');
   });
   detection.watch(collector);
   const server = new CollectorServer({ collector, log, token, bundles, ...(tls ? { tls } : {}) });

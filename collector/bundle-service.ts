@@ -34,6 +34,28 @@ export class BundleService {
     return out;
   }
 
+  /** Asks the agents on the incident's nodes to capture its traffic for `durationMs`. Returns the nodes asked. */
+  startCapture(incident: Incident, durationMs: number): string[] {
+    const hosts = new Set<string>();
+    const ports = new Set<number>();
+    for (const f of incident.findings) {
+      if (f.tuple) {
+        hosts.add(f.tuple.src);
+        if (f.tuple.dst !== '-') hosts.add(f.tuple.dst);
+        if (f.tuple.sport !== null) ports.add(f.tuple.sport);
+        if (f.tuple.dport !== null) ports.add(f.tuple.dport);
+      }
+      const ep = f.endpoint === null ? null : /^\[?([^\]]+?)\]?:(\d+)$/.exec(f.endpoint);
+      if (ep?.[1] && ep[2]) {
+        hosts.add(ep[1]);
+        ports.add(Number(ep[2]));
+      }
+    }
+    this.#collector.captures.set(incident.id, new Map());
+    const req = { v: 1, type: 'capture', id: incident.id, durationMs, hosts: [...hosts].slice(0, 16), ports: [...ports].slice(0, 16) } as const;
+    return [...incident.nodes].filter((node) => this.#collector.requestCapture(node, req));
+  }
+
   async incidentBundle(id: string): Promise<Buffer | null> {
     const incident = this.incidents.get(id);
     if (incident === undefined) return null;
@@ -46,7 +68,8 @@ export class BundleService {
   }
 
   async #pack(from: number, to: number, incident: Incident | null, nodes: readonly string[] | null): Promise<Buffer> {
-    const files = bundleFiles({ from, to, timelines: this.timelines(from, to, nodes), incident, version: this.#version });
+    const captures = incident === null ? new Map() : (this.#collector.captures.get(incident.id) ?? new Map());
+    const files = bundleFiles({ from, to, timelines: this.timelines(from, to, nodes), incident, version: this.#version, captures });
     return packBundle(files, `conntrail-${incident?.id ?? new Date(to).toISOString().replace(/[-:.]/g, '')}`);
   }
 }

@@ -74,6 +74,8 @@ export interface BundleInput {
   readonly timelines: readonly NodeTimeline[];
   readonly incident: Incident | null;
   readonly version: string;
+  /** Capture output by node and tool (tcpdump, conntrack-events). */
+  readonly captures?: ReadonlyMap<string, ReadonlyMap<string, { readonly lines: readonly string[]; readonly ended: boolean; readonly error: string | null }>>;
 }
 
 const jsonl = (rows: readonly unknown[]): string => rows.map((r) => `${JSON.stringify(r)}\n`).join('');
@@ -92,6 +94,9 @@ export function bundleFiles(input: BundleInput): Map<string, string> {
     const sysctl = start.find((c) => c.source === 'sysctl')?.added ?? [];
     files.set(`nodes/${t.node}.json`, `${JSON.stringify({ node: t.node, facts: t.facts, sysctl: Object.fromEntries(sysctl.map((r) => [(r as { name: string }).name, (r as { value: string }).value])) }, null, 2)}\n`);
   }
+  for (const [node, tools] of input.captures ?? new Map())
+    for (const [tool, c] of tools)
+      files.set(`capture/${node}/${tool}.txt`, `${c.lines.map((l: string) => `${l}\n`).join('')}${c.error ? `# conntrail: ${c.error}\n` : c.ended ? '' : '# conntrail: capture still running when the bundle was made\n'}`);
   files.set('summary.md', summary(input, derived));
   files.set(
     'report.html',
@@ -136,7 +141,7 @@ function summary(input: BundleInput, derived: Derived): string {
     for (const e of f.evidence) lines.push(`[${e.time} ${e.node} ${e.source}] ${e.raw}`);
     lines.push('```', '', `What to do: ${f.advice}`, '');
   }
-  lines.push('## In this bundle', '', '- `report.html`: one self-contained page: each Service\'s endpoints and the findings on one time axis.', '- `findings.jsonl`: the findings above, one JSON line each (`conntrail replay` on this bundle yields the same).', '- `timeline/<node>.jsonl`: every step the collector applied, starting with a full snapshot, with raw lines.', '- `snapshots/<node>/<source>.txt`: each source\'s records at the start of the window, one raw line each, as printed (tool headers are not kept).', '- `endpoints.jsonl`: when each Service endpoint appeared, started draining and left.', '- `nodes/<node>.json`: node facts and kernel knobs.', '- `manifest.json`: format, version, window, and a sha256 per file.', '');
+  lines.push('## In this bundle', '', '- `report.html`: one self-contained page: each Service\'s endpoints and the findings on one time axis.', '- `findings.jsonl`: the findings above, one JSON line each (`conntrail replay` on this bundle yields the same).', '- `timeline/<node>.jsonl`: every step the collector applied, starting with a full snapshot, with raw lines.', '- `snapshots/<node>/<source>.txt`: each source\'s records at the start of the window, one raw line each, as printed (tool headers are not kept).', '- `endpoints.jsonl`: when each Service endpoint appeared, started draining and left.', '- `nodes/<node>.json`: node facts and kernel knobs.', '- `capture/<node>/tcpdump.txt`, `capture/<node>/conntrack-events.txt`: what the agents recorded when the incident opened (`tcpdump -l -nn` and `conntrack -E`, filtered to its addresses and ports).', '- `manifest.json`: format, version, window, and a sha256 per file.', '');
   return lines.join('\n');
 }
 

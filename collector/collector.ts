@@ -1,7 +1,7 @@
 // The collector's core, free of sockets: frames in, node views and timelines
 // out. The server feeds it from WebSockets; `local` feeds it in-process.
 import type { Logger } from 'pino';
-import { decodeAgentMessage, type AgentMessage, type CollectorMessage, type SourceStatus } from '../contract/protocol.ts';
+import { decodeAgentMessage, type AgentMessage, type CaptureRequest, type CaptureTool, type CollectorMessage, type SourceStatus } from '../contract/protocol.ts';
 import { NodeHistory } from './history.ts';
 import { NodeView, type ApplyOutcome, type TimelineEntry, type Transition } from './node-view.ts';
 
@@ -19,6 +19,9 @@ export interface Session {
   send(msg: CollectorMessage): void;
 }
 
+/** Lines kept per capture, node and tool. */
+const MAX_CAPTURE_LINES = 50_000;
+
 /** 15 minutes at 1 Hz, with room for faster agents. */
 const MAX_TIMELINE_ENTRIES = 4_000;
 
@@ -31,6 +34,9 @@ export class Collector {
   readonly #historyMs: number;
   readonly #now: () => number;
   readonly #listeners: TimelineListener[] = [];
+  readonly #sessions = new Map<string, Session>();
+  /** Capture output by capture id, node and tool. */
+  readonly captures = new Map<string, Map<string, Map<CaptureTool, { lines: string[]; ended: boolean; error: string | null }>>>();
 
   constructor(options: CollectorOptions) {
     this.#log = options.log;
@@ -62,8 +68,17 @@ export class Collector {
     this.#handle(session, decoded.msg);
   }
 
+  /** Asks a connected node's agent for a capture; false when that node is not connected. */
+  requestCapture(node: string, req: CaptureRequest): boolean {
+    const session = this.#sessions.get(node);
+    if (session === undefined || this.nodes.get(node)?.connected !== true) return false;
+    session.send(req);
+    return true;
+  }
+
   disconnect(session: Session, code: number): void {
     if (session.node === null) return;
+    if (this.#sessions.get(session.node) === session) this.#sessions.delete(session.node);
     const view = this.nodes.get(session.node);
     if (view === undefined) return;
     view.onDisconnect();
@@ -74,6 +89,7 @@ export class Collector {
     const now = this.#now();
     if (msg.type === 'hello') {
       session.node = msg.node;
+      this.#sessions.set(msg.node, session);
       let view = this.nodes.get(msg.node);
       if (view === undefined) {
         view = new NodeView(msg.node);
@@ -96,6 +112,27 @@ export class Collector {
         view.facts = msg.facts;
         this.#log.info({ node: view.name, kernel: msg.facts.kernel, os: msg.facts.os }, 'node facts');
         return;
+      case 'capture-lines':
+      case 'capture-end': {
+        const byNode = this.captures.get(msg.id);
+        // Only captures this collector asked for are kept.
+        if (byNode === undefined) {
+          this.#log.warn({ node: view.name, id: msg.id }, 'ignored capture output nobody asked for');
+          return;
+        }
+        let byTool = byNode.get(view.name);
+        if (byTool === undefined) byNode.set(view.name, (byTool = new Map()));
+        let c = byTool.get(msg.tool);
+        if (c === undefined) byTool.set(msg.tool, (c = { lines: [], ended: false, error: null }));
+        if (msg.type === 'capture-lines') {
+          if (c.lines.length < MAX_CAPTURE_LINES) c.lines.push(...msg.lines.slice(0, MAX_CAPTURE_LINES - c.lines.length));
+        } else {
+          c.ended = true;
+          c.error = msg.error;
+          this.#log.info({ node: view.name, id: msg.id, tool: msg.tool, lines: c.lines.length, error: msg.error }, 'capture finished');
+        }
+        return;
+      }
       case 'snapshot':
         outcome = view.applySnapshotPart(msg, now);
         break;

@@ -6,6 +6,7 @@
 import { array, int, literal, nullable, num, object, str, type Decoded, type Infer } from './schema.ts';
 import { isSourceName, problem, sources, type Problem, type RecordOf, type SourceName } from './sources.ts';
 import { nodeFacts, type NodeFacts } from './records.ts';
+import { canonicalIp } from './address.ts';
 import type { Diff } from './diff.ts';
 
 export const PROTOCOL_VERSION = 1;
@@ -46,6 +47,8 @@ export type AgentMessage =
       readonly records: readonly RecordOf<SourceName>[];
     }
   | { readonly v: 1; readonly type: 'snapshot-end'; readonly seq: number; readonly time: number; readonly status: readonly SourceStatus[] }
+  | { readonly v: 1; readonly type: 'capture-lines'; readonly id: string; readonly tool: CaptureTool; readonly lines: readonly string[] }
+  | { readonly v: 1; readonly type: 'capture-end'; readonly id: string; readonly tool: CaptureTool; readonly error: string | null }
   | {
       readonly v: 1;
       readonly type: 'diff';
@@ -56,7 +59,21 @@ export type AgentMessage =
       readonly status: readonly SourceStatus[];
     };
 
-export type CollectorMessage = { readonly v: 1; readonly type: 'resync'; readonly reason: string };
+export type CaptureTool = 'tcpdump' | 'conntrack-events';
+
+/** A bounded capture the collector asks for when an incident opens: only addresses and ports travel, never a command. */
+export interface CaptureRequest {
+  readonly v: 1;
+  readonly type: 'capture';
+  readonly id: string;
+  readonly durationMs: number;
+  readonly hosts: readonly string[];
+  readonly ports: readonly number[];
+}
+
+export type CollectorMessage = { readonly v: 1; readonly type: 'resync'; readonly reason: string } | CaptureRequest;
+
+export const MAX_CAPTURE_MS = 120_000;
 
 export type AgentMessageType = AgentMessage['type'];
 
@@ -66,6 +83,10 @@ const snapshotHead = object({ v: literal(1), type: literal('snapshot'), seq: int
 const snapshotEnd = object({ v: literal(1), type: literal('snapshot-end'), seq: int, time: num, status: array(sourceStatus) });
 const diffHead = object({ v: literal(1), type: literal('diff'), seq: int, time: num, status: array(sourceStatus) });
 const resync = object({ v: literal(1), type: literal('resync'), reason: str });
+const captureRequest = object({ v: literal(1), type: literal('capture'), id: str, durationMs: int, hosts: array(str, 16), ports: array(int, 16) });
+const captureTool = literal('tcpdump', 'conntrack-events');
+const captureLines = object({ v: literal(1), type: literal('capture-lines'), id: str, tool: captureTool, lines: array(str, 10_000) });
+const captureEnd = object({ v: literal(1), type: literal('capture-end'), id: str, tool: captureTool, error: nullable(str) });
 
 export type DecodeResult<T> = { readonly ok: true; readonly msg: T } | { readonly ok: false; readonly error: string };
 
@@ -109,6 +130,10 @@ export function decodeAgentMessage(text: string): DecodeResult<AgentMessage> {
       return fromDecoded(facts.decode(o, ''));
     case 'snapshot-end':
       return fromDecoded(snapshotEnd.decode(o, ''));
+    case 'capture-lines':
+      return fromDecoded(captureLines.decode(o, ''));
+    case 'capture-end':
+      return fromDecoded(captureEnd.decode(o, ''));
     case 'snapshot': {
       const head = snapshotHead.decode(o, '');
       if (!head.ok) return fromDecoded(head);
@@ -142,6 +167,22 @@ export function decodeCollectorMessage(text: string): DecodeResult<CollectorMess
     input = JSON.parse(text);
   } catch (err) {
     return { ok: false, error: `not JSON: ${(err as Error).message}` };
+  }
+  if (typeof input === 'object' && input !== null && (input as { type?: unknown }).type === 'capture') {
+    const d = captureRequest.decode(input, '');
+    if (!d.ok) return fromDecoded(d);
+    // The agent builds tcpdump's filter from these: they must be addresses and ports, nothing else.
+    const m = d.value;
+    if (!/^[A-Za-z0-9._-]{1,80}$/.test(m.id)) return { ok: false, error: 'capture id: expected [A-Za-z0-9._-]{1,80}' };
+    if (m.durationMs < 1 || m.durationMs > MAX_CAPTURE_MS) return { ok: false, error: `capture durationMs: expected 1..${MAX_CAPTURE_MS}` };
+    const hosts: string[] = [];
+    for (const h of m.hosts) {
+      const c = canonicalIp(h);
+      if (c === null) return { ok: false, error: `capture hosts: ${JSON.stringify(h)} is not an IP address` };
+      hosts.push(c);
+    }
+    if (m.ports.some((p) => p < 1 || p > 65535)) return { ok: false, error: 'capture ports: expected 1..65535' };
+    return { ok: true, msg: { ...m, hosts } };
   }
   return fromDecoded(resync.decode(input, ''));
 }

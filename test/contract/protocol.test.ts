@@ -34,3 +34,22 @@ describe('decodeAgentMessage', () => {
     expect(r.ok && r.msg).toEqual({ v: 1, type: 'hello', node: 'n1', agentVersion: '9', intervalMs: 1000, startedAt: 1 });
   });
 });
+
+describe('decodeCollectorMessage: capture requests', () => {
+  const req = { v: 1, type: 'capture', id: '20260101T000000Z-1', durationMs: 15_000, hosts: ['198.19.1.10', 'fd00:0:0:0:0:0:0:a'], ports: [53] };
+  it('accepts addresses and ports, in canonical form', async () => {
+    const { decodeCollectorMessage } = await import('../../contract/protocol.ts');
+    expect(decodeCollectorMessage(JSON.stringify(req))).toEqual({ ok: true, msg: { ...req, hosts: ['198.19.1.10', 'fd00::a'] } });
+  });
+  it.each([
+    ['a host that is not an address (a tcpdump expression smuggled in)', { hosts: ['1.2.3.4 or port 22'] }, /not an IP address/],
+    ['a port out of range', { ports: [70000] }, /expected 1\.\.65535/],
+    ['an unbounded duration', { durationMs: 3_600_000 }, /durationMs/],
+    ['an id with a path in it', { id: '../../etc' }, /capture id/],
+  ])('refuses %s', async (_n, patch, error) => {
+    const { decodeCollectorMessage } = await import('../../contract/protocol.ts');
+    const r = decodeCollectorMessage(JSON.stringify({ ...req, ...patch }));
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.error).toMatch(error);
+  });
+});

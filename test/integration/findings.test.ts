@@ -102,6 +102,8 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     const opened = await waitFor('incident opened', () => ct.lines.find((l) => l.msg === 'incident opened'));
     const listed = await run(process.execPath, [cli, 'incidents', '--collector', `unix:${ct.sock}`, '--token-file', ct.tokenFile]);
     expect(listed.stdout).toMatch(new RegExp(`^${String(opened.incident)} .* kube-system/kube-dns:dns +nodes node-1 .*stale-nat-to-removed-endpoint`, 'm'));
+    // The capture the incident triggered on node-1 has to finish before it can be in the bundle.
+    await waitFor('tcpdump capture on node-1', () => ct.lines.find((l) => l.msg === 'capture finished' && l.tool === 'tcpdump' && l.node === 'node-1'), 15_000);
     const file = join(ct.dir, 'incident.tar.gz');
     const cliRun = await run(process.execPath, [cli, 'bundle', '--collector', `unix:${ct.sock}`, '--incident', String(opened.incident), '-o', file, '--token-file', ct.tokenFile]);
     expect(cliRun.stderr).toContain(`wrote ${file}`);
@@ -113,6 +115,12 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     expect(summary).toContain('- Node: node-1');
     expect(summary).toContain(`udp ${s.facts.tuple.src}:${s.facts.tuple.sport} -> 198.18.64.53:53`);
     expect(summary).toContain(`- Endpoint: ${s.facts.oldEndpoint.ip}:53`);
+    // The capture holds the scenario's packets: the client's datagrams to the ClusterIP.
+    const tcpdump = files.get('capture/node-1/tcpdump.txt') ?? '';
+    // In from the pod to the ClusterIP, out towards the removed pod: the stale NAT, on the wire.
+    expect(tcpdump).toMatch(new RegExp(`In +IP ${s.facts.tuple.src.replaceAll('.', '\\.')}\\.${s.facts.tuple.sport} > 198\\.18\\.64\\.53\\.53:`));
+    expect(tcpdump).toMatch(new RegExp(`Out +IP ${s.facts.tuple.src.replaceAll('.', '\\.')}\\.${s.facts.tuple.sport} > ${s.facts.oldEndpoint.ip.replaceAll('.', '\\.')}\\.53:`));
+    expect(files.has('capture/node-1/conntrack-events.txt')).toBe(true);
     // No secret travels in a bundle.
     for (const [path, text] of files) expect(text.includes(ct.token), path).toBe(false);
     expect(readFileSync(file).includes(Buffer.from(ct.token))).toBe(false);

@@ -37,7 +37,8 @@ export async function startConntrail(lab: Lab, nodes: readonly string[], token =
   let collector: ChildProcess | null = null;
   const startCollector = () => {
     rmSync(sock, { force: true });
-    const child = spawn(nodeBinary(), [cli, 'collector', '--listen', `unix:${sock}`, '--token-file', tokenFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // Short captures keep the lab quick; the default is 15 s.
+    const child = spawn(nodeBinary(), [cli, 'collector', '--listen', `unix:${sock}`, '--token-file', tokenFile, '--capture', '4s'], { stdio: ['ignore', 'pipe', 'inherit'] });
     let buf = '';
     child.stdout?.on('data', (d: Buffer) => {
       buf += d.toString();
