@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { DoctorReport } from '../../bin/doctor.ts';
 import { buildCluster } from '../lab/cluster.ts';
 import { assertLabPrerequisites, Lab } from '../lab/netns.ts';
-import { lbHealthCheckDropped, udpRolloutStaleConntrack } from '../lab/scenarios.ts';
+import { lbHairpin, lbHealthCheckDropped, udpRolloutStaleConntrack } from '../lab/scenarios.ts';
 import { nodeBinary } from '../lab/traffic.ts';
 import { cli } from './harness.ts';
 
@@ -45,12 +45,20 @@ describe('conntrail doctor in the lab', { timeout: 90_000 }, () => {
     let result: { code: number; report: DoctorReport; text: string } | null = null;
     await s.drive({ pinnedMs: 1_000, onPinned: async () => { result = await doctor(lab, 'node-1'); } });
     const r = result as unknown as { code: number; report: DoctorReport; text: string };
-    if (r.code !== 1) console.log(JSON.stringify(r.report.findings), JSON.stringify(r.report.sources.find((x) => x.source === "conntrack")), r.text);
     expect(r.code).toBe(1);
     const f = r.report.findings.find((x) => x.finding === 'stale-nat-to-removed-endpoint');
     expect(f).toMatchObject({ severity: 'error', node: 'node-1', endpoint: `${s.facts.oldEndpoint.ip}:53`, tuple: { src: s.facts.tuple.src, sport: s.facts.tuple.sport } });
     expect(r.text).toContain(`conntrack -D -p udp --orig-dst 198.18.64.53 --dst-nat ${s.facts.oldEndpoint.ip}`);
     expect(r.text).toMatch(/result: ERROR/);
+  });
+
+  it('sees a pod hairpinned back through its own node by the LB, and exits 1', async () => {
+    const lab = newLab();
+    const s = lbHairpin(lab);
+    await s.setup();
+    const [r] = await Promise.all([doctor(lab, 'node-1'), s.drive()]);
+    expect(r.code).toBe(1);
+    expect(r.report.findings.find((f) => f.finding === 'lb-hairpin')).toMatchObject({ severity: 'error', endpoint: `${s.facts.endpoint.ip}:${s.facts.endpoint.port}` });
   });
 
   it('sees health checks from the LB address being dropped, and exits 1', async () => {

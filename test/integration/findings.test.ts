@@ -33,6 +33,35 @@ function lab(): { lab: Lab; ct: Conntrail | null } {
   return r;
 }
 
+/**
+ * Issue 4 on a faulty scenario: the incident its error opened is listed and
+ * exported over HTTP with the CLI, replays to its own findings.jsonl, names
+ * node, tuple and endpoint in summary.md, holds the capture, and carries no
+ * token. `again` makes the fault happen once more while the capture runs.
+ */
+async function exportIncident(ct: Conntrail, o: { service: string; node: string; tupleText: string; endpoint: string; again: () => Promise<unknown> }): Promise<Map<string, string>> {
+  const opened = await waitFor('incident opened', () => ct.lines.find((l) => l.msg === 'incident opened' && l.service === o.service));
+  await o.again();
+  await waitFor(`tcpdump capture on ${o.node}`, () => ct.lines.find((l) => l.msg === 'capture finished' && l.tool === 'tcpdump' && l.node === o.node), 15_000);
+  const listed = await run(process.execPath, [cli, 'incidents', '--collector', `unix:${ct.sock}`, '--token-file', ct.tokenFile]);
+  expect(listed.stdout).toContain(String(opened.incident));
+  const file = join(ct.dir, `${String(opened.incident)}.tar.gz`);
+  const cliRun = await run(process.execPath, [cli, 'bundle', '--collector', `unix:${ct.sock}`, '--incident', String(opened.incident), '-o', file, '--token-file', ct.tokenFile]);
+  expect(cliRun.stderr).toContain(`wrote ${file}`);
+  const { files } = await readBundle(file);
+  const stored = (files.get('findings.jsonl') ?? '').trim().split('\n').map((l) => JSON.parse(l) as { finding: string });
+  expect(stored.length).toBeGreaterThan(0);
+  expect(JSON.parse(JSON.stringify(await replay(file, pino({ level: 'silent' }))))).toEqual(stored);
+  const summary = files.get('summary.md') ?? '';
+  expect(summary).toContain(`- Node: ${o.node}`);
+  expect(summary).toContain(`- Tuple: ${o.tupleText}`);
+  expect(summary).toContain(`- Endpoint: ${o.endpoint}`);
+  expect(files.get('report.html')).toContain(o.service);
+  for (const [path, text] of files) expect(text.includes(ct.token), path).toBe(false);
+  expect(readFileSync(file).includes(Buffer.from(ct.token))).toBe(false);
+  return files;
+}
+
 describe('findings from the namespace lab', { timeout: 90_000 }, () => {
   it('lb-hairpin: a pod reaching its own node through a client-IP-preserving LB (seeds 000, 001)', async () => {
     const r = lab();
@@ -57,6 +86,18 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     expect(raws.some((l) => l.includes(`dst=${s.facts.tuple.dst} sport=${s.facts.tuple.sport} dport=80 [UNREPLIED]`))).toBe(true);
     expect(raws.some((l) => l.includes(`dst=${s.facts.nodeIp} sport=${s.facts.tuple.sport} dport=30161`))).toBe(true);
     expect(String(f.advice)).toMatch(/aws-load-balancer-nlb-target-type: ip/);
+
+    const files = await exportIncident(r.ct, {
+      service: 'nginx-demo/service-nginx-demo',
+      node: 'node-1',
+      tupleText: `tcp ${s.facts.tuple.src}:${s.facts.tuple.sport} -> ${s.facts.tuple.dst}:80`,
+      endpoint: `${s.facts.endpoint.ip}:${s.facts.endpoint.port}`,
+      again: () => s.drive(),
+    });
+    // On the wire: the pod's SYN to the LB, and the SYN-ACK it never asked for from node:NodePort.
+    const tcpdump = files.get('capture/node-1/tcpdump.txt') ?? '';
+    expect(tcpdump).toContain(`${s.facts.tuple.src}.${s.facts.tuple.sport} > ${s.facts.tuple.dst}.80: Flags [S]`);
+    expect(tcpdump).toContain(`${s.facts.nodeIp}.30161 > ${s.facts.tuple.src}.${s.facts.tuple.sport}: Flags [S.]`);
   });
 
   it('lb-healthcheck-dropped: the LB address bound on kube-ipvs0 makes the node drop health checks from it (seed 003)', async () => {
@@ -77,6 +118,18 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     expect(f).toMatchObject({ node: 'node-1', service: 'hc/web:http', tuple: { proto: 'tcp', src: '198.18.100.20', dst: s.facts.nodeIp, dport: 31199 }, endpoint: `${s.facts.endpoint.ip}:8080` });
     expect((f.evidence as { source: string }[]).some((e) => e.source === 'iptables' || e.source === 'rt-cache-stat')).toBe(true);
     expect(String(f.advice)).toMatch(/ipMode: Proxy/);
+
+    const files = await exportIncident(r.ct, {
+      service: 'hc/web:http',
+      node: 'node-1',
+      tupleText: `tcp 198.18.100.20:- -> ${s.facts.nodeIp}:31199`,
+      endpoint: `${s.facts.endpoint.ip}:8080`,
+      again: () => s.drive(),
+    });
+    // The LB's health-check SYNs arrive and nothing answers them.
+    const tcpdump = files.get('capture/node-1/tcpdump.txt') ?? '';
+    expect(tcpdump).toContain(`In  IP 198.18.100.20.40000 > ${s.facts.nodeIp}.31199: Flags [S]`);
+    expect(tcpdump).not.toContain(`${s.facts.nodeIp}.31199 > 198.18.100.20.40000`);
   });
 
   it('stale-nat-to-removed-endpoint: a UDP rollout that leaves conntrack pinning the client to the removed pod (seed 002, conntrack side)', async () => {
@@ -98,32 +151,19 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     expect(Date.parse(f.observedAt) - result.rolloutAt).toBeLessThan(3_000);
     expect(f.advice).toContain(`conntrack -D -p udp --orig-dst 198.18.64.53 --dst-nat ${s.facts.oldEndpoint.ip}`);
 
-    // Issue 4: the incident it opened is exported over HTTP with the CLI, and replays to its own findings.
-    const opened = await waitFor('incident opened', () => ct.lines.find((l) => l.msg === 'incident opened'));
-    const listed = await run(process.execPath, [cli, 'incidents', '--collector', `unix:${ct.sock}`, '--token-file', ct.tokenFile]);
-    expect(listed.stdout).toMatch(new RegExp(`^${String(opened.incident)} .* kube-system/kube-dns:dns +nodes node-1 .*stale-nat-to-removed-endpoint`, 'm'));
-    // The capture the incident triggered on node-1 has to finish before it can be in the bundle.
-    await waitFor('tcpdump capture on node-1', () => ct.lines.find((l) => l.msg === 'capture finished' && l.tool === 'tcpdump' && l.node === 'node-1'), 15_000);
-    const file = join(ct.dir, 'incident.tar.gz');
-    const cliRun = await run(process.execPath, [cli, 'bundle', '--collector', `unix:${ct.sock}`, '--incident', String(opened.incident), '-o', file, '--token-file', ct.tokenFile]);
-    expect(cliRun.stderr).toContain(`wrote ${file}`);
-    const { files } = await readBundle(file);
-    const stored = (files.get('findings.jsonl') ?? '').trim().split('\n').map((l) => JSON.parse(l) as { finding: string });
-    expect(stored.map((x) => x.finding)).toContain('stale-nat-to-removed-endpoint');
-    expect(JSON.parse(JSON.stringify(await replay(file, pino({ level: 'silent' }))))).toEqual(stored);
-    const summary = files.get('summary.md') ?? '';
-    expect(summary).toContain('- Node: node-1');
-    expect(summary).toContain(`udp ${s.facts.tuple.src}:${s.facts.tuple.sport} -> 198.18.64.53:53`);
-    expect(summary).toContain(`- Endpoint: ${s.facts.oldEndpoint.ip}:53`);
-    // The capture holds the scenario's packets: the client's datagrams to the ClusterIP.
+    // Issue 4: the incident it opened, exported; the capture shows the stale NAT on the wire.
+    const files = await exportIncident(ct, {
+      service: 'kube-system/kube-dns:dns',
+      node: 'node-1',
+      tupleText: `udp ${s.facts.tuple.src}:${s.facts.tuple.sport} -> 198.18.64.53:53`,
+      endpoint: `${s.facts.oldEndpoint.ip}:53`,
+      again: () => Promise.resolve(),
+    });
+    expect(files.get('findings.jsonl')).toContain('stale-nat-to-removed-endpoint');
+    // In from the pod to the ClusterIP, out towards the removed pod.
     const tcpdump = files.get('capture/node-1/tcpdump.txt') ?? '';
-    // In from the pod to the ClusterIP, out towards the removed pod: the stale NAT, on the wire.
     expect(tcpdump).toMatch(new RegExp(`In +IP ${s.facts.tuple.src.replaceAll('.', '\\.')}\\.${s.facts.tuple.sport} > 198\\.18\\.64\\.53\\.53:`));
     expect(tcpdump).toMatch(new RegExp(`Out +IP ${s.facts.tuple.src.replaceAll('.', '\\.')}\\.${s.facts.tuple.sport} > ${s.facts.oldEndpoint.ip.replaceAll('.', '\\.')}\\.53:`));
-    expect(files.has('capture/node-1/conntrack-events.txt')).toBe(true);
-    // No secret travels in a bundle.
-    for (const [path, text] of files) expect(text.includes(ct.token), path).toBe(false);
-    expect(readFileSync(file).includes(Buffer.from(ct.token))).toBe(false);
   });
 
   it('unanswered-syn: SYNs NATed to a pod that is gone while the rules still send traffic to it', async () => {
