@@ -133,6 +133,7 @@ export class Agent {
     this.#o.log.info({ id: req.id, hosts: req.hosts, ports: req.ports, durationMs: req.durationMs }, 'capture requested');
     void runCapture(req, {
       lines: (tool, lines) => this.#send({ v: 1, type: 'capture-lines', id: req.id, tool, lines }),
+      pcap: (bytes) => this.#send({ v: 1, type: 'capture-pcap', id: req.id, base64: bytes.toString('base64') }),
       end: (tool, error) => {
         if (error !== null) this.#o.log.warn({ id: req.id, tool, error }, 'capture tool unavailable or failed');
         this.#send({ v: 1, type: 'capture-end', id: req.id, tool, error });

@@ -5,14 +5,16 @@
 // line by line and stop cleanly on SIGINT. Only this fixed pair of commands
 // ever runs; the request carries validated addresses and ports, never a
 // command line.
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { spawn } from 'node-pty';
-import type { CaptureRequest, CaptureTool } from '../contract/protocol.ts';
+import { MAX_PCAP_BYTES, type CaptureRequest, type CaptureTool } from '../contract/protocol.ts';
 
 export interface CaptureSink {
   lines(tool: CaptureTool, lines: string[]): void;
   end(tool: CaptureTool, error: string | null): void;
+  pcap(bytes: Buffer): void;
 }
 
 /** tcpdump's filter for the request: `(host A or host B) and (port P or port Q)`, as separate argv words. */
@@ -42,12 +44,26 @@ function which(cmd: string): string | null {
 const MAX_LINES = 20_000;
 
 export function runCapture(req: CaptureRequest, sink: CaptureSink): Promise<void> {
+  // tcpdump writes the packets to a pcap and, with --print, prints them as well.
+  const dir = mkdtempSync(join(tmpdir(), 'conntrail-capture-'));
+  const pcapPath = join(dir, 'capture.pcap');
+  const [first, ...rest] = tcpdumpArgs(req);
   const tools: { tool: CaptureTool; cmd: string; args: string[]; keep: (line: string) => boolean }[] = [
-    { tool: 'tcpdump', cmd: 'tcpdump', args: tcpdumpArgs(req), keep: () => true },
+    { tool: 'tcpdump', cmd: 'tcpdump', args: [first ?? '-l', '-w', pcapPath, '--print', ...rest], keep: () => true },
     // conntrack -E cannot OR several addresses in one filter; the lines are filtered here instead.
     { tool: 'conntrack-events', cmd: 'conntrack', args: ['-E', '-o', 'timestamp'], keep: (l) => req.hosts.some((h) => l.includes(`=${h} `)) },
   ];
-  return Promise.all(tools.map((t) => runOne(t, req.durationMs, sink))).then(() => undefined);
+  return Promise.all(tools.map((t) => runOne(t, req.durationMs, sink))).then(() => {
+    try {
+      const bytes = readFileSync(pcapPath);
+      // Over the bound the printed lines still stand; the pcap is left out rather than cut.
+      if (bytes.length > 0 && bytes.length <= MAX_PCAP_BYTES) sink.pcap(bytes);
+    } catch {
+      // tcpdump missing or never started: its end message already said why.
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 }
 
 function runOne(t: { tool: CaptureTool; cmd: string; args: string[]; keep: (line: string) => boolean }, durationMs: number, sink: CaptureSink): Promise<void> {

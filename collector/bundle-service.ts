@@ -52,6 +52,7 @@ export class BundleService {
       }
     }
     this.#collector.captures.set(incident.id, new Map());
+    this.#collector.pcaps.set(incident.id, new Map());
     const req = { v: 1, type: 'capture', id: incident.id, durationMs, hosts: [...hosts].slice(0, 16), ports: [...ports].slice(0, 16) } as const;
     return [...incident.nodes].filter((node) => this.#collector.requestCapture(node, req));
   }
@@ -69,7 +70,8 @@ export class BundleService {
 
   async #pack(from: number, to: number, incident: Incident | null, nodes: readonly string[] | null): Promise<Buffer> {
     const captures = incident === null ? new Map() : (this.#collector.captures.get(incident.id) ?? new Map());
-    const files = bundleFiles({ from, to, timelines: this.timelines(from, to, nodes), incident, version: this.#version, captures });
+    const pcaps = incident === null ? new Map() : (this.#collector.pcaps.get(incident.id) ?? new Map());
+    const files = bundleFiles({ from, to, timelines: this.timelines(from, to, nodes), incident, version: this.#version, captures, pcaps });
     return packBundle(files, `conntrail-${incident?.id ?? new Date(to).toISOString().replace(/[-:.]/g, '')}`);
   }
 }

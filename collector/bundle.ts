@@ -76,13 +76,15 @@ export interface BundleInput {
   readonly version: string;
   /** Capture output by node and tool (tcpdump, conntrack-events). */
   readonly captures?: ReadonlyMap<string, ReadonlyMap<string, { readonly lines: readonly string[]; readonly ended: boolean; readonly error: string | null }>>;
+  /** pcap files by node. */
+  readonly pcaps?: ReadonlyMap<string, Buffer>;
 }
 
 const jsonl = (rows: readonly unknown[]): string => rows.map((r) => `${JSON.stringify(r)}\n`).join('');
 
 /** The bundle's files, by path. */
-export function bundleFiles(input: BundleInput): Map<string, string> {
-  const files = new Map<string, string>();
+export function bundleFiles(input: BundleInput): Map<string, string | Buffer> {
+  const files = new Map<string, string | Buffer>();
   const derived = deriveFindings(input.timelines);
   files.set('findings.jsonl', jsonl(derived.findings));
   files.set('endpoints.jsonl', jsonl(derived.endpoints.map((s) => ({ ...s, firstSeen: iso(s.firstSeen), terminatingSince: s.terminatingSince === null ? null : iso(s.terminatingSince), removedAt: s.removedAt === null ? null : iso(s.removedAt) }))));
@@ -97,6 +99,7 @@ export function bundleFiles(input: BundleInput): Map<string, string> {
   for (const [node, tools] of input.captures ?? new Map())
     for (const [tool, c] of tools)
       files.set(`capture/${node}/${tool}.txt`, `${c.lines.map((l: string) => `${l}\n`).join('')}${c.error ? `# conntrail: ${c.error}\n` : c.ended ? '' : '# conntrail: capture still running when the bundle was made\n'}`);
+  for (const [node, pcap] of input.pcaps ?? new Map()) files.set(`capture/${node}/tcpdump.pcap`, pcap);
   files.set('summary.md', summary(input, derived));
   files.set(
     'report.html',
@@ -116,7 +119,7 @@ export function bundleFiles(input: BundleInput): Map<string, string> {
     from: iso(input.from),
     to: iso(input.to),
     nodes: input.timelines.map((t) => t.node),
-    files: Object.fromEntries([...files].sort(([a], [b]) => a.localeCompare(b)).map(([p, text]) => [p, { bytes: Buffer.byteLength(text), sha256: createHash('sha256').update(text).digest('hex') }])),
+    files: Object.fromEntries([...files].sort(([a], [b]) => a.localeCompare(b)).map(([p, text]) => [p, { bytes: typeof text === 'string' ? Buffer.byteLength(text) : text.length, sha256: createHash('sha256').update(text).digest('hex') }])),
   };
   files.set('manifest.json', `${JSON.stringify(manifest, null, 2)}\n`);
   return files;
@@ -141,12 +144,12 @@ function summary(input: BundleInput, derived: Derived): string {
     for (const e of f.evidence) lines.push(`[${e.time} ${e.node} ${e.source}] ${e.raw}`);
     lines.push('```', '', `What to do: ${f.advice}`, '');
   }
-  lines.push('## In this bundle', '', '- `report.html`: one self-contained page: each Service\'s endpoints and the findings on one time axis.', '- `findings.jsonl`: the findings above, one JSON line each (`conntrail replay` on this bundle yields the same).', '- `timeline/<node>.jsonl`: every step the collector applied, starting with a full snapshot, with raw lines.', '- `snapshots/<node>/<source>.txt`: each source\'s records at the start of the window, one raw line each, as printed (tool headers are not kept).', '- `endpoints.jsonl`: when each Service endpoint appeared, started draining and left.', '- `nodes/<node>.json`: node facts and kernel knobs.', '- `capture/<node>/tcpdump.txt`, `capture/<node>/conntrack-events.txt`: what the agents recorded when the incident opened (`tcpdump -l -nn` and `conntrack -E`, filtered to its addresses and ports).', '- `manifest.json`: format, version, window, and a sha256 per file.', '');
+  lines.push('## In this bundle', '', '- `report.html`: one self-contained page: each Service\'s endpoints and the findings on one time axis.', '- `findings.jsonl`: the findings above, one JSON line each (`conntrail replay` on this bundle yields the same).', '- `timeline/<node>.jsonl`: every step the collector applied, starting with a full snapshot, with raw lines.', '- `snapshots/<node>/<source>.txt`: each source\'s records at the start of the window, one raw line each, as printed (tool headers are not kept).', '- `endpoints.jsonl`: when each Service endpoint appeared, started draining and left.', '- `nodes/<node>.json`: node facts and kernel knobs.', '- `capture/<node>/tcpdump.txt` (and `tcpdump.pcap`, for Wireshark), `capture/<node>/conntrack-events.txt`: what the agents recorded when the incident opened (`tcpdump -l -nn` and `conntrack -E`, filtered to its addresses and ports).', '- `manifest.json`: format, version, window, and a sha256 per file.', '');
   return lines.join('\n');
 }
 
 /** Packs files into a .tar.gz. */
-export async function packBundle(files: ReadonlyMap<string, string>, prefix: string): Promise<Buffer> {
+export async function packBundle(files: ReadonlyMap<string, string | Buffer>, prefix: string): Promise<Buffer> {
   const dir = mkdtempSync(join(tmpdir(), 'conntrail-bundle-'));
   try {
     for (const [p, text] of files) {
@@ -164,7 +167,8 @@ export async function packBundle(files: ReadonlyMap<string, string>, prefix: str
 }
 
 /** Reads a bundle from a .tar.gz or an unpacked directory. */
-export async function readBundle(path: string): Promise<{ manifest: Record<string, unknown>; files: Map<string, string> }> {
+/** Text files as strings; pcaps (binary) in `binary`. */
+export async function readBundle(path: string): Promise<{ manifest: Record<string, unknown>; files: Map<string, string>; binary: Map<string, Buffer> }> {
   let dir = path;
   let cleanup: string | null = null;
   if (!statSync(path).isDirectory()) {
@@ -177,15 +181,17 @@ export async function readBundle(path: string): Promise<{ manifest: Record<strin
     if (manifestPath === null) throw new Error(`${path}: no manifest.json (not a conntrail bundle)`);
     const root = dirname(manifestPath);
     const files = new Map<string, string>();
+    const binary = new Map<string, Buffer>();
     const walk = (d: string) => {
       for (const name of readdirSync(d)) {
         const full = join(d, name);
         if (statSync(full).isDirectory()) walk(full);
+        else if (name.endsWith('.pcap')) binary.set(relative(root, full), readFileSync(full));
         else files.set(relative(root, full), readFileSync(full, 'utf8'));
       }
     };
     walk(root);
-    return { manifest: JSON.parse(files.get('manifest.json') ?? '{}') as Record<string, unknown>, files };
+    return { manifest: JSON.parse(files.get('manifest.json') ?? '{}') as Record<string, unknown>, files, binary };
   } finally {
     if (cleanup !== null) rmSync(cleanup, { recursive: true, force: true });
   }

@@ -37,6 +37,8 @@ export class Collector {
   readonly #sessions = new Map<string, Session>();
   /** Capture output by capture id, node and tool. */
   readonly captures = new Map<string, Map<string, Map<CaptureTool, { lines: string[]; ended: boolean; error: string | null }>>>();
+  /** pcap files by capture id and node. */
+  readonly pcaps = new Map<string, Map<string, Buffer>>();
 
   constructor(options: CollectorOptions) {
     this.#log = options.log;
@@ -112,6 +114,17 @@ export class Collector {
         view.facts = msg.facts;
         this.#log.info({ node: view.name, kernel: msg.facts.kernel, os: msg.facts.os }, 'node facts');
         return;
+      case 'capture-pcap': {
+        const byNode = this.pcaps.get(msg.id);
+        if (byNode === undefined) {
+          this.#log.warn({ node: view.name, id: msg.id }, 'ignored a pcap nobody asked for');
+          return;
+        }
+        const pcap = Buffer.from(msg.base64, 'base64');
+        byNode.set(view.name, pcap);
+        this.#log.info({ node: view.name, id: msg.id, bytes: pcap.length }, 'capture pcap received');
+        return;
+      }
       case 'capture-lines':
       case 'capture-end': {
         const byNode = this.captures.get(msg.id);

@@ -49,6 +49,8 @@ export type AgentMessage =
   | { readonly v: 1; readonly type: 'snapshot-end'; readonly seq: number; readonly time: number; readonly status: readonly SourceStatus[] }
   | { readonly v: 1; readonly type: 'capture-lines'; readonly id: string; readonly tool: CaptureTool; readonly lines: readonly string[] }
   | { readonly v: 1; readonly type: 'capture-end'; readonly id: string; readonly tool: CaptureTool; readonly error: string | null }
+  /** The pcap tcpdump wrote while it printed, base64, sent once at the end (at most MAX_PCAP_BYTES). */
+  | { readonly v: 1; readonly type: 'capture-pcap'; readonly id: string; readonly base64: string }
   | {
       readonly v: 1;
       readonly type: 'diff';
@@ -74,6 +76,7 @@ export interface CaptureRequest {
 export type CollectorMessage = { readonly v: 1; readonly type: 'resync'; readonly reason: string } | CaptureRequest;
 
 export const MAX_CAPTURE_MS = 120_000;
+export const MAX_PCAP_BYTES = 8 * 1024 * 1024;
 
 export type AgentMessageType = AgentMessage['type'];
 
@@ -86,6 +89,7 @@ const resync = object({ v: literal(1), type: literal('resync'), reason: str });
 const captureRequest = object({ v: literal(1), type: literal('capture'), id: str, durationMs: int, hosts: array(str, 16), ports: array(int, 16) });
 const captureTool = literal('tcpdump', 'conntrack-events');
 const captureLines = object({ v: literal(1), type: literal('capture-lines'), id: str, tool: captureTool, lines: array(str, 10_000) });
+const capturePcap = object({ v: literal(1), type: literal('capture-pcap'), id: str, base64: str });
 const captureEnd = object({ v: literal(1), type: literal('capture-end'), id: str, tool: captureTool, error: nullable(str) });
 
 export type DecodeResult<T> = { readonly ok: true; readonly msg: T } | { readonly ok: false; readonly error: string };
@@ -134,6 +138,11 @@ export function decodeAgentMessage(text: string): DecodeResult<AgentMessage> {
       return fromDecoded(captureLines.decode(o, ''));
     case 'capture-end':
       return fromDecoded(captureEnd.decode(o, ''));
+    case 'capture-pcap': {
+      const d = capturePcap.decode(o, '');
+      if (d.ok && (d.value.base64.length > (MAX_PCAP_BYTES * 4) / 3 + 4 || !/^[A-Za-z0-9+/]*={0,2}$/.test(d.value.base64))) return { ok: false, error: 'capture-pcap: not base64, or larger than the pcap bound' };
+      return fromDecoded(d);
+    }
     case 'snapshot': {
       const head = snapshotHead.decode(o, '');
       if (!head.ok) return fromDecoded(head);

@@ -42,15 +42,20 @@ function lab(): { lab: Lab; ct: Conntrail | null } {
 async function exportIncident(ct: Conntrail, o: { service: string; node: string; tupleText: string; endpoint: string; again: () => Promise<unknown> }): Promise<Map<string, string>> {
   const opened = await waitFor('incident opened', () => ct.lines.find((l) => l.msg === 'incident opened' && l.service === o.service));
   await o.again();
-  await waitFor(`tcpdump capture on ${o.node}`, () => ct.lines.find((l) => l.msg === 'capture finished' && l.tool === 'tcpdump' && l.node === o.node), 15_000);
+  // The pcap is sent last, after both tools have stopped.
+  await waitFor(`tcpdump capture on ${o.node}`, () => ct.lines.find((l) => l.msg === 'capture pcap received' && l.node === o.node), 15_000);
   const listed = await run(process.execPath, [cli, 'incidents', '--collector', `unix:${ct.sock}`, '--token-file', ct.tokenFile]);
   expect(listed.stdout).toContain(String(opened.incident));
   const file = join(ct.dir, `${String(opened.incident)}.tar.gz`);
   const cliRun = await run(process.execPath, [cli, 'bundle', '--collector', `unix:${ct.sock}`, '--incident', String(opened.incident), '-o', file, '--token-file', ct.tokenFile]);
   expect(cliRun.stderr).toContain(`wrote ${file}`);
-  const { files } = await readBundle(file);
+  const { files, binary } = await readBundle(file);
   const stored = (files.get('findings.jsonl') ?? '').trim().split('\n').map((l) => JSON.parse(l) as { finding: string });
   expect(stored.length).toBeGreaterThan(0);
+  // A pcap, for Wireshark, beside the printed lines (libpcap magic, either byte order).
+  const pcap = binary.get(`capture/${o.node}/tcpdump.pcap`);
+  expect(pcap?.subarray(0, 4).toString('hex')).toMatch(/^(d4c3b2a1|a1b2c3d4)$/);
+  expect(pcap?.length).toBeGreaterThan(100);
   expect(JSON.parse(JSON.stringify(await replay(file, pino({ level: 'silent' }))))).toEqual(stored);
   const summary = files.get('summary.md') ?? '';
   expect(summary).toContain(`- Node: ${o.node}`);
