@@ -11,7 +11,7 @@ import { createHostIO } from '../agent/host-io.ts';
 import { NodeState } from '../agent/node-state.ts';
 import { parsers } from '../agent/parsers.ts';
 import { createSamplers } from '../agent/samplers.ts';
-import { BundleService } from '../collector/bundle-service.ts';
+import { BundleService, parseSince } from '../collector/bundle-service.ts';
 import { Collector } from '../collector/collector.ts';
 import { CollectorServer, parseListen } from '../collector/server.ts';
 import { Detection } from '../collector/detection.ts';
@@ -27,7 +27,7 @@ const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', impo
 const USAGE = `conntrail ${VERSION}: finds intermittent connection timeouts through Kubernetes Services and load balancers
 
 usage:
-  conntrail collector [--listen HOST:PORT|unix:PATH] [--token-file F] [--tls-cert F --tls-key F] [--capture 15s|off]
+  conntrail collector [--listen HOST:PORT|unix:PATH] [--token-file F] [--tls-cert F --tls-key F] [--capture 15s|off] [--history 15m]
   conntrail agent --collector ws://HOST:PORT [--node NAME] [--interval 1s] [--token-file F] [--ca F]
   conntrail local [--interval 1s] [--listen HOST:PORT]
   conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
@@ -106,13 +106,15 @@ function logger(component: string, level = process.env.LOG_LEVEL ?? 'info'): Log
 async function runCollector(args: readonly string[]): Promise<number> {
   const { values } = parseArgs({
     args: [...args],
-    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' } },
+    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' } },
   });
   const log = logger('collector');
   const captureMs = values.capture === '0' || values.capture === 'off' ? 0 : parseInterval(values.capture);
   const token = readToken(values['token-file']);
   const tls = values['tls-cert'] && values['tls-key'] ? { cert: readFileSync(values['tls-cert'], 'utf8'), key: readFileSync(values['tls-key'], 'utf8') } : undefined;
-  const collector = new Collector({ log });
+  const historyMs = parseSince(values.history);
+  if (historyMs === null) throw new UsageError(`--history: ${JSON.stringify(values.history)} is not a duration like 15m`);
+  const collector = new Collector({ log, historyMs });
   const bundles = new BundleService(collector, VERSION);
   const logFinding = findingLogger(log);
   const detection = new Detection((line) => {
