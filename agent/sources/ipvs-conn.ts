@@ -70,17 +70,13 @@ function ipvsadmLine(line: string, tokens: readonly string[]): IpvsConnection | 
   if (typeof virtual === 'string') return virtual;
   const destination = numericEndpoint(dst);
   if (typeof destination === 'string') return destination;
-  return {
-    proto,
-    client,
-    virtual,
-    destination,
-    state,
-    // Minutes are not bounded (`seconds = expires % 60; minutes = expires / 60`).
-    expiresSeconds: Number(m[1]) * 60 + Number(m[2]),
-    template: client.port === 0,
-    raw: line,
-  };
+  // Minutes are not bounded (`seconds = expires % 60; minutes = expires / 60`).
+  return connection(proto, [client, virtual, destination], state, Number(m[1]) * 60 + Number(m[2]), line);
+}
+
+/** Both forms name the same things; a client port of 0 marks a persistence template. */
+function connection(proto: string, [client, virtual, destination]: readonly [Endpoint, Endpoint, Endpoint], state: string, expiresSeconds: number, raw: string): IpvsConnection {
+  return { proto, client, virtual, destination, state, expiresSeconds, template: client.port === 0, raw };
 }
 
 function procLine(line: string, tokens: readonly string[]): IpvsConnection | string {
@@ -97,22 +93,12 @@ function procLine(line: string, tokens: readonly string[]): IpvsConnection | str
     if (!HEX_PORT.test(port)) return `${what} port ${JSON.stringify(port)} is not %04X hex`;
     ends.push({ address, port: parseInt(port, 16) });
   }
-  const [client, virtual, destination] = ends as [Endpoint, Endpoint, Endpoint];
   if (!STATE.test(state)) return `${JSON.stringify(state)} is not a connection state`;
   if (!DECIMAL.test(expires)) return `expires ${JSON.stringify(expires)} is not a number of seconds`;
   const seconds = Number(expires);
-  return {
-    proto,
-    client,
-    virtual,
-    destination,
-    state,
-    // `(cp->timer.expires - jiffies)/HZ` is unsigned: a timer that already
-    // fired but whose entry is not yet reaped underflows to ~2^64/HZ.
-    expiresSeconds: Number.isSafeInteger(seconds) ? seconds : 0,
-    template: client.port === 0,
-    raw: line,
-  };
+  // `(cp->timer.expires - jiffies)/HZ` is unsigned: a timer that already
+  // fired but whose entry is not yet reaped underflows to ~2^64/HZ.
+  return connection(proto, ends as [Endpoint, Endpoint, Endpoint], state, Number.isSafeInteger(seconds) ? seconds : 0, line);
 }
 
 /**
