@@ -19,7 +19,7 @@ import type { FindingLine } from '../collector/aggregate.ts';
 import { Collector } from '../collector/collector.ts';
 import { Detection } from '../collector/detection.ts';
 import { ConntrailError } from '../contract/errors.ts';
-import { bundleTimelines, deriveFindings, readBundle } from '../collector/bundle.ts';
+import { bundleKubeEvents, bundleTimelines, deriveFindings, readBundle } from '../collector/bundle.ts';
 import { nodeFacts, type NodeFacts } from '../contract/records.ts';
 import { InProcessAgent } from './in-process.ts';
 
@@ -104,7 +104,7 @@ export async function replay(dir: string, log: Logger, sink?: (line: FindingLine
     const { files } = await readBundle(dir).catch((err: Error) => {
       throw new ConntrailError('BAD_INPUT', `${dir}: not a readable conntrail bundle (${err.message})`, { cause: err });
     });
-    const { findings } = deriveFindings(bundleTimelines(files), log);
+    const { findings } = deriveFindings(bundleTimelines(files), log, bundleKubeEvents(files));
     for (const f of findings) sink?.(f);
     return findings;
   }

@@ -4,15 +4,24 @@
 import type { Collector } from './collector.ts';
 import { bundleFiles, packBundle, type NodeTimeline } from './bundle.ts';
 import { describeIncident, incidentWindow, Incidents, type Incident } from './incidents.ts';
+import type { KubeCatalog, KubeEvent } from './kube/catalog.ts';
 
 export class BundleService {
   readonly incidents = new Incidents();
   readonly #collector: Collector;
   readonly #version: string;
+  readonly #kube: KubeCatalog | null;
 
-  constructor(collector: Collector, version: string) {
+  constructor(collector: Collector, version: string, kube: KubeCatalog | null = null) {
     this.#collector = collector;
     this.#version = version;
+    this.#kube = kube;
+  }
+
+  /** The API's state at `from`, then every change up to `to`; null without API access. */
+  kubeEvents(from: number, to: number): KubeEvent[] | null {
+    if (this.#kube === null) return null;
+    return [...this.#kube.stateAt(from), ...this.#kube.events(from, to).filter((e) => e.time > from)];
   }
 
   list(): Record<string, unknown>[] {
@@ -71,7 +80,7 @@ export class BundleService {
   async #pack(from: number, to: number, incident: Incident | null, nodes: readonly string[] | null): Promise<Buffer> {
     const captures = incident === null ? new Map() : (this.#collector.captures.get(incident.id) ?? new Map());
     const pcaps = incident === null ? new Map() : (this.#collector.pcaps.get(incident.id) ?? new Map());
-    const files = bundleFiles({ from, to, timelines: this.timelines(from, to, nodes), incident, version: this.#version, captures, pcaps });
+    const files = bundleFiles({ from, to, timelines: this.timelines(from, to, nodes), incident, version: this.#version, captures, pcaps, kubernetes: this.kubeEvents(from, to) });
     return packBundle(files, `conntrail-${incident?.id ?? new Date(to).toISOString().replace(/[-:.]/g, '')}`);
   }
 }

@@ -16,6 +16,7 @@ import { Collector, type Session } from './collector.ts';
 import { Detection } from './detection.ts';
 import type { EndpointSpan } from './endpoint-history.ts';
 import { iso, tupleText } from './findings.ts';
+import { KubeCatalog, type KubeEvent } from './kube/catalog.ts';
 import type { Incident } from './incidents.ts';
 import type { TimelineEntry } from './node-view.ts';
 import { renderReport } from './report.ts';
@@ -33,10 +34,20 @@ export interface Derived {
   readonly endpoints: EndpointSpan[];
 }
 
-/** Runs the collector and the detectors over recorded timelines, each starting with a snapshot. */
-export function deriveFindings(timelines: readonly NodeTimeline[], log: Logger = pino({ level: 'silent' })): Derived {
+/**
+ * Runs the collector and the detectors over recorded timelines, each starting
+ * with a snapshot, and what the Kubernetes API said meanwhile (null: there was
+ * no API). The catalog answers "as of time T", so loading it first is the same
+ * as having received its events as they came.
+ */
+export function deriveFindings(timelines: readonly NodeTimeline[], log: Logger = pino({ level: 'silent' }), kubeEvents: readonly KubeEvent[] | null = null): Derived {
   const findings: FindingLine[] = [];
-  const detection = new Detection((l) => findings.push(l));
+  let kube: KubeCatalog | null = null;
+  if (kubeEvents !== null) {
+    kube = new KubeCatalog();
+    for (const e of [...kubeEvents].sort((a, b) => a.time - b.time)) kube.apply(e);
+  }
+  const detection = new Detection((l) => findings.push(l), { kube });
   let clock = 0;
   const collector = new Collector({ log, now: () => clock, historyMs: Number.MAX_SAFE_INTEGER });
   detection.watch(collector);
@@ -78,6 +89,8 @@ export interface BundleInput {
   readonly captures?: ReadonlyMap<string, ReadonlyMap<string, { readonly lines: readonly string[]; readonly ended: boolean; readonly error: string | null }>>;
   /** pcap files by node. */
   readonly pcaps?: ReadonlyMap<string, Buffer>;
+  /** What the Kubernetes API said over the window (its state at the start, then each change); null without API access. */
+  readonly kubernetes?: readonly KubeEvent[] | null;
 }
 
 const jsonl = (rows: readonly unknown[]): string => rows.map((r) => `${JSON.stringify(r)}\n`).join('');
@@ -85,8 +98,9 @@ const jsonl = (rows: readonly unknown[]): string => rows.map((r) => `${JSON.stri
 /** The bundle's files, by path. */
 export function bundleFiles(input: BundleInput): Map<string, string | Buffer> {
   const files = new Map<string, string | Buffer>();
-  const derived = deriveFindings(input.timelines);
+  const derived = deriveFindings(input.timelines, undefined, input.kubernetes ?? null);
   files.set('findings.jsonl', jsonl(derived.findings));
+  if (input.kubernetes) files.set('kubernetes.jsonl', jsonl(input.kubernetes));
   files.set('endpoints.jsonl', jsonl(derived.endpoints.map((s) => ({ ...s, firstSeen: iso(s.firstSeen), terminatingSince: s.terminatingSince === null ? null : iso(s.terminatingSince), removedAt: s.removedAt === null ? null : iso(s.removedAt) }))));
   for (const t of input.timelines) {
     files.set(`timeline/${t.node}.jsonl`, jsonl(t.entries));
@@ -139,12 +153,13 @@ function summary(input: BundleInput, derived: Derived): string {
   if (derived.findings.length === 0) lines.push('No finding in this window.', '');
   for (const f of [...derived.findings].sort((a, b) => a.time - b.time)) {
     lines.push(`### ${iso(f.time)} — ${f.severity.toUpperCase()} ${f.finding}${f.count > 1 ? ` (×${f.count})` : ''}`, '');
-    lines.push(`- Node: ${f.node}`, `- Service: ${f.service ?? '-'}`, `- Tuple: ${f.tuple ? tupleText(f.tuple) : '-'}`, `- Endpoint: ${f.endpoint ?? '-'}`, '');
+    lines.push(`- Node: ${f.node}`, `- Service: ${f.service ?? '-'}`, `- Tuple: ${f.tuple ? tupleText(f.tuple) : '-'}`, `- Endpoint: ${f.endpoint ?? '-'}${f.pod ? ` (pod ${f.pod})` : ''}`, '');
     lines.push(f.summary, '', 'Evidence, as the tools printed it:', '', '```');
     for (const e of f.evidence) lines.push(`[${e.time} ${e.node} ${e.source}] ${e.raw}`);
     lines.push('```', '', `What to do: ${f.advice}`, '');
   }
-  lines.push('## In this bundle', '', '- `report.html`: one self-contained page: each Service\'s endpoints and the findings on one time axis.', '- `findings.jsonl`: the findings above, one JSON line each (`conntrail replay` on this bundle yields the same).', '- `timeline/<node>.jsonl`: every step the collector applied, starting with a full snapshot, with raw lines.', '- `snapshots/<node>/<source>.txt`: each source\'s records at the start of the window, one raw line each, as printed (tool headers are not kept).', '- `endpoints.jsonl`: when each Service endpoint appeared, started draining and left.', '- `nodes/<node>.json`: node facts and kernel knobs.', '- `capture/<node>/tcpdump.txt` (and `tcpdump.pcap`, for Wireshark), `capture/<node>/conntrack-events.txt`: what the agents recorded when the incident opened (`tcpdump -l -nn` and `conntrack -E`, filtered to its addresses and ports).', '- `manifest.json`: format, version, window, and a sha256 per file.', '');
+  lines.push('## In this bundle', '', '- `report.html`: one self-contained page: each Service\'s endpoints and the findings on one time axis.', '- `findings.jsonl`: the findings above, one JSON line each (`conntrail replay` on this bundle yields the same).', '- `timeline/<node>.jsonl`: every step the collector applied, starting with a full snapshot, with raw lines.', '- `snapshots/<node>/<source>.txt`: each source\'s records at the start of the window, one raw line each, as printed (tool headers are not kept).', '- `endpoints.jsonl`: when each Service endpoint appeared, started draining and left.',
+    ...(input.kubernetes ? ['- `kubernetes.jsonl`: the Services and EndpointSlices the Kubernetes API listed at the start of the window, then every change to them (pod names, ready/serving/terminating).'] : ['- No `kubernetes.jsonl`: the collector had no Kubernetes API access, so findings name endpoints by address only.']), '- `nodes/<node>.json`: node facts and kernel knobs.', '- `capture/<node>/tcpdump.txt` (and `tcpdump.pcap`, for Wireshark), `capture/<node>/conntrack-events.txt`: what the agents recorded when the incident opened (`tcpdump -l -nn` and `conntrack -E`, filtered to its addresses and ports).', '- `manifest.json`: format, version, window, and a sha256 per file.', '');
   return lines.join('\n');
 }
 
@@ -204,6 +219,12 @@ function findManifest(dir: string): string | null {
     if (statSync(sub).isDirectory() && statSync(join(sub, 'manifest.json'), { throwIfNoEntry: false })?.isFile()) return join(sub, 'manifest.json');
   }
   return null;
+}
+
+/** What the Kubernetes API said, as stored in a bundle; null when the collector had no API access. */
+export function bundleKubeEvents(files: ReadonlyMap<string, string>): KubeEvent[] | null {
+  const text = files.get('kubernetes.jsonl');
+  return text === undefined ? null : text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as KubeEvent);
 }
 
 /** The timelines stored in a bundle. */

@@ -12,6 +12,8 @@ import { detectStaleNat } from './detectors/stale-nat.ts';
 import { detectUnansweredSyn } from './detectors/unanswered-syn.ts';
 import type { Finding } from './findings.ts';
 import { EndpointHistory } from './endpoint-history.ts';
+import type { KubeView } from './kube/catalog.ts';
+import { withKubernetes } from './kube/enrich.ts';
 import type { Collector } from './collector.ts';
 import type { NodeView, Transition } from './node-view.ts';
 import { PendingSyns } from './pending-syns.ts';
@@ -35,9 +37,13 @@ export class Detection {
   /** Client address:port of tuples a specific finding explained, with when. */
   readonly #explained = new Map<string, number>();
 
-  constructor(sink: (line: FindingLine) => void, windowMs?: number) {
+  readonly #kube: KubeView | null;
+
+  /** `kube`: what the Kubernetes API said, when there is one (names pods, reads Service specs). */
+  constructor(sink: (line: FindingLine) => void, options: { windowMs?: number; kube?: KubeView | null } = {}) {
     this.#sink = sink;
-    this.#aggregator = new FindingAggregator(windowMs);
+    this.#aggregator = new FindingAggregator(options.windowMs);
+    this.#kube = options.kube ?? null;
   }
 
   history(node: string): EndpointHistory {
@@ -81,6 +87,7 @@ export class Detection {
       endpoints: history,
       pendingSyns: pending,
       recentActivity: activity,
+      kube: this.#kube,
       kernel: view.facts?.kernel ?? (view.recordMap('sysctl').get('kernel.osrelease') as RecordOf<'sysctl'> | undefined)?.value ?? null,
     };
     this.#prevTime.set(view.name, time);
@@ -92,7 +99,9 @@ export class Detection {
       const at = this.#explained.get(clientOf(f));
       if (at === undefined || time - at > EXPLAINS_MS) found.push(f);
     }
-    for (const f of found) for (const line of this.#aggregator.add(f)) this.#sink(line);
+    const kube = this.#kube;
+    const named = kube === null ? found : found.map((f) => withKubernetes(f, kube));
+    for (const f of named) for (const line of this.#aggregator.add(f)) this.#sink(line);
     for (const line of this.#aggregator.flush(time)) this.#sink(line);
   }
 

@@ -36,6 +36,10 @@ export interface Finding {
   readonly service: string | null;
   readonly tuple: Tuple | null;
   readonly endpoint: string | null;
+  /** The pod behind `endpoint` (`namespace/name`), from the Kubernetes API's EndpointSlices; absent without API access. */
+  readonly pod?: string | null;
+  /** The pod behind the tuple's source address, when it is one. */
+  readonly clientPod?: string | null;
   /** A sentence saying what happened, in plain words. */
   readonly summary: string;
   readonly evidence: readonly Evidence[];

@@ -3,6 +3,7 @@
 import type { RecordOf, SourceName } from '../../contract/sources.ts';
 import type { Sysctl } from '../../contract/records.ts';
 import type { EndpointHistory } from '../endpoint-history.ts';
+import type { KubeView } from '../kube/catalog.ts';
 import type { PendingSyns } from '../pending-syns.ts';
 import type { RecentActivity } from '../recent-activity.ts';
 import type { Finding } from '../findings.ts';
@@ -22,6 +23,8 @@ export interface DetectorInput {
   readonly pendingSyns: PendingSyns;
   /** Conntrack entries that moved in the last few seconds. */
   readonly recentActivity: RecentActivity;
+  /** The Kubernetes API's view (Service specs, EndpointSlices), or null without API access. */
+  readonly kube: KubeView | null;
   /** Kernel release from node facts, else from kernel.osrelease. */
   readonly kernel: string | null;
 }

@@ -8,7 +8,37 @@
 import type { Address, ConntrackEntry } from '../../contract/records.ts';
 import { endpointKey } from '../endpoint-history.ts';
 import { iso, type Finding } from '../findings.ts';
-import type { Detector } from './input.ts';
+import { clientIpPreservation, type ClientIpPreservation } from '../kube/objects.ts';
+import type { Detector, DetectorInput } from './input.ts';
+
+const GENERIC_ADVICE =
+  'A load balancer that keeps client IPs cannot hairpin a target\'s own connection back to it (AWS NLB docs, "Connections time out for requests from a target to its load balancer"). ' +
+  'Use IP targets (`service.beta.kubernetes.io/aws-load-balancer-nlb-target-type: ip`), or turn client IP preservation off (`service.beta.kubernetes.io/aws-load-balancer-target-group-attributes: preserve_client_ip.enabled=false`), ';
+
+/** What the Service's own spec says about the load balancer, when the API is there to ask. */
+function lbFromApi(input: DetectorInput, programmedId: string, lbIp: string, port: number, proto: string): { service: string; preservation: ClientIpPreservation; ingress: string } | null {
+  // An LB that publishes only a hostname (the hairpin case: no IP in the status) is found by the Service kube-proxy programmed.
+  const svc = input.kube?.serviceAt(programmedId.split(':')[0] ?? programmedId, input.time) ?? input.kube?.serviceForAddress(lbIp, port, proto, input.time) ?? null;
+  if (svc === null) return null;
+  const ingress = svc.loadBalancerIngress.find((i) => i.ip === lbIp) ?? svc.loadBalancerIngress[0];
+  return {
+    service: `${svc.namespace}/${svc.name}`,
+    preservation: clientIpPreservation(svc, proto),
+    ingress: ingress === undefined ? lbIp : [ingress.ip, ingress.hostname, ingress.ipMode === null ? null : `ipMode ${ingress.ipMode}`].filter((x) => x !== null).join(' '),
+  };
+}
+
+function advice(api: ReturnType<typeof lbFromApi>, serviceName: string): string {
+  const tail = `or have in-cluster clients use the Service name (${serviceName}) instead of the load balancer.`;
+  if (api === null || api.preservation.preserved === null) return GENERIC_ADVICE + tail;
+  if (api.preservation.preserved)
+    return `Client IP preservation is on for ${api.service} (${api.preservation.because}), so the load balancer cannot hairpin a target's own connection back to it (AWS NLB docs, "Connections time out for requests from a target to its load balancer"). ${
+      api.preservation.targetType === 'ip'
+        ? 'Set `service.beta.kubernetes.io/aws-load-balancer-target-group-attributes: preserve_client_ip.enabled=false`, '
+        : 'Switch to IP targets (`service.beta.kubernetes.io/aws-load-balancer-nlb-target-type: ip`), or set `service.beta.kubernetes.io/aws-load-balancer-target-group-attributes: preserve_client_ip.enabled=false`, '
+    }${tail}`;
+  return `${api.service}'s annotations say client IP preservation is off (${api.preservation.because}), yet the node received the client's own address from the load balancer: check the target group's actual attributes (the controller may not have applied the annotation, or another load balancer points at this NodePort), ${tail}`;
+}
 
 export const detectLbHairpin: Detector = (input) => {
   const services = input.endpoints.services.filter((s) => s.nodePorts.length > 0);
@@ -29,6 +59,7 @@ export const detectLbHairpin: Detector = (input) => {
           if (back === undefined || back.reply.src === back.orig.dst || back.reply.sport === null || seen.has(key)) continue;
           seen.add(key);
           const endpoint = endpointKey({ address: back.reply.src, port: back.reply.sport });
+          const api = lbFromApi(input, svc.id, toLb.orig.dst, toLb.orig.dport, toLb.proto);
           findings.push({
             finding: 'lb-hairpin',
             severity: 'error',
@@ -41,12 +72,15 @@ export const detectLbHairpin: Detector = (input) => {
               { source: 'conntrack', node: input.node, time: iso(input.time), raw: toLb.raw },
               { source: 'conntrack', node: input.node, time: iso(input.time), raw: back.raw },
             ],
-            advice:
-              'A load balancer that keeps client IPs cannot hairpin a target\'s own connection back to it (AWS NLB docs, "Connections time out for requests from a target to its load balancer"). ' +
-              'Use IP targets (`service.beta.kubernetes.io/aws-load-balancer-nlb-target-type: ip`), or turn client IP preservation off (`service.beta.kubernetes.io/aws-load-balancer-target-group-attributes: preserve_client_ip.enabled=false`), ' +
-              `or have in-cluster clients use the Service name (${svc.id.split(':')[0] ?? svc.id}) instead of the load balancer.`,
+            advice: advice(api, svc.id.split(':')[0] ?? svc.id),
             time: input.time,
-            details: { nodePort: port, nodeAddress: nodeIp },
+            details: {
+              nodePort: port,
+              nodeAddress: nodeIp,
+              ...(api === null
+                ? {}
+                : { loadBalancer: api.ingress, clientIpPreservation: api.preservation.preserved, lbTargetType: api.preservation.targetType, clientIpPreservationBecause: api.preservation.because }),
+            },
           });
         }
       }

@@ -60,7 +60,10 @@ export const detectLbHealthcheckDropped: Detector = (input) => {
     for (const t of counterRises) evidence.push({ source: 'iptables', node: input.node, time: at, raw: (t.after as IptablesRule).raw });
     if (martianRise)
       for (const t of input.transitions) if (t.source === 'rt-cache-stat' && t.kind === 'refreshed') evidence.push({ source: 'rt-cache-stat', node: input.node, time: at, raw: (t.after as StatRow).raw });
-    const port = svc.nodePorts[0] ?? null;
+    // With the API: a Local Service is health-checked on its healthCheckNodePort (kube-proxy's own server), not on the NodePort.
+    const api = input.kube?.serviceForAddress(lbIp, svc.frontends.find((f) => f.address === lbIp)?.port ?? 0, svc.protocol || 'tcp', input.time) ?? null;
+    const ingress = api?.loadBalancerIngress.find((i) => i.ip === lbIp) ?? null;
+    const port = (api?.externalTrafficPolicy === 'Local' ? api.healthCheckNodePort : null) ?? svc.nodePorts[0] ?? null;
     findings.push({
       finding: 'lb-healthcheck-dropped',
       severity: dropping ? 'error' : 'warning',
@@ -77,7 +80,21 @@ export const detectLbHealthcheckDropped: Detector = (input) => {
         'otherwise have the provider source health checks from its reserved ranges rather than the LB address (kubernetes/kubernetes#79783). ' +
         'Setting accept_local=1 alone is not enough: replies to the LB address are then delivered locally and still never leave the node (seed 003).',
       time: input.time,
-      details: { loadBalancerIP: lbIp, counterRises: counterRises.length, martianRise, conntrackFromLb: fromLb },
+      details: {
+        loadBalancerIP: lbIp,
+        counterRises: counterRises.length,
+        martianRise,
+        conntrackFromLb: fromLb,
+        ...(api === null
+          ? {}
+          : {
+              externalTrafficPolicy: api.externalTrafficPolicy,
+              healthCheckNodePort: api.healthCheckNodePort,
+              ipMode: ingress?.ipMode ?? null,
+              // ipMode Proxy means kube-proxy should not have bound it: something else did.
+              boundDespiteProxyMode: ingress?.ipMode === 'Proxy',
+            }),
+      },
     });
   }
   return findings;

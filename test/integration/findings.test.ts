@@ -15,23 +15,42 @@ import { buildCluster } from '../lab/cluster.ts';
 import { runClient, startServer } from '../lab/traffic.ts';
 import { cleanRollout, lbHairpin, lbHealthCheckDropped, udpRolloutStaleConntrack } from '../lab/scenarios.ts';
 import { cli, startConntrail, type Conntrail } from './harness.ts';
+import { KubeApiServer } from '../helpers/kube-api-server.ts';
+import { LabKubeApi } from '../lab/kube-api.ts';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 
 const run = promisify(execFile);
 
-const running: { lab: Lab; ct: Conntrail | null }[] = [];
+const running: { lab: Lab; ct: Conntrail | null; kube?: { server: KubeApiServer; dir: string } }[] = [];
 afterEach(async () => {
   for (const r of running.splice(0)) {
     await r.ct?.stop();
     await r.lab.teardown();
+    if (r.kube) {
+      await r.kube.server.close();
+      rmSync(r.kube.dir, { recursive: true, force: true });
+    }
   }
 });
 
-function lab(): { lab: Lab; ct: Conntrail | null } {
+function lab(): { lab: Lab; ct: Conntrail | null; kube?: { server: KubeApiServer; dir: string } } {
   assertLabPrerequisites();
-  const r = { lab: new Lab(), ct: null };
+  const r: { lab: Lab; ct: Conntrail | null; kube?: { server: KubeApiServer; dir: string } } = { lab: new Lab(), ct: null };
   running.push(r);
   return r;
 }
+
+/** An in-process Kubernetes API the scenario publishes its Services and EndpointSlices to, and a kubeconfig for the collector. */
+async function kubeApiFor(r: ReturnType<typeof lab>): Promise<{ api: LabKubeApi; kubeconfig: string }> {
+  const server = new KubeApiServer();
+  await server.listen();
+  const dir = mkdtempSync(join(tmpdir(), 'conntrail-kube-'));
+  r.kube = { server, dir };
+  return { api: new LabKubeApi(server), kubeconfig: server.writeKubeconfig(dir) };
+}
+
+const kubeSynced = (ct: Conntrail) => waitFor('the collector listed the Kubernetes API', () => ct.lines.find((l) => l.msg === 'Kubernetes API: Services and EndpointSlices listed; watching'), 10_000);
 
 /**
  * Issue 4 on a faulty scenario: the incident its error opened is listed and
@@ -70,9 +89,11 @@ async function exportIncident(ct: Conntrail, o: { service: string; node: string;
 describe('findings from the namespace lab', { timeout: 90_000 }, () => {
   it('lb-hairpin: a pod reaching its own node through a client-IP-preserving LB (seeds 000, 001)', async () => {
     const r = lab();
-    const s = lbHairpin(r.lab);
+    const kube = await kubeApiFor(r);
+    const s = lbHairpin(r.lab, { kubeApi: kube.api });
     await s.setup();
-    r.ct = await startConntrail(r.lab, s.cluster().nodes.map((n) => n.ns));
+    r.ct = await startConntrail(r.lab, s.cluster().nodes.map((n) => n.ns), undefined, { kubeconfig: kube.kubeconfig });
+    await kubeSynced(r.ct);
     const started = Date.now();
     const result = await s.drive();
     expect(result.hairpin.every((a) => a.status !== 'ok')).toBe(true);
@@ -90,7 +111,12 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     const raws = (f.evidence as { raw: string }[]).map((e) => e.raw);
     expect(raws.some((l) => l.includes(`dst=${s.facts.tuple.dst} sport=${s.facts.tuple.sport} dport=80 [UNREPLIED]`))).toBe(true);
     expect(raws.some((l) => l.includes(`dst=${s.facts.nodeIp} sport=${s.facts.tuple.sport} dport=30161`))).toBe(true);
+    // From the Kubernetes API: the pod behind the endpoint, and the Service's annotations deciding client IP preservation.
+    expect(f.pod).toBe('nginx-demo/nginx');
+    expect(f.details).toMatchObject({ clientIpPreservation: true, lbTargetType: 'instance', podNode: 'node-2', endpointCondition: 'ready' });
+    expect(String(f.advice)).toContain('Client IP preservation is on for nginx-demo/service-nginx-demo');
     expect(String(f.advice)).toMatch(/aws-load-balancer-nlb-target-type: ip/);
+    expect((f.evidence as { source: string; raw: string }[]).find((e) => e.source === 'kubernetes')?.raw).toContain('"targetRef":{"kind":"Pod","name":"nginx","namespace":"nginx-demo"}');
 
     const files = await exportIncident(r.ct, {
       service: 'nginx-demo/service-nginx-demo',
@@ -139,10 +165,12 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
 
   it('stale-nat-to-removed-endpoint: a UDP rollout that leaves conntrack pinning the client to the removed pod (seed 002, conntrack side)', async () => {
     const r = lab();
-    const s = udpRolloutStaleConntrack(r.lab);
+    const kube = await kubeApiFor(r);
+    const s = udpRolloutStaleConntrack(r.lab, { kubeApi: kube.api });
     await s.setup();
-    const ct = await startConntrail(r.lab, s.cluster().nodes.map((n) => n.ns));
+    const ct = await startConntrail(r.lab, s.cluster().nodes.map((n) => n.ns), undefined, { kubeconfig: kube.kubeconfig });
     r.ct = ct;
+    await kubeSynced(ct);
     let found: Record<string, unknown> | null = null;
     const result = await s.drive({ pinnedMs: 6_000, onPinned: async () => { found = await ct.finding('stale-nat-to-removed-endpoint', () => true, 6_000); } });
     expect(found).toMatchObject({
@@ -152,6 +180,8 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
       tuple: { proto: 'udp', src: s.facts.tuple.src, sport: s.facts.tuple.sport, dst: '198.18.64.53', dport: 53 },
       endpoint: `${s.facts.oldEndpoint.ip}:53`,
     });
+    // The rollout went through the API first: the finding names the removed pod and when its EndpointSlice dropped it.
+    expect(found).toMatchObject({ pod: 'kube-system/coredns-a', details: { endpointCondition: 'removed', podNode: 'node-2' } });
     const f = found as unknown as { observedAt: string; advice: string };
     expect(Date.parse(f.observedAt) - result.rolloutAt).toBeLessThan(3_000);
     expect(f.advice).toContain(`conntrack -D -p udp --orig-dst 198.18.64.53 --dst-nat ${s.facts.oldEndpoint.ip}`);
@@ -165,6 +195,9 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
       again: () => Promise.resolve(),
     });
     expect(files.get('findings.jsonl')).toContain('stale-nat-to-removed-endpoint');
+    // The API's view travels in the bundle, so its replay (checked above) names the pod too.
+    expect(files.get('kubernetes.jsonl')).toContain('coredns-b');
+    expect(files.get('summary.md')).toContain('(pod kube-system/coredns-a)');
     // In from the pod to the ClusterIP, out towards the removed pod.
     const tcpdump = files.get('capture/node-1/tcpdump.txt') ?? '';
     expect(tcpdump).toMatch(new RegExp(`In +IP ${s.facts.tuple.src.replaceAll('.', '\\.')}\\.${s.facts.tuple.sport} > 198\\.18\\.64\\.53\\.53:`));

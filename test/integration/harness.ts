@@ -28,7 +28,12 @@ export interface Conntrail {
   stop(): Promise<void>;
 }
 
-export async function startConntrail(lab: Lab, nodes: readonly string[], token = 'lab-token'): Promise<Conntrail> {
+/**
+ * `kubeconfig`: the collector watches that (in-process) Kubernetes API;
+ * without it the collector runs with --no-kubernetes, so a developer's own
+ * ~/.kube/config is never touched by a test.
+ */
+export async function startConntrail(lab: Lab, nodes: readonly string[], token = 'lab-token', opts: { kubeconfig?: string } = {}): Promise<Conntrail> {
   const dir = mkdtempSync(join(tmpdir(), 'conntrail-it-'));
   const sock = join(dir, 'collector.sock');
   const tokenFile = join(dir, 'token');
@@ -38,7 +43,7 @@ export async function startConntrail(lab: Lab, nodes: readonly string[], token =
   const startCollector = () => {
     rmSync(sock, { force: true });
     // Short captures keep the lab quick; the default is 15 s.
-    const child = spawn(nodeBinary(), [cli, 'collector', '--listen', `unix:${sock}`, '--token-file', tokenFile, '--capture', '4s'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(nodeBinary(), [cli, 'collector', '--listen', `unix:${sock}`, '--token-file', tokenFile, '--capture', '4s', ...(opts.kubeconfig ? ['--kubeconfig', opts.kubeconfig] : ['--no-kubernetes'])], { stdio: ['ignore', 'pipe', 'inherit'] });
     let buf = '';
     child.stdout?.on('data', (d: Buffer) => {
       buf += d.toString();

@@ -21,6 +21,7 @@ import { existsSync } from 'node:fs';
 import type { Lab } from './netns.ts';
 import { assertInterfaceName } from './netns.ts';
 import { applyIptables, applyNft, probability, type ProxyModel } from './kube-proxy.ts';
+import type { LabKubeApi } from './kube-api.ts';
 
 export const ROUTER_NS = 'lb';
 export const ROUTER_IP = '198.18.0.1';
@@ -117,6 +118,12 @@ export class Cluster {
   #nextOrdinal = new Map<string, number>();
   #loadBalancers: LoadBalancer[] = [];
   #kubeIpvs0 = new Set<string>();
+  #api: LabKubeApi | null = null;
+
+  /** From now on every applyServices is published to this Kubernetes API first. */
+  publishTo(api: LabKubeApi): void {
+    this.#api = api;
+  }
 
   constructor(lab: Lab, router: { ns: string; netns: string; ip: string }) {
     this.lab = lab;
@@ -285,6 +292,7 @@ export class Cluster {
 
   /** Renders and applies the model on every node, in each node's proxy mode (what every kube-proxy does after a change). */
   async applyServices(model: ProxyModel, opts: { clusterCidr?: string } = {}): Promise<void> {
+    this.#api?.publish(model, new Map(this.pods.map((p) => [p.ip, p.name])));
     await Promise.all(
       this.nodes.map((n) => {
         const o = { nodeName: n.name, nodeIp: n.ip, ...(opts.clusterCidr !== undefined ? { clusterCidr: opts.clusterCidr } : {}) };

@@ -40,6 +40,10 @@ export interface ServiceModel {
   /** Makes kube-proxy route LB traffic through a KUBE-FW chain (modern kube-proxy creates KUBE-FW only then). */
   readonly loadBalancerSourceRanges?: readonly string[];
   readonly endpoints: readonly EndpointModel[];
+  /** Only what the Kubernetes API shows (kube-proxy ignores these): the Service's annotations and its LB status. */
+  readonly annotations?: Readonly<Record<string, string>>;
+  readonly loadBalancerHostname?: string;
+  readonly ipMode?: 'VIP' | 'Proxy';
 }
 
 export interface ProxyModel {

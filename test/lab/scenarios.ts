@@ -15,6 +15,7 @@ import {
   type ServiceModel,
 } from './kube-proxy.ts';
 import type { Lab } from './netns.ts';
+import type { LabKubeApi } from './kube-api.ts';
 import { runClient, startClient, startServer, type Attempt } from './traffic.ts';
 
 export type ScenarioName = 'lbHairpin' | 'lbHealthCheckDropped' | 'udpRolloutStaleConntrack' | 'cleanRollout';
@@ -81,6 +82,8 @@ export interface Scenario<F extends ScenarioFacts, R, D = undefined> {
 export interface ScenarioOptions {
   /** kube-proxy mode on every node (default iptables). */
   readonly proxyMode?: ProxyMode;
+  /** Publish the scenario's Services and EndpointSlices, through every change, to this Kubernetes API. */
+  readonly kubeApi?: LabKubeApi;
 }
 
 function serviceFact(svc: ServiceModel): ServiceFact {
@@ -169,6 +172,9 @@ export function lbHairpin(lab: Lab, opts: ScenarioOptions = {}): Scenario<LbHair
     nodePort: 30161,
     externalTrafficPolicy: 'Cluster',
     endpoints: [{ ip: podIpOf(2, 0), port: 80, nodeName: 'node-2', ready: true }],
+    // What the AWS Load Balancer Controller's Service looks like in the API (seed 001): instance targets, a hostname only.
+    annotations: { 'service.beta.kubernetes.io/aws-load-balancer-type': 'external', 'service.beta.kubernetes.io/aws-load-balancer-nlb-target-type': 'instance' },
+    loadBalancerHostname: 'k8s-nginxdem-servicen-0a1b2c3d4e-0123456789abcdef.elb.us-east-1.amazonaws.com',
   };
   const sport = 52618;
   const facts: LbHairpinFacts = {
@@ -194,6 +200,7 @@ export function lbHairpin(lab: Lab, opts: ScenarioOptions = {}): Scenario<LbHair
         nodes: [{ name: 'node-1', proxyMode: mode }, { name: 'node-2', proxyMode: mode }],
         pods: [{ name: 'netshoot', node: 'node-1' }, { name: 'nginx', node: 'node-2' }, { name: 'curl', node: 'node-2' }],
       });
+      if (opts.kubeApi) cluster.publishTo(opts.kubeApi);
       c.set(cluster);
       await startServer(lab, cluster.pod('nginx').ns, { kind: 'tcp', port: 80, name: 'nginx' });
       await cluster.applyServices({ services: [svc] });
@@ -280,6 +287,7 @@ export function lbHealthCheckDropped(lab: Lab, opts: ScenarioOptions = {}): Scen
     cluster: c.get,
     async setup() {
       const cluster = await buildCluster(lab, { nodes: [{ name: 'node-1', proxyMode: opts.proxyMode ?? 'iptables' }], pods: [{ name: 'web', node: 'node-1' }] });
+      if (opts.kubeApi) cluster.publishTo(opts.kubeApi);
       c.set(cluster);
       await startServer(lab, cluster.pod('web').ns, { kind: 'tcp', port: 8080, name: 'web' });
       await cluster.applyServices({ services: [svc] });
@@ -409,6 +417,7 @@ function udpRollout(lab: Lab, name: 'udpRolloutStaleConntrack' | 'cleanRollout',
         nodes: [{ name: 'node-1', proxyMode: mode }, { name: 'node-2', proxyMode: mode }],
         pods: [{ name: 'dns-client', node: 'node-1' }, { name: oldEndpoint.pod, node: 'node-2' }, { name: newEndpoint.pod, node: 'node-2' }],
       });
+      if (opts.kubeApi) cluster.publishTo(opts.kubeApi);
       c.set(cluster);
       await Promise.all([
         startServer(lab, cluster.pod(oldEndpoint.pod).ns, { kind: 'udp', port: 53, name: oldEndpoint.pod }),
