@@ -15,6 +15,7 @@ import { BundleService, parseSince } from '../collector/bundle-service.ts';
 import { Collector } from '../collector/collector.ts';
 import { CollectorServer, parseListen } from '../collector/server.ts';
 import { Detection } from '../collector/detection.ts';
+import { startClusterView } from '../collector/kube/cluster-view.ts';
 import { findingLogger } from '../collector/finding-log.ts';
 import { renderSummary } from '../collector/summary.ts';
 import { isConntrailError } from '../contract/errors.ts';
@@ -28,6 +29,7 @@ const USAGE = `conntrail ${VERSION}: finds intermittent connection timeouts thro
 
 usage:
   conntrail collector [--listen HOST:PORT|unix:PATH] [--token-file F] [--tls-cert F --tls-key F] [--capture 15s|off] [--history 15m]
+                      [--kubeconfig F | --no-kubernetes]
   conntrail agent --collector ws://HOST:PORT [--node NAME] [--interval 1s] [--token-file F] [--ca F]
   conntrail local [--interval 1s] [--listen HOST:PORT]
   conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
@@ -106,7 +108,7 @@ function logger(component: string, level = process.env.LOG_LEVEL ?? 'info'): Log
 async function runCollector(args: readonly string[]): Promise<number> {
   const { values } = parseArgs({
     args: [...args],
-    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' } },
+    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false } },
   });
   const log = logger('collector');
   const captureMs = values.capture === '0' || values.capture === 'off' ? 0 : parseInterval(values.capture);
@@ -115,7 +117,8 @@ async function runCollector(args: readonly string[]): Promise<number> {
   const historyMs = parseSince(values.history);
   if (historyMs === null) throw new UsageError(`--history: ${JSON.stringify(values.history)} is not a duration like 15m`);
   const collector = new Collector({ log, historyMs });
-  const bundles = new BundleService(collector, VERSION);
+  const cluster = await startClusterView({ log, historyMs, disabled: values['no-kubernetes'], ...(values.kubeconfig === undefined ? {} : { kubeconfig: values.kubeconfig }) });
+  const bundles = new BundleService(collector, VERSION, cluster.catalog);
   const logFinding = findingLogger(log);
   const detection = new Detection((line) => {
     logFinding(line);
@@ -123,7 +126,7 @@ async function runCollector(args: readonly string[]): Promise<number> {
     if (opened === null) return;
     const capturing = captureMs > 0 ? bundles.startCapture(opened, captureMs) : [];
     log.warn({ incident: opened.id, service: opened.service, node: line.node, capturing, captureMs }, 'incident opened');
-  });
+  }, { kube: cluster.catalog });
   detection.watch(collector);
   const server = new CollectorServer({ collector, log, token, bundles, ...(tls ? { tls } : {}) });
   const addr = await server.listen(parseListen(values.listen));
@@ -131,6 +134,7 @@ async function runCollector(args: readonly string[]): Promise<number> {
   if (token === null) log.warn('no token configured: any agent or client can connect (set CONNTRAIL_TOKEN or --token-file)');
   await untilSignal();
   detection.flush(Date.now());
+  await cluster.stop();
   await server.close();
   return 0;
 }
