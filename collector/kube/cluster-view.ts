@@ -10,7 +10,7 @@ export interface ClusterView {
   stop(): Promise<void>;
 }
 
-export async function startClusterView(opts: { log: Logger; kubeconfig?: string; disabled?: boolean; historyMs: number; now?: () => number }): Promise<ClusterView> {
+export async function startClusterView(opts: { log: Logger; kubeconfig?: string; disabled?: boolean; historyMs: number; now?: () => number; env?: NodeJS.ProcessEnv }): Promise<ClusterView> {
   const now = opts.now ?? Date.now;
   if (opts.disabled) {
     opts.log.info({ kubernetes: 'off' }, 'Kubernetes API not used (--no-kubernetes): findings name endpoints by address, from node data alone');
@@ -19,7 +19,7 @@ export async function startClusterView(opts: { log: Logger; kubeconfig?: string;
   const catalog = new KubeCatalog();
   let watch: KubeWatch | null;
   try {
-    watch = await startKubeWatch({ catalog, log: opts.log, now, ...(opts.kubeconfig === undefined ? {} : { kubeconfig: opts.kubeconfig }) });
+    watch = await startKubeWatch({ catalog, log: opts.log, now, ...(opts.env === undefined ? {} : { env: opts.env }), ...(opts.kubeconfig === undefined ? {} : { kubeconfig: opts.kubeconfig }) });
   } catch (err) {
     opts.log.warn({ kubernetes: 'unusable', reason: (err as Error).message }, 'Kubernetes API config could not be loaded: running on node data alone');
     return { catalog: null, stop: async () => undefined };

@@ -18,6 +18,8 @@ export interface KubeWatchOptions {
   readonly now?: () => number;
   /** Longest wait between retries after the API fails (ms). */
   readonly maxBackoffMs?: number;
+  /** Where to look for in-cluster variables and KUBECONFIG (default: this process's). */
+  readonly env?: NodeJS.ProcessEnv;
 }
 
 export interface KubeWatch {
@@ -67,7 +69,7 @@ const RESOURCES: readonly Resource[] = [
 
 /** Starts watching; null when no config is found (the caller says so once). */
 export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch | null> {
-  const source = findKubeConfig(opts.kubeconfig);
+  const source = findKubeConfig(opts.kubeconfig, opts.env);
   if (source === null) return null;
   const k8s = await import('@kubernetes/client-node');
   const config = new k8s.KubeConfig();

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { KubeCatalog } from '../../../collector/kube/catalog.ts';
 import { findKubeConfig, startKubeWatch, type KubeWatch } from '../../../collector/kube/watcher.ts';
+import { startClusterView } from '../../../collector/kube/cluster-view.ts';
 import { withKubernetes } from '../../../collector/kube/enrich.ts';
 import type { Finding } from '../../../collector/findings.ts';
 import { captureLog, waitFor } from '../../helpers/capture-log.ts';
@@ -215,5 +216,29 @@ describe('Kubernetes API watch', { timeout: 30_000 }, () => {
     expect(findKubeConfig(undefined, { HOME: home })).toBeNull();
     expect(findKubeConfig(undefined, { HOME: home, KUBECONFIG: join(home, 'missing') })).toBeNull();
     expect(findKubeConfig('/etc/explicit', { HOME: home })).toBe('/etc/explicit');
+  });
+});
+
+describe('startClusterView', () => {
+  it('without any API config runs on node data alone and says so in one log line', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'conntrail-home-'));
+    cleanups.push(() => rmSync(home, { recursive: true, force: true }));
+    const log = captureLog();
+    const view = await startClusterView({ log: log.log, historyMs: 60_000, env: { HOME: home } });
+    expect(view.catalog).toBeNull();
+    expect(log.lines).toHaveLength(1);
+    expect(log.lines[0]).toMatchObject({ kubernetes: 'none', msg: expect.stringContaining('running on node data alone') });
+    await view.stop();
+  });
+
+  it('with a config, keeps a catalog the detectors can read', async () => {
+    const { server } = await rig();
+    server.apply('services', webService());
+    const dir = mkdtempSync(join(tmpdir(), 'conntrail-kube-test-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const log = captureLog();
+    const view = await startClusterView({ log: log.log, historyMs: 60_000, kubeconfig: server.writeKubeconfig(dir) });
+    cleanups.push(() => view.stop());
+    await waitFor('the Service listed', () => view.catalog?.serviceAt('shop/web', Date.now()), 5_000);
   });
 });
