@@ -107,7 +107,11 @@ describe('Kubernetes API watch', { timeout: 30_000 }, () => {
     const step = async (pods: Pod[], expectState: () => boolean) => {
       server.apply('endpointslices', webSlice(pods));
       await waitFor('the watch to deliver the change', expectState, 5_000);
-      return Date.now();
+      // Times are milliseconds: keep each step's moment apart from the next change.
+      await new Promise((r) => setTimeout(r, 5));
+      const at = Date.now();
+      await new Promise((r) => setTimeout(r, 5));
+      return at;
     };
     const surged = await step([OLD, NEW], () => catalog.endpointAt('shop/web', NEW.ip, 8080, Date.now())?.state === 'not-ready');
     const newReady = await step([OLD, { ...NEW, ready: true }], () => catalog.endpointAt('shop/web', NEW.ip, 8080, Date.now())?.state === 'ready');
