@@ -31,6 +31,9 @@ export class Agent {
   readonly #o: AgentOptions;
   #ws: WebSocket | null = null;
   #connected = false;
+  /** A full snapshot went out on this connection: the collector's view of the node is whole. */
+  #streaming = false;
+  #lastTickAt: number | null = null;
   #needSnapshot = true;
   #seq = 0;
   #ticking = false;
@@ -65,6 +68,11 @@ export class Agent {
       ws.close(1001, 'agent stopping');
       setTimeout(() => { ws.terminate(); resolve(); }, 1_000).unref();
     });
+  }
+
+  /** What the health endpoints report: sampling is alive, and the collector has this node's state. */
+  health(): { lastTickAt: number | null; connected: boolean; streaming: boolean; intervalMs: number } {
+    return { lastTickAt: this.#lastTickAt, connected: this.#connected, streaming: this.#connected && this.#streaming, intervalMs: this.#o.intervalMs };
   }
 
   get skippedTicks(): number {
@@ -119,6 +127,7 @@ export class Agent {
     ws.on('close', (code) => {
       const wasConnected = this.#connected;
       this.#connected = false;
+      this.#streaming = false;
       this.#ws = null;
       if (this.#stopped) return;
       if (wasConnected) this.#o.log.warn({ code }, 'collector connection closed; reconnecting');
@@ -152,6 +161,7 @@ export class Agent {
     try {
       await this.#refreshFacts();
       const result = await this.#o.state.tick();
+      this.#lastTickAt = Date.now();
       this.#seq++;
       if (!this.#connected) return;
       if (this.#needSnapshot) await this.#sendSnapshot(result.time);
@@ -194,6 +204,7 @@ export class Agent {
       await this.#drained(SNAPSHOT_DRAIN_BYTES);
     }
     this.#send({ v: 1, type: 'snapshot-end', seq, time, status: this.#o.state.statuses() });
+    this.#streaming = true;
   }
 
   #drained(below: number): Promise<void> {

@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
 import { Agent } from '../agent/agent.ts';
 import { readNodeFacts } from '../agent/facts.ts';
+import { startHealthServer } from '../agent/health.ts';
 import { createHostIO } from '../agent/host-io.ts';
 import { NodeState } from '../agent/node-state.ts';
 import { parsers } from '../agent/parsers.ts';
@@ -31,6 +32,7 @@ usage:
   conntrail collector [--listen HOST:PORT|unix:PATH] [--token-file F] [--tls-cert F --tls-key F] [--capture 15s|off] [--history 15m]
                       [--kubeconfig F | --no-kubernetes]
   conntrail agent --collector ws://HOST:PORT [--node NAME] [--interval 1s] [--token-file F] [--ca F]
+                  [--health-listen HOST:PORT]
   conntrail local [--interval 1s] [--listen HOST:PORT]
   conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
   conntrail replay DIR                recorded outputs (DIR/<node>/<time>/<file>) through the agent and the detectors
@@ -142,9 +144,11 @@ async function runCollector(args: readonly string[]): Promise<number> {
 async function runAgent(args: readonly string[]): Promise<number> {
   const { values } = parseArgs({
     args: [...args],
-    options: { collector: { type: 'string' }, node: { type: 'string' }, interval: { type: 'string', default: '1s' }, 'token-file': { type: 'string' }, ca: { type: 'string' } },
+    options: { collector: { type: 'string' }, node: { type: 'string' }, interval: { type: 'string', default: '1s' }, 'token-file': { type: 'string' }, ca: { type: 'string' }, 'health-listen': { type: 'string' } },
   });
   if (values.collector === undefined) throw new UsageError('agent: --collector ws://HOST:PORT is required');
+  const healthListen = values['health-listen'] === undefined ? null : parseListen(values['health-listen']);
+  if (healthListen !== null && !('port' in healthListen)) throw new UsageError('--health-listen: HOST:PORT');
   const node = values.node ?? process.env.NODE_NAME ?? hostname();
   const log = logger('agent').child({ node });
   const agent = new Agent({
@@ -160,7 +164,10 @@ async function runAgent(args: readonly string[]): Promise<number> {
   });
   log.info({ collector: values.collector, intervalMs: parseInterval(values.interval) }, 'agent starting');
   agent.start();
+  const health = healthListen === null ? null : await startHealthServer(() => agent.health(), { host: healthListen.host ?? '0.0.0.0', port: healthListen.port ?? 0 });
+  if (health !== null) log.info({ health: health.address }, 'health endpoints listening (/livez, /readyz)');
   await untilSignal();
+  await health?.close();
   await agent.stop();
   return 0;
 }

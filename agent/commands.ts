@@ -1,0 +1,18 @@
+// Every external command conntrail runs on a node, and why. The container
+// image must install each of them (test/deploy/dockerfile.test.ts checks the
+// Dockerfile against this list, and this list against the call sites).
+export interface NodeCommand {
+  readonly name: string;
+  readonly why: string;
+}
+
+export const NODE_COMMANDS: readonly NodeCommand[] = [
+  { name: 'iptables-nft-save', why: 'kube-proxy iptables rules on the nft backend' },
+  { name: 'iptables-legacy-save', why: 'kube-proxy iptables rules on the legacy backend' },
+  { name: 'iptables-save', why: 'iptables rules where the backend-specific names are missing' },
+  { name: 'nft', why: "kube-proxy's nftables mode" },
+  { name: 'ipvsadm', why: 'IPVS virtual servers and the connection table' },
+  { name: 'conntrack', why: 'conntrack -L where /proc/net/nf_conntrack is absent, conntrack -E during a capture' },
+  { name: 'ip', why: 'routes (all tables), addresses, links and rules' },
+  { name: 'tcpdump', why: "capture of an incident's packets" },
+];
