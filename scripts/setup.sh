@@ -7,11 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # chromium: the test that renders a bundle's report.html and looks at it.
-debian_packages=(iptables nftables conntrack ipvsadm iproute2 tcpdump procps chromium)
+# openssl: throwaway certificates for the TLS and Kubernetes API tests.
+debian_packages=(iptables nftables conntrack ipvsadm iproute2 tcpdump procps chromium openssl)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
+# kubectl renders manifests/ in the tests (`kubectl kustomize`). Any kubectl
+# will do; Debian's kubernetes-client only where there is none.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
     echo "setup: need root (or sudo) to install Debian packages: ${missing[*]}" >&2; exit 1

@@ -1,0 +1,136 @@
+// What `kubectl apply -k manifests/` would create: rendered by the real
+// kubectl, every object validated against the Kubernetes OpenAPI schema
+// (kubernetes-models), and the least-privilege settings the issue asks for
+// checked one by one.
+import { execFileSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { parseAllDocuments } from 'yaml';
+
+type Obj = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string> }; [k: string]: unknown };
+
+const root = new URL('../..', import.meta.url).pathname;
+
+function render(): Obj[] {
+  let text: string;
+  try {
+    text = execFileSync('kubectl', ['kustomize', `${root}manifests`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: string };
+    if (e.code === 'ENOENT') throw new Error('kubectl not installed: run npm run setup (it installs Debian kubernetes-client where there is no kubectl)');
+    throw new Error(`kubectl kustomize manifests/ failed: ${e.stderr ?? e.message}`);
+  }
+  return parseAllDocuments(text).map((d) => d.toJS() as Obj);
+}
+
+/** The kubernetes-models class for an object: `kubernetes-models/<group>/<version>/<Kind>` (core objects under `v1`). */
+async function modelOf(o: Obj): Promise<new (data: unknown) => { validate(): void }> {
+  const path = `kubernetes-models/${o.apiVersion}/${o.kind}`;
+  const mod = (await import(path)) as Record<string, new (data: unknown) => { validate(): void }>;
+  const model = mod[o.kind];
+  if (model === undefined) throw new Error(`${path} has no ${o.kind}`);
+  return model;
+}
+
+const objects = render();
+const find = (kind: string, name: string): Obj => {
+  const o = objects.find((x) => x.kind === kind && x.metadata.name === name);
+  if (o === undefined) throw new Error(`no ${kind} ${name} in the rendered manifests`);
+  return o;
+};
+type Container = { name: string; image: string; args?: string[]; env?: { name: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[]; securityContext?: Record<string, unknown>; resources?: { requests?: Record<string, string>; limits?: Record<string, string> }; livenessProbe?: unknown; readinessProbe?: unknown };
+type PodSpec = { containers: Container[]; hostNetwork?: boolean; tolerations?: Record<string, string>[]; serviceAccountName?: string; automountServiceAccountToken?: boolean; securityContext?: Record<string, unknown> };
+const podSpec = (o: Obj): PodSpec => (o.spec as { template: { spec: PodSpec } }).template.spec;
+const agent = find('DaemonSet', 'conntrail-agent');
+const collector = find('Deployment', 'conntrail-collector');
+const workloads = [agent, collector];
+
+describe('manifests/', () => {
+  it('renders the namespace, both ServiceAccounts, RBAC, the collector and its Service, and the agent', () => {
+    expect(objects.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
+      'ClusterRole/conntrail-collector',
+      'ClusterRoleBinding/conntrail-collector',
+      'DaemonSet/conntrail-agent',
+      'Deployment/conntrail-collector',
+      'Namespace/conntrail',
+      'Service/conntrail-collector',
+      'ServiceAccount/conntrail-agent',
+      'ServiceAccount/conntrail-collector',
+    ]);
+  });
+
+  it.each(objects.map((o) => [`${o.kind}/${o.metadata.name}`, o] as const))('%s validates against the Kubernetes OpenAPI schema', async (_name, o) => {
+    const Model = await modelOf(o);
+    expect(() => new Model(o).validate()).not.toThrow();
+  });
+
+  it('the schema check rejects a broken object (a capability list written as a string)', async () => {
+    const broken = structuredClone(agent);
+    const c = podSpec(broken).containers[0] as Container;
+    c.securityContext = { ...c.securityContext, capabilities: { add: 'NET_ADMIN' } };
+    const Model = await modelOf(broken);
+    expect(() => new Model(broken).validate()).toThrow(/capabilities\/add must be array/);
+  });
+
+  it('puts every namespaced object in conntrail', () => {
+    for (const o of objects) {
+      if (o.kind === 'Namespace' || o.kind === 'ClusterRole' || o.kind === 'ClusterRoleBinding') expect(o.metadata.namespace, o.kind).toBeUndefined();
+      else expect(o.metadata.namespace, `${o.kind}/${o.metadata.name}`).toBe('conntrail');
+    }
+  });
+
+  it('grants the collector get/list/watch on Services, EndpointSlices, Pods and Nodes, and nothing else', () => {
+    const role = find('ClusterRole', 'conntrail-collector') as Obj & { rules: { apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[]; nonResourceURLs?: string[] }[] };
+    const grants = role.rules.flatMap((r) => r.apiGroups.flatMap((g) => r.resources.flatMap((res) => r.verbs.map((v) => `${g}/${res}:${v}`)))).sort();
+    expect(grants).toEqual(['/nodes:get', '/nodes:list', '/nodes:watch', '/pods:get', '/pods:list', '/pods:watch', '/services:get', '/services:list', '/services:watch', 'discovery.k8s.io/endpointslices:get', 'discovery.k8s.io/endpointslices:list', 'discovery.k8s.io/endpointslices:watch']);
+    expect(role.rules.some((r) => r.nonResourceURLs !== undefined)).toBe(false);
+    const binding = find('ClusterRoleBinding', 'conntrail-collector') as Obj & { roleRef: { kind: string; name: string }; subjects: { kind: string; name: string; namespace: string }[] };
+    expect(binding.roleRef).toMatchObject({ kind: 'ClusterRole', name: 'conntrail-collector' });
+    expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: 'conntrail-collector', namespace: 'conntrail' }]);
+    // Nothing binds the agent's account to anything.
+    expect(objects.filter((o) => o.kind.endsWith('Binding')).flatMap((b) => (b as Obj & { subjects: { name: string }[] }).subjects.map((s) => s.name))).not.toContain('conntrail-agent');
+  });
+
+  it('gives the agent no API token at all', () => {
+    expect((find('ServiceAccount', 'conntrail-agent') as Obj & { automountServiceAccountToken?: boolean }).automountServiceAccountToken).toBe(false);
+    expect(podSpec(agent).serviceAccountName).toBe('conntrail-agent');
+    expect(podSpec(agent).automountServiceAccountToken).toBe(false);
+  });
+
+  it('runs the agent on every node in the host network, named by the downward API', () => {
+    const spec = podSpec(agent);
+    expect(spec.hostNetwork).toBe(true);
+    expect(spec.tolerations).toContainEqual({ operator: 'Exists' });
+    const c = spec.containers[0] as Container;
+    expect(c.args?.slice(0, 3)).toEqual(['agent', '--collector', 'ws://conntrail-collector.conntrail.svc:7470']);
+    expect(c.env?.find((e) => e.name === 'NODE_NAME')?.valueFrom?.fieldRef?.fieldPath).toBe('spec.nodeName');
+  });
+
+  it('runs no container privileged; the agent adds only NET_ADMIN and NET_RAW, the collector nothing', () => {
+    for (const w of workloads)
+      for (const c of podSpec(w).containers) {
+        const sc = c.securityContext ?? {};
+        expect(sc.privileged ?? false, c.name).toBe(false);
+        expect(sc.allowPrivilegeEscalation, c.name).toBe(false);
+        expect(sc.readOnlyRootFilesystem, c.name).toBe(true);
+        expect((sc.capabilities as { drop?: string[] } | undefined)?.drop, c.name).toEqual(['ALL']);
+      }
+    expect(((podSpec(agent).containers[0]?.securityContext ?? {}).capabilities as { add?: string[] }).add?.sort()).toEqual(['NET_ADMIN', 'NET_RAW']);
+    expect(((podSpec(collector).containers[0]?.securityContext ?? {}).capabilities as { add?: string[] }).add).toBeUndefined();
+    expect(podSpec(collector).securityContext).toMatchObject({ runAsNonRoot: true });
+  });
+
+  it('sizes every container with requests and limits and gives it both probes', () => {
+    for (const w of workloads)
+      for (const c of podSpec(w).containers) {
+        expect(Object.keys(c.resources?.requests ?? {}).sort(), c.name).toEqual(['cpu', 'memory']);
+        expect(Object.keys(c.resources?.limits ?? {}).sort(), c.name).toEqual(['cpu', 'memory']);
+        expect(c.livenessProbe, c.name).toBeDefined();
+        expect(c.readinessProbe, c.name).toBeDefined();
+      }
+  });
+
+  it('uses one image for both roles, with the tag set in one place', () => {
+    const images = workloads.flatMap((w) => podSpec(w).containers.map((c) => c.image));
+    expect(new Set(images)).toEqual(new Set(['ghcr.io/conntrail/conntrail:0.1.0']));
+  });
+});
