@@ -1,5 +1,6 @@
 // `conntrail` command line: the one place where processes are wired together.
-import { createWriteStream, readFileSync } from 'node:fs';
+import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { hostname } from 'node:os';
@@ -18,6 +19,7 @@ import { CollectorServer, parseListen } from '../collector/server.ts';
 import { Detection } from '../collector/detection.ts';
 import { startClusterView } from '../collector/kube/cluster-view.ts';
 import { findingLogger } from '../collector/finding-log.ts';
+import { renderStream, wantColor } from '../collector/log-render.ts';
 import { renderSummary } from '../collector/summary.ts';
 import { isConntrailError } from '../contract/errors.ts';
 import { isSourceName, sourceNames } from '../contract/sources.ts';
@@ -30,7 +32,7 @@ const USAGE = `conntrail ${VERSION}: finds intermittent connection timeouts thro
 
 usage:
   conntrail collector [--listen HOST:PORT|unix:PATH] [--token-file F] [--tls-cert F --tls-key F] [--capture 15s|off] [--history 15m]
-                      [--kubeconfig F | --no-kubernetes]
+                      [--kubeconfig F | --no-kubernetes] [--pretty [--color|--no-color]]
   conntrail agent --collector ws://HOST:PORT [--node NAME] [--interval 1s] [--token-file F] [--ca F]
                   [--health-listen HOST:PORT]
   conntrail local [--interval 1s] [--listen HOST:PORT]
@@ -38,6 +40,7 @@ usage:
   conntrail replay DIR                recorded outputs (DIR/<node>/<time>/<file>) through the agent and the detectors
   conntrail incidents --collector URL
   conntrail bundle --collector URL (--incident ID | --since 10m) -o FILE
+  conntrail logs [FILE|-] [--color|--no-color]   renders the collector's JSON log for people (kubectl logs -f … | conntrail logs)
   conntrail doctor [--json] [--node NAME] [--gap 3s]   one-shot check of this node, no collector; exits 1 on an error
 
 The token comes from --token-file or $CONNTRAIL_TOKEN. Logs are JSON lines on stdout.`;
@@ -64,6 +67,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await runBundle(rest);
       case 'incidents':
         return await runIncidents(rest);
+      case 'logs':
+        return await runLogs(rest);
       case undefined:
       case '-h':
       case '--help':
@@ -103,16 +108,43 @@ function readToken(tokenFile: string | undefined): string | null {
   return env ? env : null;
 }
 
-function logger(component: string, level = process.env.LOG_LEVEL ?? 'info'): Logger {
-  return pino({ level, base: { component }, timestamp: pino.stdTimeFunctions.isoTime });
+function logger(component: string, level = process.env.LOG_LEVEL ?? 'info', pretty: { color: boolean } | null = null): Logger {
+  const options = { level, base: { component }, timestamp: pino.stdTimeFunctions.isoTime };
+  if (pretty === null) return pino(options);
+  // --pretty renders in process, line by line, the same way `conntrail logs` does.
+  const out = renderStream(pretty);
+  out.pipe(process.stdout);
+  return pino(options, out);
+}
+
+/** `conntrail logs [FILE|-]`: the collector's JSON log, rendered for people. */
+async function runLogs(args: readonly string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: [...args], allowPositionals: true, allowNegative: true, options: { color: { type: 'boolean' } } });
+  const [file = '-', ...extra] = positionals;
+  if (extra.length > 0) throw new UsageError('logs: [FILE|-]');
+  const input = file === '-' ? process.stdin : createReadStream(file);
+  const color = wantColor(values.color, process.stdout);
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    // `conntrail logs | head`: the reader went away; that is the end, not a failure.
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
+  try {
+    await pipeline(input, renderStream({ color }), process.stdout);
+  } catch (err) {
+    process.stderr.write(`conntrail: logs: ${(err as Error).message}\n`);
+    return 1;
+  }
+  return 0;
 }
 
 async function runCollector(args: readonly string[]): Promise<number> {
   const { values } = parseArgs({
     args: [...args],
-    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false } },
+    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false }, pretty: { type: 'boolean', default: false }, color: { type: 'boolean' } },
+    allowNegative: true,
   });
-  const log = logger('collector');
+  const log = logger('collector', undefined, values.pretty ? { color: wantColor(values.color, process.stdout) } : null);
   const captureMs = values.capture === '0' || values.capture === 'off' ? 0 : parseInterval(values.capture);
   const token = readToken(values['token-file']);
   const tls = values['tls-cert'] && values['tls-key'] ? { cert: readFileSync(values['tls-cert'], 'utf8'), key: readFileSync(values['tls-key'], 'utf8') } : undefined;
