@@ -27,6 +27,9 @@ const FACTS_EVERY_MS = 60_000;
 /** How much a snapshot may queue on the socket before its next chunk is made. */
 const SNAPSHOT_DRAIN_BYTES = 4 * 1024 * 1024;
 
+/** Node's codes for a server certificate it cannot verify: a trust problem to name, not a network blip. */
+const TLS_TRUST_ERRORS = new Set(['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_HAS_EXPIRED', 'ERR_TLS_CERT_ALTNAME_INVALID']);
+
 export class Agent {
   readonly #o: AgentOptions;
   #ws: WebSocket | null = null;
@@ -84,6 +87,8 @@ export class Agent {
     const headers: Record<string, string> = {};
     if (this.#o.token !== null) headers.authorization = `Bearer ${this.#o.token}`;
     const ws = new WebSocket(this.#o.collectorUrl, SUBPROTOCOL, { headers, maxPayload: 16 * 1024 * 1024, ...(this.#o.ca ? { ca: this.#o.ca } : {}) });
+    /** The collector answered the upgrade with an HTTP error: logged once, not again as a socket error. */
+    let refused = false;
     this.#ws = ws;
     ws.on('open', () => {
       this.#connected = true;
@@ -119,10 +124,18 @@ export class Agent {
       }
     });
     ws.on('unexpected-response', (_req, res) => {
-      this.#o.log.error({ status: res.statusCode, collector: this.#o.collectorUrl }, res.statusCode === 401 ? 'collector refused our token' : 'collector refused the connection');
+      const why = res.statusCode !== 401 ? 'collector refused the connection' : this.#o.token === null ? 'collector requires a token and this agent has none (--token-file or CONNTRAIL_TOKEN)' : 'collector refused our token';
+      this.#o.log.error({ status: res.statusCode, collector: this.#o.collectorUrl }, why);
+      // Handling this event leaves the handshake open and no 'close' follows:
+      // end it, so the reconnect loop runs (a fixed Secret must be picked up).
+      refused = true;
+      ws.terminate();
     });
-    ws.on('error', (err) => {
-      this.#o.log.warn({ err: err.message, collector: this.#o.collectorUrl }, 'collector connection error');
+    ws.on('error', (err: Error & { code?: string }) => {
+      if (refused) return;
+      if (err.code !== undefined && TLS_TRUST_ERRORS.has(err.code))
+        this.#o.log.error({ err: err.message, code: err.code, collector: this.#o.collectorUrl }, "collector's TLS certificate is not trusted: pass the CA that signed it with --ca");
+      else this.#o.log.warn({ err: err.message, collector: this.#o.collectorUrl }, 'collector connection error');
     });
     ws.on('close', (code) => {
       const wasConnected = this.#connected;

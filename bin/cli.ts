@@ -38,8 +38,8 @@ usage:
   conntrail local [--interval 1s] [--listen HOST:PORT]
   conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
   conntrail replay DIR                recorded outputs (DIR/<node>/<time>/<file>) through the agent and the detectors
-  conntrail incidents --collector URL
-  conntrail bundle --collector URL (--incident ID | --since 10m) -o FILE
+  conntrail incidents --collector URL [--token-file F] [--ca F]
+  conntrail bundle --collector URL (--incident ID | --since 10m) -o FILE [--token-file F] [--ca F]
   conntrail logs [FILE|-] [--color|--no-color]   renders the collector's JSON log for people (kubectl logs -f … | conntrail logs)
   conntrail doctor [--json] [--node NAME] [--gap 3s]   one-shot check of this node, no collector; exits 1 on an error
 
@@ -282,12 +282,15 @@ async function runDoctorCommand(args: readonly string[]): Promise<number> {
 }
 
 /** `http://host:port` (or `unix:/path` for a collector on a unix socket). */
-function httpGet(base: string, path: string, token: string | null): Promise<import('node:http').IncomingMessage> {
+/** `ca`: a PEM bundle to trust for an https:// collector (its own CA), beside the system's. */
+function httpGet(base: string, path: string, token: string | null, ca?: string): Promise<import('node:http').IncomingMessage> {
   return new Promise((resolve, reject) => {
     const headers = token === null ? {} : { authorization: `Bearer ${token}` };
     const req = base.startsWith('unix:')
       ? httpRequest({ socketPath: base.slice(5), path, headers })
-      : (base.startsWith('https:') ? httpsRequest : httpRequest)(new URL(path, base), { headers });
+      : base.startsWith('https:')
+        ? httpsRequest(new URL(path, base), { headers, ...(ca === undefined ? {} : { ca }) })
+        : httpRequest(new URL(path, base), { headers });
     req.on('response', resolve);
     req.on('error', reject);
     req.end();
@@ -295,9 +298,9 @@ function httpGet(base: string, path: string, token: string | null): Promise<impo
 }
 
 async function runIncidents(args: readonly string[]): Promise<number> {
-  const { values } = parseArgs({ args: [...args], options: { collector: { type: 'string' }, 'token-file': { type: 'string' }, json: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ args: [...args], options: { collector: { type: 'string' }, 'token-file': { type: 'string' }, json: { type: 'boolean', default: false }, ca: { type: 'string' } } });
   if (values.collector === undefined) throw new UsageError('incidents: --collector URL is required');
-  const res = await httpGet(values.collector, '/api/incidents', readToken(values['token-file']));
+  const res = await httpGet(values.collector, '/api/incidents', readToken(values['token-file']), values.ca === undefined ? undefined : readFileSync(values.ca, 'utf8'));
   const body = await new Promise<string>((r) => { let b = ''; res.on('data', (d: Buffer) => (b += d.toString())); res.on('end', () => r(b)); });
   if (res.statusCode !== 200) {
     process.stderr.write(`conntrail: incidents: the collector answered ${res.statusCode}: ${body}\n`);
@@ -311,11 +314,11 @@ async function runIncidents(args: readonly string[]): Promise<number> {
 }
 
 async function runBundle(args: readonly string[]): Promise<number> {
-  const { values } = parseArgs({ args: [...args], options: { collector: { type: 'string' }, incident: { type: 'string' }, since: { type: 'string' }, output: { type: 'string', short: 'o' }, 'token-file': { type: 'string' } } });
+  const { values } = parseArgs({ args: [...args], options: { collector: { type: 'string' }, incident: { type: 'string' }, since: { type: 'string' }, output: { type: 'string', short: 'o' }, 'token-file': { type: 'string' }, ca: { type: 'string' } } });
   if (values.collector === undefined || values.output === undefined || (values.incident === undefined) === (values.since === undefined))
     throw new UsageError('bundle: --collector URL (--incident ID | --since 10m) -o FILE');
   const path = values.incident !== undefined ? `/api/incidents/${encodeURIComponent(values.incident)}/bundle` : `/api/bundle?since=${encodeURIComponent(values.since ?? '')}`;
-  const res = await httpGet(values.collector, path, readToken(values['token-file']));
+  const res = await httpGet(values.collector, path, readToken(values['token-file']), values.ca === undefined ? undefined : readFileSync(values.ca, 'utf8'));
   if (res.statusCode !== 200) {
     let b = '';
     for await (const d of res) b += String(d);

@@ -128,7 +128,7 @@ export class CollectorServer {
     const url = new URL(req.url ?? '/', 'http://collector');
     if (url.pathname === '/healthz') return sendJson(res, 200, { ok: true });
     if (!this.#authorised(req)) {
-      this.#o.log.warn({ remote: req.socket.remoteAddress, path: url.pathname }, 'refused an API request without a valid token');
+      this.#o.log.warn({ remote: `${req.socket.remoteAddress ?? 'unix'}:${req.socket.remotePort ?? ''}`, path: url.pathname, reason: req.headers.authorization ? 'wrong token' : 'no token' }, 'refused an API request without a valid token');
       return sendJson(res, 401, { error: 'unauthorized' });
     }
     if (req.method !== 'GET') return sendJson(res, 405, { error: 'method not allowed' });

@@ -5,14 +5,13 @@
 // BOOKMARKs when asked for (allowWatchBookmarks), and, when the
 // resourceVersion is older than the retained history, one ERROR event with a
 // 410 Expired Status before closing, after which clients must relist.
-// HTTPS with a throwaway self-signed certificate (what kubeconfigs carry as
-// certificate-authority-data); bearer token required; 401 and 403 as Status objects.
-import { execFileSync } from 'node:child_process';
+// HTTPS with a throwaway certificate whose CA the kubeconfig carries as
+// certificate-authority-data; bearer token required; 401 and 403 as Status objects.
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createServer } from 'node:https';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { makeCertificates } from './certs.ts';
 import type { AddressInfo } from 'node:net';
 
 export type Resource = 'services' | 'endpointslices';
@@ -54,12 +53,12 @@ export class KubeApiServer {
   readonly #watches = new Set<OpenWatch>();
   readonly #server: Server;
   #port = 0;
-  readonly #cert: string;
+  readonly #ca: string;
 
   constructor(token = 'kube-test-token') {
     this.token = token;
-    const { cert, key } = selfSignedCertificate();
-    this.#cert = cert;
+    const { ca, cert, key } = makeCertificates();
+    this.#ca = ca;
     this.#server = createServer({ cert, key }, (req, res) => this.#handle(req, res));
   }
 
@@ -85,7 +84,7 @@ export class KubeApiServer {
         '- name: lab',
         '  cluster:',
         `    server: ${this.url}`,
-        `    certificate-authority-data: ${Buffer.from(this.#cert).toString('base64')}`,
+        `    certificate-authority-data: ${Buffer.from(this.#ca).toString('base64')}`,
         'users:',
         '- name: conntrail',
         '  user:',
@@ -220,15 +219,3 @@ function status(res: ServerResponse, code: number, reason: string, message: stri
   res.end(JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code }));
 }
 
-/** A certificate for 127.0.0.1 that is its own CA, made with openssl for this test run only. */
-function selfSignedCertificate(): { cert: string; key: string } {
-  const dir = mkdtempSync(join(tmpdir(), 'kube-api-cert-'));
-  try {
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=kube-apiserver-test', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'pipe' });
-    return { cert: readFileSync(join(dir, 'cert.pem'), 'utf8'), key: readFileSync(join(dir, 'key.pem'), 'utf8') };
-  } catch (err) {
-    throw new Error(`the test Kubernetes API needs openssl to make its certificate (run npm run setup): ${(err as Error).message}`);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
