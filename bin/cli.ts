@@ -86,6 +86,13 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stderr.write(`conntrail: ${(err as Error).message}\n\n${USAGE}\n`);
       return 2;
     }
+    // Network and TLS failures (ECONNREFUSED, an untrusted certificate …) are the user's to fix: say what, no stack.
+    const code = (err as { code?: unknown }).code;
+    if (typeof code === 'string' && /^(E[A-Z]+|[A-Z_]*CERT[A-Z_]*|UNABLE_TO_[A-Z_]+|DEPTH_ZERO_SELF_SIGNED_CERT)$/.test(code)) {
+      const hint = /CERT|UNABLE_TO/.test(code) ? ' (pass the CA that signed the collector\'s certificate with --ca)' : '';
+      process.stderr.write(`conntrail: ${command ?? ''}: ${(err as Error).message} [${code}]${hint}\n`);
+      return 1;
+    }
     throw err;
   }
 }
