@@ -7,6 +7,7 @@
 // are made from the kept lines only when they are sent (a diff's few changed
 // entries, or a snapshot chunk by chunk).
 import type { ConntrackEntry } from '../contract/records.ts';
+import type { Diff } from '../contract/diff.ts';
 import { sources, type Problem, type SourceSpec } from '../contract/sources.ts';
 import { isConntrackToolsMessage, parseConntrackLine } from './sources/conntrack.ts';
 
@@ -20,16 +21,20 @@ export interface CompactEntry {
   readonly proto: string;
 }
 
-interface Cached {
-  entry: CompactEntry;
-  /** Where the timer sits in `entry.raw`'s first-seen line (both -1 without a timer). */
+/** One object per entry: what is sent (CompactEntry) and what the next read is compared with. */
+interface Kept extends CompactEntry {
+  raw: string;
+  timeout: number | null;
+  /** The line as first seen, and where its timer sits (both -1 without a timer): a later line must equal it outside the timer. */
+  readonly line: string;
+  readonly lineHash: number;
   readonly timerStart: number;
   readonly timerEnd: number;
-  /** The first-seen line: what a later line's bytes outside the timer must equal. */
-  readonly line: string;
   /** The timer as printed when the entry was last sent, and when that was: the reference a re-arm is measured against. */
   refTimeout: number | null;
   refTime: number;
+  /** The read that last saw it. */
+  seen: number;
 }
 
 /** Identity and state of compact entries: the same as the contract's, read from the line. */
@@ -37,7 +42,7 @@ export const compactConntrackSpec: SourceSpec<CompactEntry> = {
   schema: { describe: 'compact conntrack entry', decode: () => ({ ok: false, error: 'compact entries never cross the wire' }) },
   keyOf: (e) => e.key,
   sameState: (a, b) => withoutTimer(a.raw) === withoutTimer(b.raw),
-  // The cache makes a new entry object for a kept line only when its timer was re-armed.
+  // The cache reports only re-armed timers as refreshed.
   refreshed: () => true,
 };
 
@@ -50,7 +55,7 @@ export const compactConntrackSpec: SourceSpec<CompactEntry> = {
  * their 5-day timer with every packet and are left out, or every busy flow
  * would be sent every other second.
  */
-export function rearmedSince(refTimeout: number | null, refTime: number, timeout: number | null, now: number, entry: { proto: string; raw: string }): boolean {
+export function rearmedSince(refTimeout: number | null, refTime: number, timeout: number | null, now: number, entry: { readonly proto: string; readonly raw: string }): boolean {
   if (refTimeout === null || timeout === null) return false;
   if (entry.proto === 'tcp' && entry.raw.includes(' ESTABLISHED ')) return false;
   const elapsed = (now - refTime) / 1000;
@@ -63,9 +68,25 @@ export function expandConntrack(e: CompactEntry): ConntrackEntry | null {
   return 'error' in parsed ? null : parsed;
 }
 
+export interface ConntrackRead {
+  /** Every entry now, by key. The same map from read to read, updated in place. */
+  readonly keyed: ReadonlyMap<string, CompactEntry>;
+  /** What changed since the previous read, by the rules of `compactConntrackSpec`. */
+  readonly diff: Diff<CompactEntry>;
+  readonly problems: Problem[];
+}
+
+export interface ConntrackReadInProgress {
+  /** Whole lines of the table, in order (valid only during the call). */
+  feed(lines: Buffer): void;
+  finish(): ConntrackRead;
+}
+
 export interface ConntrackLineCache {
-  /** Reads `bytes` (the table as read, valid only during the call), sampled at `now` (ms). */
-  parse(bytes: Buffer, now: number): { keyed: Map<string, CompactEntry>; problems: Problem[] };
+  /** Starts a read of the table sampled at `now` (ms), fed in pieces of whole lines. */
+  begin(now: number): ConntrackReadInProgress;
+  /** Reads the whole table at once (`conntrack -L` output, tests). */
+  parse(bytes: Buffer, now: number): ConntrackRead;
 }
 
 const keyOf = sources.conntrack.keyOf;
@@ -74,20 +95,31 @@ const keyOf = sources.conntrack.keyOf;
  * Works on the bytes of the read, not a string of it: a 15 MB string per
  * second would be garbage V8 collects late, and every line cut from it would
  * pin it. A line is hashed (FNV-1a) around its timer and compared, byte for
- * byte, with the line first seen for that hash; only misses become strings.
+ * byte, with the line first seen for that hash; only misses become strings
+ * and are parsed.
+ *
+ * The cache diffs as it reads, instead of handing two maps to the generic
+ * keyed diff: at 250k entries, two fresh maps a second are most of the
+ * agent's memory and garbage. Identity and state are the spec's: the key is
+ * the original tuple and zone, the state the line outside its timer.
  */
 export function createConntrackLineCache(): ConntrackLineCache {
-  let prev = new Map<number, Cached>();
+  const byHash = new Map<number, Kept>();
+  const byKey = new Map<string, Kept>();
   // One string per protocol name for all entries, not one per entry.
   const protos = new Map<string, string>();
-  return {
-    parse(bytes, now) {
-      const next = new Map<number, Cached>();
-      const keyed = new Map<string, CompactEntry>();
-      const problems: Problem[] = [];
+  let read = 0;
+  const begin = (now: number): ConntrackReadInProgress => {
+    read++;
+    const added: CompactEntry[] = [];
+    const changed: CompactEntry[] = [];
+    const refreshed: CompactEntry[] = [];
+    const removed: string[] = [];
+    const problems: Problem[] = [];
+    let lineNo = 0;
+    const feed = (bytes: Buffer): void => {
       const len = bytes.length;
       let start = 0;
-      let lineNo = 0;
       while (start < len) {
         let end = bytes.indexOf(10, start);
         if (end < 0) end = len;
@@ -95,42 +127,92 @@ export function createConntrackLineCache(): ConntrackLineCache {
         start = end + 1;
         lineNo++;
         if (end === lineStart) continue;
-        const timer = timerSpanBytes(bytes, lineStart, end);
-        const timeout = timer === null ? null : timer.value;
-        const hash = timer === null ? hashBytes(bytes, lineStart, end, 0x811c9dc5) : hashBytes(bytes, timer.end, end, hashBytes(bytes, lineStart, timer.start, 0x811c9dc5));
-        let c = prev.get(hash);
-        if (c !== undefined && sameOutsideTimer(bytes, lineStart, end, timer, c)) {
-          // A timer re-armed by traffic makes a fresh entry, which the diff sends as refreshed.
-          if (rearmedSince(c.refTimeout, c.refTime, timeout, now, c.entry)) {
-            c.entry = { ...c.entry, raw: bytes.toString('latin1', lineStart, end), timeout };
-            c.refTimeout = timeout;
-            c.refTime = now;
+        const hasTimer = timerSpanBytes(bytes, lineStart, end);
+        const timeout = hasTimer ? scratch.value : null;
+        const tStart = scratch.start;
+        const tEnd = scratch.end;
+        const hash = hasTimer ? hashBytes(bytes, tEnd, end, hashBytes(bytes, lineStart, tStart, 0x811c9dc5)) : hashBytes(bytes, lineStart, end, 0x811c9dc5);
+        const hit = byHash.get(hash);
+        if (hit !== undefined && hit.seen !== read && sameOutsideTimer(bytes, lineStart, end, hasTimer, tStart, tEnd, hit)) {
+          hit.seen = read;
+          // A timer re-armed by traffic is sent as refreshed, with the line as now printed.
+          if (rearmedSince(hit.refTimeout, hit.refTime, timeout, now, hit)) {
+            hit.raw = bytes.toString('latin1', lineStart, end);
+            hit.timeout = timeout;
+            hit.refTimeout = timeout;
+            hit.refTime = now;
+            refreshed.push(hit);
           }
-        } else {
-          const line = bytes.toString('latin1', lineStart, end);
-          const parsed = parseConntrackLine(line);
-          if ('error' in parsed) {
-            if (!isConntrackToolsMessage(line)) problems.push({ line: lineNo, text: line, reason: parsed.error });
-            continue;
-          }
-          let proto = protos.get(parsed.proto);
-          if (proto === undefined) protos.set(parsed.proto, (proto = parsed.proto));
-          c = {
-            entry: { key: keyOf(parsed), raw: line, timeout: parsed.timeout, proto },
-            timerStart: timer === null ? -1 : timer.start - lineStart,
-            timerEnd: timer === null ? -1 : timer.end - lineStart,
-            line,
-            refTimeout: parsed.timeout,
-            refTime: now,
-          };
+          continue;
         }
-        next.set(hash, c);
-        if (!keyed.has(c.entry.key)) keyed.set(c.entry.key, c.entry);
+        const line = bytes.toString('latin1', lineStart, end);
+        const parsed = parseConntrackLine(line);
+        if ('error' in parsed) {
+          if (!isConntrackToolsMessage(line)) problems.push({ line: lineNo, text: line, reason: parsed.error });
+          continue;
+        }
+        const key = flat(keyOf(parsed));
+        const before = byKey.get(key);
+        // A duplicate of a key already read this time: the first one stands.
+        if (before !== undefined && before.seen === read) continue;
+        let proto = protos.get(parsed.proto);
+        if (proto === undefined) protos.set(parsed.proto, (proto = parsed.proto));
+        const kept: Kept = {
+          key,
+          raw: line,
+          timeout: parsed.timeout,
+          proto,
+          line,
+          lineHash: hash,
+          timerStart: hasTimer ? tStart - lineStart : -1,
+          timerEnd: hasTimer ? tEnd - lineStart : -1,
+          refTimeout: parsed.timeout,
+          refTime: now,
+          seen: read,
+        };
+        if (before !== undefined && byHash.get(before.lineHash) === before) byHash.delete(before.lineHash);
+        byKey.set(key, kept);
+        // Two different lines with one hash: the later one is looked up by hash, the other is found by key.
+        byHash.set(hash, kept);
+        if (before === undefined) added.push(kept);
+        else if (withoutTimer(before.raw) !== withoutTimer(line)) changed.push(kept);
+        else if (rearmedSince(before.refTimeout, before.refTime, kept.timeout, now, kept)) refreshed.push(kept);
+        else {
+          // The same entry, found by key after a hash collision: keep its reference for re-arms.
+          kept.raw = before.raw;
+          kept.refTimeout = before.refTimeout;
+          kept.refTime = before.refTime;
+        }
       }
-      prev = next;
-      return { keyed, problems };
+    };
+    const finish = (): ConntrackRead => {
+      for (const [key, kept] of byKey) {
+        if (kept.seen === read) continue;
+        byKey.delete(key);
+        if (byHash.get(kept.lineHash) === kept) byHash.delete(kept.lineHash);
+        removed.push(key);
+      }
+      return { keyed: byKey, diff: { added, removed, changed, refreshed }, problems };
+    };
+    return { feed, finish };
+  };
+  return {
+    begin,
+    parse(bytes, now) {
+      const r = begin(now);
+      r.feed(bytes);
+      return r.finish();
     },
   };
+}
+
+/**
+ * The key as one flat string. keyOf builds it by concatenation: kept as is,
+ * each of 100k keys would be a tree of seven cons strings over the parsed
+ * fields' own strings, about four times the size of the text.
+ */
+function flat(s: string): string {
+  return Buffer.from(s, 'latin1').toString('latin1');
 }
 
 /** 30 bits, so the Map keys stay small integers rather than heap numbers. */
@@ -140,19 +222,19 @@ function hashBytes(b: Uint8Array, from: number, to: number, seed: number): numbe
   return h & 0x3fffffff;
 }
 
-/** The line's bytes equal the cached line's everywhere but the timer digits. */
-function sameOutsideTimer(b: Uint8Array, start: number, end: number, timer: { start: number; end: number } | null, c: Cached): boolean {
+/** The line's bytes equal the kept line's everywhere but the timer digits. */
+function sameOutsideTimer(b: Uint8Array, start: number, end: number, hasTimer: boolean, timerStart: number, timerEnd: number, c: Kept): boolean {
   const line = c.line;
-  if (timer === null) {
+  if (!hasTimer) {
     if (c.timerStart !== -1 || end - start !== line.length) return false;
     for (let i = 0; i < line.length; i++) if (b[start + i] !== line.charCodeAt(i)) return false;
     return true;
   }
-  const prefixLen = timer.start - start;
-  const tailLen = end - timer.end;
+  const prefixLen = timerStart - start;
+  const tailLen = end - timerEnd;
   if (c.timerStart !== prefixLen || line.length - c.timerEnd !== tailLen) return false;
   for (let i = 0; i < prefixLen; i++) if (b[start + i] !== line.charCodeAt(i)) return false;
-  for (let i = 0; i < tailLen; i++) if (b[timer.end + i] !== line.charCodeAt(c.timerEnd + i)) return false;
+  for (let i = 0; i < tailLen; i++) if (b[timerEnd + i] !== line.charCodeAt(c.timerEnd + i)) return false;
   return true;
 }
 
@@ -170,10 +252,13 @@ function withoutTimer(raw: string): string {
 export function timerSpan(line: string): { start: number; end: number; value: number } | null {
   const bytes = new Uint8Array(line.length);
   for (let i = 0; i < line.length; i++) bytes[i] = line.charCodeAt(i) & 0xff;
-  return timerSpanBytes(bytes, 0, bytes.length);
+  return timerSpanBytes(bytes, 0, bytes.length) ? { ...scratch } : null;
 }
 
-function timerSpanBytes(b: Uint8Array, from: number, to: number): { start: number; end: number; value: number } | null {
+/** Where timerSpanBytes puts what it found: one object for all lines, not one per line per read. */
+const scratch = { start: 0, end: 0, value: 0 };
+
+function timerSpanBytes(b: Uint8Array, from: number, to: number): boolean {
   let i = from;
   const skipToken = () => {
     while (i < to && b[i] !== 32) i++;
@@ -191,7 +276,9 @@ function timerSpanBytes(b: Uint8Array, from: number, to: number): { start: numbe
     value = value * 10 + (c - 48);
     i++;
   }
-  if (i === start || b[i] !== 32) return null;
-  return { start, end: i, value };
+  if (i === start || b[i] !== 32) return false;
+  scratch.start = start;
+  scratch.end = i;
+  scratch.value = value;
+  return true;
 }
-

@@ -22,6 +22,12 @@ export interface HostIO {
    * conntrack), so they must not be kept.
    */
   readFileWith<T>(path: string, consume: (bytes: Buffer) => T): Promise<T>;
+  /**
+   * Reads a file of lines in pieces, each made of whole lines (valid only
+   * during the call): a 250k-entry conntrack table need never sit in memory
+   * at once.
+   */
+  readLinesWith(path: string, consume: (lines: Buffer) => void): Promise<void>;
   /** Lists a directory; [] when it does not exist. */
   listDir(path: string): Promise<readonly string[]>;
   /** When a reading is taken (ms since the epoch): the wall clock live, the recording's time in replay. */
@@ -35,6 +41,7 @@ export function createHostIO(): HostIO {
   // One read buffer for the agent's life: a 250k-entry conntrack read is ~40 MB,
   // and fresh buffers every second would sit as external memory until a GC.
   const reader = createProcReader();
+  const lines = createLineReader();
   return {
     run(argv, options = {}) {
       const [cmd, ...args] = argv;
@@ -61,6 +68,16 @@ export function createHostIO(): HostIO {
     readFileWith(path, consume) {
       try {
         return Promise.resolve(consume(reader.read(path)));
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') return Promise.reject(new ConntrailError('SOURCE_UNAVAILABLE', `${path} does not exist on this node`, { cause: err }));
+        return Promise.reject(new ConntrailError('SOURCE_FAILED', `cannot read ${path}: ${(err as Error).message}`, { cause: err }));
+      }
+    },
+    readLinesWith(path, consume) {
+      try {
+        lines.read(path, consume);
+        return Promise.resolve();
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code === 'ENOENT') return Promise.reject(new ConntrailError('SOURCE_UNAVAILABLE', `${path} does not exist on this node`, { cause: err }));
@@ -105,6 +122,38 @@ function createProcReader(): { read(path: string): Buffer } {
           used += n;
         }
         return buf.subarray(0, used);
+      } finally {
+        closeSync(fd);
+      }
+    },
+  };
+}
+
+/** 1 MiB pieces; a longer line than that (none in procfs) grows the buffer. */
+function createLineReader(): { read(path: string, consume: (lines: Buffer) => void): void } {
+  let buf = Buffer.allocUnsafe(1 << 20);
+  return {
+    read(path, consume) {
+      const fd = openSync(path, 'r');
+      try {
+        let used = 0;
+        for (;;) {
+          if (used === buf.length) {
+            const bigger = Buffer.allocUnsafe(buf.length * 2);
+            buf.copy(bigger, 0, 0, used);
+            buf = bigger;
+          }
+          const n = readSync(fd, buf, used, buf.length - used, null);
+          if (n === 0) break;
+          used += n;
+          const lastNewline = buf.lastIndexOf(10, used - 1);
+          if (lastNewline < 0) continue;
+          consume(buf.subarray(0, lastNewline + 1));
+          // The partial last line moves to the front for the next read.
+          buf.copy(buf, 0, lastNewline + 1, used);
+          used -= lastNewline + 1;
+        }
+        if (used > 0) consume(buf.subarray(0, used));
       } finally {
         closeSync(fd);
       }

@@ -142,7 +142,7 @@ export class NodeState {
     const prev = kept !== undefined && kept.spec === spec ? kept.map : new Map<string, unknown>();
     const expand = compact === undefined ? null : (r: unknown) => compact.expand(r);
     this.#kept.set(source, { map: next, spec, expand });
-    const diff = diffByKey(prev, next, spec);
+    const diff = compact?.diff ?? diffByKey(prev, next, spec);
     if (isEmptyDiff(diff)) return null;
     const full = (rs: readonly unknown[]): RecordOf<SourceName>[] =>
       expand === null ? (rs as RecordOf<SourceName>[]) : rs.map(expand).filter((r): r is RecordOf<SourceName> => r !== null);

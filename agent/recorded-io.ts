@@ -23,6 +23,9 @@ export function createRecordedIO(current: () => Recording, now: () => number = D
     readFileWith(path, consume) {
       return this.readFile(path).then((t) => consume(Buffer.from(t, 'latin1')));
     },
+    readLinesWith(path, consume) {
+      return this.readFile(path).then((t) => consume(Buffer.from(t, 'latin1')));
+    },
     listDir(path) {
       const prefix = path.endsWith('/') ? path : `${path}/`;
       const names = new Set<string>();

@@ -14,6 +14,7 @@ import { parseNft } from './sources/nft.ts';
 import { parseRoutes } from './sources/routes.ts';
 import { parseRules } from './sources/rules.ts';
 import { parseSysctl, sysctlNameOfPath } from './sources/sysctl.ts';
+import type { Diff } from '../contract/diff.ts';
 import { compactConntrackSpec, createConntrackLineCache, expandConntrack, type CompactEntry } from './conntrack-cache.ts';
 
 /** One verbatim output a sample was made from: what a bundle stores and `replay` reads. */
@@ -38,6 +39,8 @@ export interface Sample<N extends SourceName> {
  */
 export interface Compact<N extends SourceName> {
   readonly keyed: ReadonlyMap<string, unknown>;
+  /** The source's own diff against its previous read, when it keeps `keyed` in place (conntrack). */
+  readonly diff?: Diff<unknown>;
   readonly spec: SourceSpec<unknown>;
   expand(kept: unknown): RecordOf<N> | null;
 }
@@ -145,7 +148,9 @@ function conntrackSampler(): Sampler<'conntrack'> {
       let via = '/proc/net/nf_conntrack';
       let parsed: ReturnType<typeof cache.parse>;
       try {
-        parsed = await io.readFileWith(via, (bytes) => cache.parse(bytes, io.now()));
+        const reading = cache.begin(io.now());
+        await io.readLinesWith(via, (lines) => reading.feed(lines));
+        parsed = reading.finish();
       } catch (err) {
         if (!isConntrailError(err, 'SOURCE_UNAVAILABLE')) throw err;
         const argv = ['conntrack', '-L', '-o', 'extended'];
@@ -154,9 +159,10 @@ function conntrackSampler(): Sampler<'conntrack'> {
       }
       // The table's text is not kept: at 250k entries it is 40 MB a second. Each kept entry holds its own line.
       const reading: Reading = { via, text: null };
-      const { keyed, problems } = parsed;
+      const { keyed, diff, problems } = parsed;
       const compact: Compact<'conntrack'> = {
         keyed,
+        diff,
         spec: compactConntrackSpec as unknown as SourceSpec<unknown>,
         expand: (kept) => expandConntrack(kept as CompactEntry),
       };

@@ -6,25 +6,29 @@ import { request as httpsRequest } from 'node:https';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
-import { Agent } from '../agent/agent.ts';
-import { readNodeFacts } from '../agent/facts.ts';
-import { startHealthServer } from '../agent/health.ts';
-import { createHostIO } from '../agent/host-io.ts';
-import { NodeState } from '../agent/node-state.ts';
-import { parsers } from '../agent/parsers.ts';
-import { createSamplers } from '../agent/samplers.ts';
-import { BundleService, parseSince } from '../collector/bundle-service.ts';
-import { Collector } from '../collector/collector.ts';
-import { CollectorServer, parseListen } from '../collector/server.ts';
-import { Detection } from '../collector/detection.ts';
-import { startClusterView } from '../collector/kube/cluster-view.ts';
-import { findingLogger } from '../collector/finding-log.ts';
 import { renderStream, wantColor } from '../collector/log-render.ts';
-import { renderSummary } from '../collector/summary.ts';
 import { isConntrailError } from '../contract/errors.ts';
 import { isSourceName, sourceNames } from '../contract/sources.ts';
-import { renderDoctor, runDoctor } from './doctor.ts';
-import { replay } from './replay.ts';
+
+// Each command loads only its own modules: the agent runs on every node and
+// should not carry the collector, the Kubernetes client or the bundle writer.
+const agentModules = async () => ({
+  ...(await import('../agent/agent.ts')),
+  ...(await import('../agent/facts.ts')),
+  ...(await import('../agent/health.ts')),
+  ...(await import('../agent/host-io.ts')),
+  ...(await import('../agent/node-state.ts')),
+  ...(await import('../agent/samplers.ts')),
+});
+const collectorModules = async () => ({
+  ...(await import('../collector/bundle-service.ts')),
+  ...(await import('../collector/collector.ts')),
+  ...(await import('../collector/server.ts')),
+  ...(await import('../collector/detection.ts')),
+  ...(await import('../collector/kube/cluster-view.ts')),
+  ...(await import('../collector/finding-log.ts')),
+  ...(await import('../collector/summary.ts')),
+});
 
 const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -105,6 +109,14 @@ export function parseInterval(text: string): number {
   return ms;
 }
 
+/** `HOST:PORT` (IPv6 in brackets) for the agent's health endpoints. */
+function parseHostPort(text: string): { host: string; port: number } | null {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
+  const port = Number(m?.[3]);
+  if (m === null || !Number.isInteger(port) || port > 65535) return null;
+  return { host: m[1] ?? m[2] ?? '', port };
+}
+
 function readToken(tokenFile: string | undefined): string | null {
   if (tokenFile !== undefined) {
     const t = readFileSync(tokenFile, 'utf8').trim();
@@ -146,6 +158,7 @@ async function runLogs(args: readonly string[]): Promise<number> {
 }
 
 async function runCollector(args: readonly string[]): Promise<number> {
+  const { BundleService, parseSince, Collector, CollectorServer, parseListen, Detection, startClusterView, findingLogger } = await collectorModules();
   const { values } = parseArgs({
     args: [...args],
     options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false }, pretty: { type: 'boolean', default: false }, color: { type: 'boolean' } },
@@ -181,13 +194,14 @@ async function runCollector(args: readonly string[]): Promise<number> {
 }
 
 async function runAgent(args: readonly string[]): Promise<number> {
+  const { Agent, readNodeFacts, startHealthServer, createHostIO, NodeState, createSamplers } = await agentModules();
   const { values } = parseArgs({
     args: [...args],
     options: { collector: { type: 'string' }, node: { type: 'string' }, interval: { type: 'string', default: '1s' }, 'token-file': { type: 'string' }, ca: { type: 'string' }, 'health-listen': { type: 'string' } },
   });
   if (values.collector === undefined) throw new UsageError('agent: --collector ws://HOST:PORT is required');
-  const healthListen = values['health-listen'] === undefined ? null : parseListen(values['health-listen']);
-  if (healthListen !== null && !('port' in healthListen)) throw new UsageError('--health-listen: HOST:PORT');
+  const healthListen = values['health-listen'] === undefined ? null : parseHostPort(values['health-listen']);
+  if (healthListen === null && values['health-listen'] !== undefined) throw new UsageError(`--health-listen: ${JSON.stringify(values['health-listen'])} is not HOST:PORT`);
   const node = values.node ?? process.env.NODE_NAME ?? hostname();
   const log = logger('agent').child({ node });
   const agent = new Agent({
@@ -203,7 +217,7 @@ async function runAgent(args: readonly string[]): Promise<number> {
   });
   log.info({ collector: values.collector, intervalMs: parseInterval(values.interval) }, 'agent starting');
   agent.start();
-  const health = healthListen === null ? null : await startHealthServer(() => agent.health(), { host: healthListen.host ?? '0.0.0.0', port: healthListen.port ?? 0 });
+  const health = healthListen === null ? null : await startHealthServer(() => agent.health(), healthListen);
   if (health !== null) log.info({ health: health.address }, 'health endpoints listening (/livez, /readyz)');
   await untilSignal();
   await health?.close();
@@ -213,6 +227,8 @@ async function runAgent(args: readonly string[]): Promise<number> {
 
 /** The embedded default: a collector and an agent for this host, and a readable live summary. */
 async function runLocal(args: readonly string[]): Promise<number> {
+  const { Agent, readNodeFacts, createHostIO, NodeState, createSamplers } = await agentModules();
+  const { Collector, CollectorServer, parseListen, renderSummary } = await collectorModules();
   const { values } = parseArgs({ args: [...args], options: { interval: { type: 'string', default: '1s' }, listen: { type: 'string', default: '127.0.0.1:0' } } });
   const log = logger('local', process.env.LOG_LEVEL ?? 'warn');
   const collector = new Collector({ log: log.child({ component: 'collector' }) });
@@ -256,6 +272,7 @@ async function runParse(args: readonly string[]): Promise<number> {
     process.stderr.write(`conntrail: parse: cannot read ${file === '-' ? 'standard input' : file}: ${(err as Error).message}\n`);
     return 1;
   }
+  const { parsers } = await import('../agent/parsers.ts');
   const { records, problems } = parsers[source](text);
   const out: string[] = records.map((r) => JSON.stringify(r));
   process.stdout.write(out.length > 0 ? `${out.join('\n')}\n` : '');
@@ -270,6 +287,8 @@ async function runReplay(args: readonly string[]): Promise<number> {
   // The collector's own chatter (agent connected, snapshot applied) is noise here; findings are the output.
   const log = logger('collector', process.env.LOG_LEVEL ?? 'warn');
   try {
+    const { replay } = await import('./replay.ts');
+    const { findingLogger } = await import('../collector/finding-log.ts');
     const lines = await replay(dir, log, findingLogger(log));
     return lines.some((l) => l.severity === 'error') ? 1 : 0;
   } catch (err) {
@@ -283,6 +302,7 @@ async function runReplay(args: readonly string[]): Promise<number> {
 
 async function runDoctorCommand(args: readonly string[]): Promise<number> {
   const { values } = parseArgs({ args: [...args], options: { json: { type: 'boolean', default: false }, node: { type: 'string' }, gap: { type: 'string', default: '3s' } } });
+  const { renderDoctor, runDoctor } = await import('./doctor.ts');
   const report = await runDoctor({ ...(values.node ? { node: values.node } : {}), gapMs: parseInterval(values.gap), log: logger('doctor', process.env.LOG_LEVEL ?? 'silent') });
   process.stdout.write(values.json ? `${JSON.stringify(report)}\n` : `${renderDoctor(report)}\n`);
   return report.ok ? 0 : 1;

@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { compactConntrackSpec, createConntrackLineCache, expandConntrack, timerSpan } from '../../agent/conntrack-cache.ts';
-import { diffByKey } from '../../contract/diff.ts';
+import { createConntrackLineCache, expandConntrack, timerSpan } from '../../agent/conntrack-cache.ts';
 
 const line = (t: number, st: string, unreplied = false, sport = 57756) =>
   `ipv4     2 tcp      6 ${t} ${st} src=198.19.1.10 dst=198.18.64.10 sport=${sport} dport=80 ${unreplied ? '[UNREPLIED] ' : ''}src=198.19.1.11 dst=198.19.1.10 sport=8080 dport=${sport} [ASSURED] mark=0 zone=0 use=2`;
@@ -10,44 +9,55 @@ const feed = (...lines: string[]) => Buffer.from(`${lines.join('\n')}\n`, 'latin
 describe('conntrack line cache', () => {
   it('follows one tuple through SYN_SENT, ESTABLISHED and TIME_WAIT as changes of one key', () => {
     const cache = createConntrackLineCache();
-    let prev = cache.parse(feed(line(119, 'SYN_SENT', true)), 0).keyed;
+    expect(cache.parse(feed(line(119, 'SYN_SENT', true)), 0).diff.added).toHaveLength(1);
     let t = 0;
     const states: string[] = [];
     for (const l of [line(431999, 'ESTABLISHED'), line(120, 'TIME_WAIT')]) {
-      const next = cache.parse(feed(l), (t += 1000)).keyed;
-      const d = diffByKey(prev, next, compactConntrackSpec);
+      const d = cache.parse(feed(l), (t += 1000)).diff;
       expect(d.added).toEqual([]);
+      expect(d.removed).toEqual([]);
       expect(d.changed).toHaveLength(1);
       states.push(expandConntrack(d.changed[0]!)?.state ?? '?');
-      prev = next;
     }
     expect(states).toEqual(['ESTABLISHED', 'TIME_WAIT']);
   });
 
-  it('keeps an entry whose timer only counted down as the same object, so nothing is sent', () => {
+  it('sends nothing for an entry whose timer only counted down', () => {
     const cache = createConntrackLineCache();
-    const a = cache.parse(feed(line(120, 'TIME_WAIT')), 0).keyed;
-    const b = cache.parse(feed(line(118, 'TIME_WAIT')), 2_000).keyed;
-    expect([...b.values()][0]).toBe([...a.values()][0]);
-    expect(diffByKey(a, b, compactConntrackSpec)).toEqual({ added: [], removed: [], changed: [], refreshed: [] });
+    cache.parse(feed(line(120, 'TIME_WAIT')), 0);
+    const b = cache.parse(feed(line(118, 'TIME_WAIT')), 2_000);
+    expect(b.diff).toEqual({ added: [], removed: [], changed: [], refreshed: [] });
+    expect(b.keyed.size).toBe(1);
+  });
+
+  it('reports entries that are gone by key, and new ones as added', () => {
+    const cache = createConntrackLineCache();
+    const first = cache.parse(feed(line(120, 'TIME_WAIT', false, 1000), line(120, 'TIME_WAIT', false, 1001)), 0);
+    const gone = [...first.keyed.keys()][0];
+    const d = cache.parse(feed(line(119, 'TIME_WAIT', false, 1001), line(119, 'SYN_SENT', true, 1002)), 1_000).diff;
+    expect(d.removed).toEqual([gone]);
+    expect(d.added.map((e) => expandConntrack(e)?.orig.sport)).toEqual([1002]);
+    expect(d.changed).toEqual([]);
   });
 
   it('sends a UDP entry whose timer a client holds near its maximum, with the line as now printed, and not one counting down', () => {
     const held = createConntrackLineCache();
-    const a = held.parse(feed(udp(120)), 0).keyed;
+    held.parse(feed(udp(120)), 0);
     // One second later, 119: could be either. Two seconds later, 120 again: re-armed.
-    const b = held.parse(feed(udp(119)), 1_000).keyed;
-    expect(diffByKey(a, b, compactConntrackSpec).refreshed).toEqual([]);
-    const c = held.parse(feed(udp(120)), 2_000).keyed;
-    expect(diffByKey(b, c, compactConntrackSpec).refreshed.map((e) => e.raw)).toEqual([udp(120)]);
+    expect(held.parse(feed(udp(119)), 1_000).diff.refreshed).toEqual([]);
+    expect(held.parse(feed(udp(120)), 2_000).diff.refreshed.map((e) => e.raw)).toEqual([udp(120)]);
 
     const idle = createConntrackLineCache();
-    let prev = idle.parse(feed(udp(120)), 0).keyed;
-    for (let s = 1; s <= 5; s++) {
-      const next = idle.parse(feed(udp(120 - s)), s * 1_000).keyed;
-      expect(diffByKey(prev, next, compactConntrackSpec).refreshed).toEqual([]);
-      prev = next;
-    }
+    idle.parse(feed(udp(120)), 0);
+    for (let s = 1; s <= 5; s++) expect(idle.parse(feed(udp(120 - s)), s * 1_000).diff.refreshed).toEqual([]);
+  });
+
+  it('keeps the first of two lines with the same key in one read, and reports no change for the repeat', () => {
+    const cache = createConntrackLineCache();
+    const r = cache.parse(feed(line(120, 'TIME_WAIT'), line(120, 'SYN_SENT', true)), 0);
+    expect(r.keyed.size).toBe(1);
+    expect(r.diff.added.map((e) => expandConntrack(e)?.state)).toEqual(['TIME_WAIT']);
+    expect(cache.parse(feed(line(119, 'TIME_WAIT'), line(119, 'SYN_SENT', true)), 1_000).diff).toEqual({ added: [], removed: [], changed: [], refreshed: [] });
   });
 
   it('reports an unreadable line with its line number and skips the conntrack-tools trailer', () => {

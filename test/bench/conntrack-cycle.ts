@@ -24,12 +24,20 @@ function vmHwmKiB(pid: number): number {
   return Number(m?.[1] ?? 0);
 }
 
+/** The agent's NODE_OPTIONS as the DaemonSet sets them: the bench measures the agent as deployed. */
+function deployedNodeOptions(): string {
+  const manifest = readFileSync(join(root, 'manifests/agent.yaml'), 'utf8');
+  const m = /- name: NODE_OPTIONS\n\s+value: (.+)\n/.exec(manifest);
+  if (m?.[1] === undefined) throw new Error('manifests/agent.yaml sets no NODE_OPTIONS for the agent');
+  return m[1].trim();
+}
+
 /** Runs `conntrail agent` inside the namespace for `ms` and returns its peak resident memory. */
 async function runAgentFor(ms: number): Promise<number> {
   // `ip netns exec` execs the command, so the child's pid is the agent's.
   const agent = spawn('ip', ['netns', 'exec', ns, node, join(root, 'bin/conntrail.js'), 'agent', '--collector', `ws+unix:${sock}`, '--node', 'bench'], {
     stdio: 'ignore',
-    env: { ...process.env, LOG_LEVEL: 'warn' },
+    env: { ...process.env, LOG_LEVEL: 'warn', NODE_OPTIONS: deployedNodeOptions() },
   });
   let peak = 0;
   const deadline = Date.now() + ms;

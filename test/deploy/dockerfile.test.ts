@@ -87,6 +87,11 @@ describe('Dockerfile', () => {
     expect(runtime?.text).not.toMatch(/npm (ci|install)/);
   });
 
+  it('ships a warm compile cache, so processes started from the image skip the TypeScript stripper', () => {
+    expect(build?.text).toMatch(/RUN node scripts\/warm-compile-cache\.js/);
+    expect(readFileSync(`${root}bin/conntrail.js`, 'utf8')).toContain("node_modules/.cache/conntrail");
+  });
+
   it('starts bin/conntrail.js, so one image serves `agent` and `collector`', () => {
     expect(runtime?.text).toMatch(/ENTRYPOINT \["node", "\/app\/bin\/conntrail\.js"\]/);
   });
