@@ -173,7 +173,8 @@ export class Agent {
     this.#ticking = true;
     try {
       await this.#refreshFacts();
-      const result = await this.#o.state.tick();
+      // A tick that ends in a snapshot sends no diff: its changes need not be made.
+      const result = await this.#o.state.tick(this.#connected && !this.#needSnapshot);
       this.#lastTickAt = Date.now();
       this.#seq++;
       if (!this.#connected) return;

@@ -1,40 +1,25 @@
 // The conntrack table is the one large source (250k entries at 1 Hz), and
 // from one second to the next almost every line differs only in its
-// countdown timer. So the agent keeps conntrack compact: per entry its key,
-// its line (a copy, not a view of the read) and its timer, and nothing parsed. A line
-// whose text after the timer was seen last tick is the same entry in the same
-// state and is not parsed again; only new or changed lines are. Full records
-// are made from the kept lines only when they are sent (a diff's few changed
-// entries, or a snapshot chunk by chunk).
+// countdown timer. So the agent keeps conntrack compact and mostly off the
+// JavaScript heap: every entry's line in one byte arena, and per entry a few
+// numbers in typed-array columns (where its line sits, where its timer sits,
+// hashes, the timer reference). A line whose bytes outside the timer equal
+// the kept line is the same entry in the same state and is not parsed again;
+// only new or changed lines are. Full records are made from the kept lines
+// only when they are sent (a diff's few changed entries, or a snapshot chunk
+// by chunk).
 import type { ConntrackEntry } from '../contract/records.ts';
 import type { Diff } from '../contract/diff.ts';
 import { sources, type Problem, type SourceSpec } from '../contract/sources.ts';
 import { isConntrackToolsMessage, parseConntrackLine } from './sources/conntrack.ts';
 
-
-/** A conntrack entry as the agent keeps it between ticks. */
+/** A conntrack entry as handed out for sending. */
 export interface CompactEntry {
   readonly key: string;
   /** The line as printed when this entry was last sent; its timer may have counted down since. */
   readonly raw: string;
   readonly timeout: number | null;
   readonly proto: string;
-}
-
-/** One object per entry: what is sent (CompactEntry) and what the next read is compared with. */
-interface Kept extends CompactEntry {
-  raw: string;
-  timeout: number | null;
-  /** The line as first seen, and where its timer sits (both -1 without a timer): a later line must equal it outside the timer. */
-  readonly line: string;
-  readonly lineHash: number;
-  readonly timerStart: number;
-  readonly timerEnd: number;
-  /** The timer as printed when the entry was last sent, and when that was: the reference a re-arm is measured against. */
-  refTimeout: number | null;
-  refTime: number;
-  /** The read that last saw it. */
-  seen: number;
 }
 
 /** Identity and state of compact entries: the same as the contract's, read from the line. */
@@ -56,8 +41,11 @@ export const compactConntrackSpec: SourceSpec<CompactEntry> = {
  * would be sent every other second.
  */
 export function rearmedSince(refTimeout: number | null, refTime: number, timeout: number | null, now: number, entry: { readonly proto: string; readonly raw: string }): boolean {
-  if (refTimeout === null || timeout === null) return false;
-  if (entry.proto === 'tcp' && entry.raw.includes(' ESTABLISHED ')) return false;
+  return rearmed(refTimeout, refTime, timeout, now, entry.proto === 'tcp' && entry.raw.includes(' ESTABLISHED '));
+}
+
+function rearmed(refTimeout: number | null, refTime: number, timeout: number | null, now: number, establishedTcp: boolean): boolean {
+  if (refTimeout === null || timeout === null || establishedTcp) return false;
   const elapsed = (now - refTime) / 1000;
   return elapsed - (refTimeout - timeout) >= 2;
 }
@@ -69,7 +57,7 @@ export function expandConntrack(e: CompactEntry): ConntrackEntry | null {
 }
 
 export interface ConntrackRead {
-  /** Every entry now, by key. The same map from read to read, updated in place. */
+  /** Every entry now, by key: a view of the cache, valid until the next read. */
   readonly keyed: ReadonlyMap<string, CompactEntry>;
   /** What changed since the previous read, by the rules of `compactConntrackSpec`. */
   readonly diff: Diff<CompactEntry>;
@@ -90,25 +78,216 @@ export interface ConntrackLineCache {
 }
 
 const keyOf = sources.conntrack.keyOf;
+const NONE = -1;
+/** Lines longer than this are not kept (procfs lines are under 400 bytes); they are reported as problems. */
+const MAX_LINE = 0xfffe;
+
+/** Per-entry numbers, one typed array each, indexed by slot. */
+class Columns {
+  capacity = 0;
+  offset = new Uint32Array(0);
+  length = new Uint16Array(0);
+  /** Timer digits within the line; NONE without a timer. */
+  timerStart = new Int32Array(0);
+  timerEnd = new Int32Array(0);
+  lineHash = new Int32Array(0);
+  keyHash = new Int32Array(0);
+  /** Timer as printed when last sent, and the reference a re-arm is measured against; NONE for none. */
+  timeout = new Int32Array(0);
+  refTimeout = new Int32Array(0);
+  refTime = new Float64Array(0);
+  /** The read that last saw it; 0 for a free slot. */
+  seen = new Uint32Array(0);
+  proto = new Uint8Array(0);
+  /** TCP in ESTABLISHED: never reported as refreshed. */
+  established = new Uint8Array(0);
+
+  grow(min: number): void {
+    const capacity = Math.max(min, Math.ceil(this.capacity * 1.5), 1024);
+    const grow = <A extends Uint32Array | Uint16Array | Int32Array | Float64Array | Uint8Array>(a: A, make: (n: number) => A): A => {
+      const b = make(capacity);
+      b.set(a as never);
+      return b;
+    };
+    this.offset = grow(this.offset, (n) => new Uint32Array(n));
+    this.length = grow(this.length, (n) => new Uint16Array(n));
+    this.timerStart = grow(this.timerStart, (n) => new Int32Array(n));
+    this.timerEnd = grow(this.timerEnd, (n) => new Int32Array(n));
+    this.lineHash = grow(this.lineHash, (n) => new Int32Array(n));
+    this.keyHash = grow(this.keyHash, (n) => new Int32Array(n));
+    this.timeout = grow(this.timeout, (n) => new Int32Array(n));
+    this.refTimeout = grow(this.refTimeout, (n) => new Int32Array(n));
+    this.refTime = grow(this.refTime, (n) => new Float64Array(n));
+    this.seen = grow(this.seen, (n) => new Uint32Array(n));
+    this.proto = grow(this.proto, (n) => new Uint8Array(n));
+    this.established = grow(this.established, (n) => new Uint8Array(n));
+    this.capacity = capacity;
+  }
+}
+
+/** Every kept line in one buffer; lines that are replaced or removed leave garbage, compacted away when it is half of it. */
+class Arena {
+  bytes = Buffer.alloc(1 << 20);
+  used = 0;
+  garbage = 0;
+
+  add(from: Uint8Array, start: number, end: number, cols: Columns, live: () => Iterable<number>): number {
+    const len = end - start;
+    if (this.used + len > this.bytes.length) this.#make(len, cols, live);
+    const at = this.used;
+    this.bytes.set(from.subarray(start, end), at);
+    this.used += len;
+    return at;
+  }
+
+  #make(need: number, cols: Columns, live: () => Iterable<number>): void {
+    const liveBytes = this.used - this.garbage;
+    const size = Math.max(1 << 20, Math.ceil((liveBytes + need) * 1.5));
+    const next = Buffer.alloc(size);
+    let at = 0;
+    for (const slot of live()) {
+      const off = cols.offset[slot] ?? 0;
+      const len = cols.length[slot] ?? 0;
+      this.bytes.copy(next, at, off, off + len);
+      cols.offset[slot] = at;
+      at += len;
+    }
+    this.bytes = next;
+    this.used = at;
+    this.garbage = 0;
+  }
+}
+
+/** What a SlotEntry reads its fields through. */
+interface SlotReader {
+  lineOf(slot: number): string;
+  keyOfSlot(slot: number): string;
+  timeoutOf(slot: number): number | null;
+  protoOf(slot: number): string;
+}
 
 /**
- * Works on the bytes of the read, not a string of it: a 15 MB string per
- * second would be garbage V8 collects late, and every line cut from it would
- * pin it. A line is hashed (FNV-1a) around its timer and compared, byte for
- * byte, with the line first seen for that hash; only misses become strings
- * and are parsed.
+ * An entry handed out by the cache, read from its slot when asked: a first
+ * read of 100k entries hands out 100k of these, not 100k copies of their
+ * lines. Valid until the next read.
+ */
+class SlotEntry implements CompactEntry {
+  readonly #slot: number;
+  readonly #key: string | null;
+  readonly #reader: SlotReader;
+  constructor(reader: SlotReader, slot: number, key: string | null) {
+    this.#reader = reader;
+    this.#slot = slot;
+    this.#key = key;
+  }
+  get key(): string {
+    return this.#key ?? this.#reader.keyOfSlot(this.#slot);
+  }
+  get raw(): string {
+    return this.#reader.lineOf(this.#slot);
+  }
+  get timeout(): number | null {
+    return this.#reader.timeoutOf(this.#slot);
+  }
+  get proto(): string {
+    return this.#reader.protoOf(this.#slot);
+  }
+}
+
+/**
+ * Reads the table from its bytes, never as one string. A line is hashed
+ * (FNV-1a) around its timer and compared, byte for byte, with the kept line
+ * of that hash; only misses become strings and are parsed.
  *
  * The cache diffs as it reads, instead of handing two maps to the generic
- * keyed diff: at 250k entries, two fresh maps a second are most of the
+ * keyed diff: at 250k entries, two fresh maps a second would be most of the
  * agent's memory and garbage. Identity and state are the spec's: the key is
  * the original tuple and zone, the state the line outside its timer.
  */
 export function createConntrackLineCache(): ConntrackLineCache {
-  const byHash = new Map<number, Kept>();
-  const byKey = new Map<string, Kept>();
-  // One string per protocol name for all entries, not one per entry.
-  const protos = new Map<string, string>();
+  const cols = new Columns();
+  const arena = new Arena();
+  const byHash = new Map<number, number>();
+  /** Key hash → slot, or slots when two keys share a hash. */
+  const byKey = new Map<number, number | number[]>();
+  const free: number[] = [];
+  let nextSlot = 0;
+  let liveCount = 0;
+  const protos: string[] = [];
   let read = 0;
+
+  const liveSlots = function* (): Generator<number> {
+    for (let s = 0; s < nextSlot; s++) if (cols.seen[s] !== 0) yield s;
+  };
+  const lineOf = (slot: number): string => {
+    const off = cols.offset[slot] ?? 0;
+    return arena.bytes.toString('latin1', off, off + (cols.length[slot] ?? 0));
+  };
+  const keyOfSlot = (slot: number): string => {
+    const parsed = parseConntrackLine(lineOf(slot));
+    return 'error' in parsed ? '' : keyOf(parsed);
+  };
+  const timeoutOf = (slot: number): number | null => ((cols.timeout[slot] ?? NONE) === NONE ? null : (cols.timeout[slot] ?? null));
+  const entryOf = (slot: number, key: string): CompactEntry => ({ key, raw: lineOf(slot), timeout: timeoutOf(slot), proto: protos[cols.proto[slot] ?? 0] ?? '' });
+  const slotsWithKeyHash = (h: number): readonly number[] => {
+    const b = byKey.get(h);
+    return b === undefined ? [] : typeof b === 'number' ? [b] : b;
+  };
+  const findKey = (key: string, h: number): number | undefined => {
+    for (const s of slotsWithKeyHash(h)) if (keyOfSlot(s) === key) return s;
+    return undefined;
+  };
+  const release = (slot: number): void => {
+    if (byHash.get(cols.lineHash[slot] ?? 0) === slot) byHash.delete(cols.lineHash[slot] ?? 0);
+    const h = cols.keyHash[slot] ?? 0;
+    const rest = slotsWithKeyHash(h).filter((s) => s !== slot);
+    if (rest.length === 0) byKey.delete(h);
+    else byKey.set(h, rest.length === 1 ? (rest[0] ?? 0) : rest);
+    arena.garbage += cols.length[slot] ?? 0;
+    cols.seen[slot] = 0;
+    free.push(slot);
+    liveCount--;
+  };
+  const protoIndex = (proto: string): number => {
+    let i = protos.indexOf(proto);
+    if (i < 0) i = protos.push(proto) - 1;
+    return i;
+  };
+
+  const reader: SlotReader = { lineOf, keyOfSlot, timeoutOf, protoOf: (slot) => protos[cols.proto[slot] ?? 0] ?? '' };
+
+  /** A ReadonlyMap over the kept entries, made on demand: the agent iterates it for snapshots. */
+  const view: ReadonlyMap<string, CompactEntry> = {
+    get size() {
+      return liveCount;
+    },
+    get(key: string) {
+      const s = findKey(key, hashString(key));
+      return s === undefined ? undefined : entryOf(s, key);
+    },
+    has(key: string) {
+      return findKey(key, hashString(key)) !== undefined;
+    },
+    *entries(): MapIterator<[string, CompactEntry]> {
+      for (const s of liveSlots()) {
+        const key = keyOfSlot(s);
+        yield [key, entryOf(s, key)];
+      }
+    },
+    *keys(): MapIterator<string> {
+      for (const s of liveSlots()) yield keyOfSlot(s);
+    },
+    *values(): MapIterator<CompactEntry> {
+      for (const s of liveSlots()) yield new SlotEntry(reader, s, null);
+    },
+    forEach(fn: (value: CompactEntry, key: string, map: ReadonlyMap<string, CompactEntry>) => void) {
+      for (const [k, v] of view.entries()) fn(v, k, view);
+    },
+    [Symbol.iterator]() {
+      return view.entries();
+    },
+  };
+
   const begin = (now: number): ConntrackReadInProgress => {
     read++;
     const added: CompactEntry[] = [];
@@ -129,73 +308,96 @@ export function createConntrackLineCache(): ConntrackLineCache {
         if (end === lineStart) continue;
         const hasTimer = timerSpanBytes(bytes, lineStart, end);
         const timeout = hasTimer ? scratch.value : null;
-        const tStart = scratch.start;
-        const tEnd = scratch.end;
-        const hash = hasTimer ? hashBytes(bytes, tEnd, end, hashBytes(bytes, lineStart, tStart, 0x811c9dc5)) : hashBytes(bytes, lineStart, end, 0x811c9dc5);
+        const tStart = hasTimer ? scratch.start - lineStart : NONE;
+        const tEnd = hasTimer ? scratch.end - lineStart : NONE;
+        const hash = hasTimer ? hashBytes(bytes, lineStart + tEnd, end, hashBytes(bytes, lineStart, lineStart + tStart, 0x811c9dc5)) : hashBytes(bytes, lineStart, end, 0x811c9dc5);
         const hit = byHash.get(hash);
-        if (hit !== undefined && hit.seen !== read && sameOutsideTimer(bytes, lineStart, end, hasTimer, tStart, tEnd, hit)) {
-          hit.seen = read;
+        if (hit !== undefined && cols.seen[hit] !== read && sameOutsideTimer(bytes, lineStart, end, tStart, tEnd, hit)) {
+          cols.seen[hit] = read;
+          const ref = cols.refTimeout[hit] ?? NONE;
           // A timer re-armed by traffic is sent as refreshed, with the line as now printed.
-          if (rearmedSince(hit.refTimeout, hit.refTime, timeout, now, hit)) {
-            hit.raw = bytes.toString('latin1', lineStart, end);
-            hit.timeout = timeout;
-            hit.refTimeout = timeout;
-            hit.refTime = now;
-            refreshed.push(hit);
+          if (rearmed(ref === NONE ? null : ref, cols.refTime[hit] ?? 0, timeout, now, cols.established[hit] === 1)) {
+            arena.garbage += cols.length[hit] ?? 0;
+            cols.offset[hit] = arena.add(bytes, lineStart, end, cols, liveSlots);
+            cols.length[hit] = end - lineStart;
+            cols.timerEnd[hit] = tEnd;
+            cols.timeout[hit] = timeout ?? NONE;
+            cols.refTimeout[hit] = timeout ?? NONE;
+            cols.refTime[hit] = now;
+            refreshed.push(new SlotEntry(reader, hit, null));
           }
           continue;
         }
         const line = bytes.toString('latin1', lineStart, end);
         const parsed = parseConntrackLine(line);
-        if ('error' in parsed) {
-          if (!isConntrackToolsMessage(line)) problems.push({ line: lineNo, text: line, reason: parsed.error });
+        if ('error' in parsed || end - lineStart > MAX_LINE) {
+          if (!isConntrackToolsMessage(line)) problems.push({ line: lineNo, text: line, reason: 'error' in parsed ? parsed.error : `line longer than ${MAX_LINE} bytes` });
           continue;
         }
-        const key = flat(keyOf(parsed));
-        const before = byKey.get(key);
+        const key = keyOf(parsed);
+        const keyHash = hashString(key);
+        const before = findKey(key, keyHash);
         // A duplicate of a key already read this time: the first one stands.
-        if (before !== undefined && before.seen === read) continue;
-        let proto = protos.get(parsed.proto);
-        if (proto === undefined) protos.set(parsed.proto, (proto = parsed.proto));
-        const kept: Kept = {
-          key,
-          raw: line,
-          timeout: parsed.timeout,
-          proto,
-          line,
-          lineHash: hash,
-          timerStart: hasTimer ? tStart - lineStart : -1,
-          timerEnd: hasTimer ? tEnd - lineStart : -1,
-          refTimeout: parsed.timeout,
-          refTime: now,
-          seen: read,
-        };
-        if (before !== undefined && byHash.get(before.lineHash) === before) byHash.delete(before.lineHash);
-        byKey.set(key, kept);
-        // Two different lines with one hash: the later one is looked up by hash, the other is found by key.
-        byHash.set(hash, kept);
-        if (before === undefined) added.push(kept);
-        else if (withoutTimer(before.raw) !== withoutTimer(line)) changed.push(kept);
-        else if (rearmedSince(before.refTimeout, before.refTime, kept.timeout, now, kept)) refreshed.push(kept);
-        else {
-          // The same entry, found by key after a hash collision: keep its reference for re-arms.
-          kept.raw = before.raw;
-          kept.refTimeout = before.refTimeout;
-          kept.refTime = before.refTime;
+        if (before !== undefined && cols.seen[before] === read) continue;
+        const slot = free.pop() ?? nextSlot++;
+        if (slot >= cols.capacity) cols.grow(slot + 1);
+        liveCount++;
+        cols.offset[slot] = arena.add(bytes, lineStart, end, cols, liveSlots);
+        cols.length[slot] = end - lineStart;
+        cols.timerStart[slot] = tStart;
+        cols.timerEnd[slot] = tEnd;
+        cols.lineHash[slot] = hash;
+        cols.keyHash[slot] = keyHash;
+        cols.timeout[slot] = parsed.timeout ?? NONE;
+        cols.refTimeout[slot] = parsed.timeout ?? NONE;
+        cols.refTime[slot] = now;
+        cols.seen[slot] = read;
+        cols.proto[slot] = protoIndex(parsed.proto);
+        cols.established[slot] = parsed.proto === 'tcp' && parsed.state === 'ESTABLISHED' ? 1 : 0;
+        if (before === undefined) {
+          added.push(new SlotEntry(reader, slot, null));
+        } else {
+          const beforeLine = lineOf(before);
+          const beforeRef = cols.refTimeout[before] ?? NONE;
+          if (withoutTimer(beforeLine) !== withoutTimer(line)) changed.push(new SlotEntry(reader, slot, key));
+          else if (rearmed(beforeRef === NONE ? null : beforeRef, cols.refTime[before] ?? 0, parsed.timeout, now, cols.established[slot] === 1)) refreshed.push(new SlotEntry(reader, slot, key));
+          else {
+            // The same entry, found by key after a hash collision: its reference for re-arms carries over.
+            cols.timeout[slot] = cols.timeout[before] ?? NONE;
+            cols.refTimeout[slot] = beforeRef;
+            cols.refTime[slot] = cols.refTime[before] ?? now;
+          }
+          release(before);
         }
+        const slots = slotsWithKeyHash(keyHash);
+        byKey.set(keyHash, slots.length === 0 ? slot : [...slots, slot]);
+        // Two different lines with one hash: the later one is looked up by hash, the other is found by key.
+        byHash.set(hash, slot);
       }
     };
     const finish = (): ConntrackRead => {
-      for (const [key, kept] of byKey) {
-        if (kept.seen === read) continue;
-        byKey.delete(key);
-        if (byHash.get(kept.lineHash) === kept) byHash.delete(kept.lineHash);
-        removed.push(key);
+      for (let s = 0; s < nextSlot; s++) {
+        const seen = cols.seen[s] ?? 0;
+        if (seen === 0 || seen === read) continue;
+        removed.push(keyOfSlot(s));
+        release(s);
       }
-      return { keyed: byKey, diff: { added, removed, changed, refreshed }, problems };
+      return { keyed: view, diff: { added, removed, changed, refreshed }, problems };
     };
     return { feed, finish };
   };
+
+  /** The line's bytes equal the kept line's everywhere but the timer digits. */
+  function sameOutsideTimer(b: Buffer, start: number, end: number, tStart: number, tEnd: number, slot: number): boolean {
+    const off = cols.offset[slot] ?? 0;
+    const keptLen = cols.length[slot] ?? 0;
+    const keptStart = cols.timerStart[slot] ?? NONE;
+    if (tStart === NONE) return keptStart === NONE && end - start === keptLen && b.compare(arena.bytes, off, off + keptLen, start, end) === 0;
+    const keptEnd = cols.timerEnd[slot] ?? NONE;
+    if (keptStart !== tStart || keptLen - keptEnd !== end - start - tEnd) return false;
+    return b.compare(arena.bytes, off, off + keptStart, start, start + tStart) === 0 && b.compare(arena.bytes, off + keptEnd, off + keptLen, start + tEnd, end) === 0;
+  }
+
   return {
     begin,
     parse(bytes, now) {
@@ -206,15 +408,6 @@ export function createConntrackLineCache(): ConntrackLineCache {
   };
 }
 
-/**
- * The key as one flat string. keyOf builds it by concatenation: kept as is,
- * each of 100k keys would be a tree of seven cons strings over the parsed
- * fields' own strings, about four times the size of the text.
- */
-function flat(s: string): string {
-  return Buffer.from(s, 'latin1').toString('latin1');
-}
-
 /** 30 bits, so the Map keys stay small integers rather than heap numbers. */
 function hashBytes(b: Uint8Array, from: number, to: number, seed: number): number {
   let h = seed;
@@ -222,33 +415,16 @@ function hashBytes(b: Uint8Array, from: number, to: number, seed: number): numbe
   return h & 0x3fffffff;
 }
 
-/** The line's bytes equal the kept line's everywhere but the timer digits. */
-function sameOutsideTimer(b: Uint8Array, start: number, end: number, hasTimer: boolean, timerStart: number, timerEnd: number, c: Kept): boolean {
-  const line = c.line;
-  if (!hasTimer) {
-    if (c.timerStart !== -1 || end - start !== line.length) return false;
-    for (let i = 0; i < line.length; i++) if (b[start + i] !== line.charCodeAt(i)) return false;
-    return true;
-  }
-  const prefixLen = timerStart - start;
-  const tailLen = end - timerEnd;
-  if (c.timerStart !== prefixLen || line.length - c.timerEnd !== tailLen) return false;
-  for (let i = 0; i < prefixLen; i++) if (b[start + i] !== line.charCodeAt(i)) return false;
-  for (let i = 0; i < tailLen; i++) if (b[timerEnd + i] !== line.charCodeAt(c.timerEnd + i)) return false;
-  return true;
+function hashString(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619);
+  return h & 0x3fffffff;
 }
 
 function withoutTimer(raw: string): string {
   const cut = timerSpan(raw);
   return cut === null ? raw : raw.slice(0, cut.start) + raw.slice(cut.end);
 }
-
-/**
- * Where the timer sits: after `l3name l3num l4name l4num` in procfs and
- * `conntrack -L -o extended`, after `l4name l4num` in plain `conntrack -L`
- * (FORMATS.md §3). Returns null when the line does not have that shape (an
- * offloaded flow has no timer).
- */
 export function timerSpan(line: string): { start: number; end: number; value: number } | null {
   const bytes = new Uint8Array(line.length);
   for (let i = 0; i < line.length; i++) bytes[i] = line.charCodeAt(i) & 0xff;

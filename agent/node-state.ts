@@ -35,6 +35,7 @@ export class NodeState {
   readonly #readings = new Map<SourceName, readonly Reading[]>();
   readonly #unavailableSince = new Map<SourceName, number>();
   readonly #now: () => number;
+  #wantChanges = true;
 
   constructor(samplers: readonly Sampler[], io: HostIO, now: () => number = Date.now) {
     this.#samplers = samplers;
@@ -42,7 +43,13 @@ export class NodeState {
     this.#now = now;
   }
 
-  async tick(): Promise<TickResult> {
+  /**
+   * `wantChanges`: whether the caller will send this tick's changes. An agent
+   * about to send a snapshot does not need them, and at 100k entries the
+   * first tick's changes are 100k full records.
+   */
+  async tick(wantChanges = true): Promise<TickResult> {
+    this.#wantChanges = wantChanges;
     const time = this.#now();
     const due = this.#samplers.filter((s) => {
       const since = this.#unavailableSince.get(s.source);
@@ -143,7 +150,7 @@ export class NodeState {
     const expand = compact === undefined ? null : (r: unknown) => compact.expand(r);
     this.#kept.set(source, { map: next, spec, expand });
     const diff = compact?.diff ?? diffByKey(prev, next, spec);
-    if (isEmptyDiff(diff)) return null;
+    if (isEmptyDiff(diff) || !this.#wantChanges) return null;
     const full = (rs: readonly unknown[]): RecordOf<SourceName>[] =>
       expand === null ? (rs as RecordOf<SourceName>[]) : rs.map(expand).filter((r): r is RecordOf<SourceName> => r !== null);
     return { source, added: full(diff.added), removed: diff.removed, changed: full(diff.changed), refreshed: full(diff.refreshed) };
