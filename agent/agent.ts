@@ -3,7 +3,7 @@
 // always starts with a full snapshot and then streams one diff per tick.
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
-import { encode, decodeCollectorMessage, SNAPSHOT_CHUNK, SUBPROTOCOL, type AgentMessage, type CaptureRequest } from '../contract/protocol.ts';
+import { encode, decodeCollectorMessage, SUBPROTOCOL, type AgentMessage, type CaptureRequest } from '../contract/protocol.ts';
 import { runCapture } from './capture.ts';
 import type { NodeFacts } from '../contract/records.ts';
 import type { NodeState, TickResult } from './node-state.ts';
@@ -26,6 +26,12 @@ const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
 const FACTS_EVERY_MS = 60_000;
 /** How much a snapshot may queue on the socket before its next chunk is made. */
 const SNAPSHOT_DRAIN_BYTES = 4 * 1024 * 1024;
+/**
+ * Records per snapshot frame. The protocol allows up to 5,000 (SNAPSHOT_CHUNK); the
+ * agent sends fewer: a 5,000-record frame is a 2.5 MB string and buffer, and
+ * big short-lived buffers are what grow the allocator's heap for good.
+ */
+const SNAPSHOT_SEND_RECORDS = 1_000;
 
 /** Node's codes for a server certificate it cannot verify: a trust problem to name, not a network blip. */
 const TLS_TRUST_ERRORS = new Set(['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_HAS_EXPIRED', 'ERR_TLS_CERT_ALTNAME_INVALID']);
@@ -209,7 +215,7 @@ export class Agent {
   async #sendSnapshot(time: number): Promise<void> {
     const seq = this.#seq;
     this.#needSnapshot = false;
-    for (const chunk of this.#o.state.snapshot(SNAPSHOT_CHUNK)) {
+    for (const chunk of this.#o.state.snapshot(SNAPSHOT_SEND_RECORDS)) {
       if (!this.#connected) {
         this.#needSnapshot = true;
         return;

@@ -1,7 +1,7 @@
 // The conntrack table is the one large source (250k entries at 1 Hz), and
 // from one second to the next almost every line differs only in its
 // countdown timer. So the agent keeps conntrack compact and mostly off the
-// JavaScript heap: every entry's line in one byte arena, and per entry a few
+// JavaScript heap: every entry's line in a byte arena, and per entry a few
 // numbers in typed-array columns (where its line sits, where its timer sits,
 // hashes, the timer reference). A line whose bytes outside the timer equal
 // the kept line is the same entry in the same state and is not parsed again;
@@ -125,36 +125,58 @@ class Columns {
   }
 }
 
-/** Every kept line in one buffer; lines that are replaced or removed leave garbage, compacted away when it is half of it. */
+const BLOCK_BITS = 20;
+const BLOCK = 1 << BLOCK_BITS;
+
+/**
+ * Every kept line, in 1 MiB blocks: growing never copies (no second arena
+ * alive while a big table is first read), and a line never spans two blocks.
+ * An offset is block << 20 | position. Lines that are replaced or removed
+ * leave garbage, compacted away into fresh blocks once it outweighs the rest.
+ */
 class Arena {
-  bytes = Buffer.alloc(1 << 20);
-  used = 0;
+  blocks: Buffer[] = [];
+  /** Bytes used in the last block. */
+  used = BLOCK;
+  total = 0;
   garbage = 0;
 
   add(from: Uint8Array, start: number, end: number, cols: Columns, live: () => Iterable<number>): number {
     const len = end - start;
-    if (this.used + len > this.bytes.length) this.#make(len, cols, live);
+    if (this.used + len > BLOCK) {
+      if (this.garbage > BLOCK && this.garbage * 2 > this.total) this.#compact(cols, live);
+      if (this.used + len > BLOCK) this.#newBlock();
+    }
+    const block = this.blocks.length - 1;
     const at = this.used;
-    this.bytes.set(from.subarray(start, end), at);
+    (this.blocks[block] as Buffer).set(from.subarray(start, end), at);
     this.used += len;
-    return at;
+    this.total += len;
+    return (block << BLOCK_BITS) | at;
   }
 
-  #make(need: number, cols: Columns, live: () => Iterable<number>): void {
-    const liveBytes = this.used - this.garbage;
-    const size = Math.max(1 << 20, Math.ceil((liveBytes + need) * 1.5));
-    const next = Buffer.alloc(size);
-    let at = 0;
+  block(offset: number): Buffer {
+    return this.blocks[offset >>> BLOCK_BITS] as Buffer;
+  }
+
+  #newBlock(): void {
+    // Outside Node's shared pool: each block is its own allocation, freed with it.
+    this.blocks.push(Buffer.allocUnsafeSlow(BLOCK));
+    this.used = 0;
+  }
+
+  #compact(cols: Columns, live: () => Iterable<number>): void {
+    const old = this.blocks;
+    this.blocks = [];
+    this.used = BLOCK;
+    this.total = 0;
+    this.garbage = 0;
     for (const slot of live()) {
       const off = cols.offset[slot] ?? 0;
       const len = cols.length[slot] ?? 0;
-      this.bytes.copy(next, at, off, off + len);
-      cols.offset[slot] = at;
-      at += len;
+      const pos = off & (BLOCK - 1);
+      cols.offset[slot] = this.add((old[off >>> BLOCK_BITS] as Buffer), pos, pos + len, cols, () => []);
     }
-    this.bytes = next;
-    this.used = at;
-    this.garbage = 0;
   }
 }
 
@@ -221,7 +243,8 @@ export function createConntrackLineCache(): ConntrackLineCache {
   };
   const lineOf = (slot: number): string => {
     const off = cols.offset[slot] ?? 0;
-    return arena.bytes.toString('latin1', off, off + (cols.length[slot] ?? 0));
+    const pos = off & (BLOCK - 1);
+    return arena.block(off).toString('latin1', pos, pos + (cols.length[slot] ?? 0));
   };
   const keyOfSlot = (slot: number): string => {
     const parsed = parseConntrackLine(lineOf(slot));
@@ -390,12 +413,14 @@ export function createConntrackLineCache(): ConntrackLineCache {
   /** The line's bytes equal the kept line's everywhere but the timer digits. */
   function sameOutsideTimer(b: Buffer, start: number, end: number, tStart: number, tEnd: number, slot: number): boolean {
     const off = cols.offset[slot] ?? 0;
+    const kept = arena.block(off);
+    const pos = off & (BLOCK - 1);
     const keptLen = cols.length[slot] ?? 0;
     const keptStart = cols.timerStart[slot] ?? NONE;
-    if (tStart === NONE) return keptStart === NONE && end - start === keptLen && b.compare(arena.bytes, off, off + keptLen, start, end) === 0;
+    if (tStart === NONE) return keptStart === NONE && end - start === keptLen && b.compare(kept, pos, pos + keptLen, start, end) === 0;
     const keptEnd = cols.timerEnd[slot] ?? NONE;
     if (keptStart !== tStart || keptLen - keptEnd !== end - start - tEnd) return false;
-    return b.compare(arena.bytes, off, off + keptStart, start, start + tStart) === 0 && b.compare(arena.bytes, off + keptEnd, off + keptLen, start + tEnd, end) === 0;
+    return b.compare(kept, pos, pos + keptStart, start, start + tStart) === 0 && b.compare(kept, pos + keptEnd, pos + keptLen, start + tEnd, end) === 0;
   }
 
   return {

@@ -3,11 +3,13 @@
 // (10k, then 100k entries), runs the cycle inside that namespace next to
 // `cat /proc/net/nf_conntrack`, measures diff bytes at 1% churn against a full
 // snapshot, and the agent's and collector's peak memory. Figures are ratios
-// from one run on one machine. Needs root.
+// from one run on one machine. The agent runs with the environment the
+// DaemonSet gives it. Needs root.
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
 
 const sizes = (process.env.BENCH_SIZES ?? '10000,100000').split(',').map(Number);
 const ns = `ctbench${process.pid}`;
@@ -24,12 +26,12 @@ function vmHwmKiB(pid: number): number {
   return Number(m?.[1] ?? 0);
 }
 
-/** The agent's NODE_OPTIONS as the DaemonSet sets them: the bench measures the agent as deployed. */
-function deployedNodeOptions(): string {
-  const manifest = readFileSync(join(root, 'manifests/agent.yaml'), 'utf8');
-  const m = /- name: NODE_OPTIONS\n\s+value: (.+)\n/.exec(manifest);
-  if (m?.[1] === undefined) throw new Error('manifests/agent.yaml sets no NODE_OPTIONS for the agent');
-  return m[1].trim();
+/** The agent container's literal environment from the DaemonSet (NODE_OPTIONS, allocator settings): the bench measures the agent as deployed. */
+function deployedEnv(): Record<string, string> {
+  const docs = parseAllDocuments(readFileSync(join(root, 'manifests/agent.yaml'), 'utf8')).map((d) => d.toJS() as { kind?: string; spec?: { template?: { spec?: { containers?: { name: string; env?: { name: string; value?: string }[] }[] } } } });
+  const agent = docs.find((d) => d.kind === 'DaemonSet')?.spec?.template?.spec?.containers?.find((c) => c.name === 'agent');
+  if (agent === undefined) throw new Error('manifests/agent.yaml has no DaemonSet with an agent container');
+  return Object.fromEntries((agent.env ?? []).flatMap((e) => (e.value === undefined ? [] : [[e.name, e.value]])));
 }
 
 /** Runs `conntrail agent` inside the namespace for `ms` and returns its peak resident memory. */
@@ -37,7 +39,7 @@ async function runAgentFor(ms: number): Promise<number> {
   // `ip netns exec` execs the command, so the child's pid is the agent's.
   const agent = spawn('ip', ['netns', 'exec', ns, node, join(root, 'bin/conntrail.js'), 'agent', '--collector', `ws+unix:${sock}`, '--node', 'bench'], {
     stdio: 'ignore',
-    env: { ...process.env, LOG_LEVEL: 'warn', NODE_OPTIONS: deployedNodeOptions() },
+    env: { ...process.env, LOG_LEVEL: 'warn', ...deployedEnv() },
   });
   let peak = 0;
   const deadline = Date.now() + ms;
