@@ -62,7 +62,7 @@ function merged<N extends SourceName>(source: N, parts: readonly { reading: Read
   const records: RecordOf<N>[] = [];
   const problems: Problem[] = [];
   for (const p of parts) {
-    records.push(...p.records);
+    for (const r of p.records) records.push(r);
     for (const pr of numberLines(p.problems, 0)) problems.push(parts.length > 1 ? { ...pr, reason: `${p.reading.via}: ${pr.reason}` } : pr);
   }
   return { source, readings: parts.map((p) => p.reading), records, problems };

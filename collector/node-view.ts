@@ -105,7 +105,7 @@ export class NodeView {
     }
     if (s.parts !== msg.parts || s.got.has(msg.part)) return this.#resync(`snapshot of ${msg.source} at seq ${msg.seq} arrived inconsistent (part ${msg.part}/${msg.parts})`);
     s.got.add(msg.part);
-    s.records.push(...msg.records);
+    for (const r of msg.records) s.records.push(r);
     this.lastReceivedAt = now;
     return { kind: 'staged' };
   }
@@ -133,7 +133,8 @@ export class NodeView {
       const map = new Map<string, RecordOf<SourceName>>();
       for (const r of s.records) map.set(spec.keyOf(r), r);
       const old = this.#state.get(source) ?? new Map<string, RecordOf<SourceName>>();
-      transitions.push(...transitionsOf(source, old, diffByKey<RecordOf<SourceName>>(old, map, spec)));
+      // One push per element: spreading 250k transitions into push() overflows the stack.
+      for (const t of transitionsOf(source, old, diffByKey<RecordOf<SourceName>>(old, map, spec))) transitions.push(t);
       this.#state.set(source, map);
       changes.push({ source, added: s.records, removed: [], changed: [], refreshed: [] });
     }
@@ -158,7 +159,7 @@ export class NodeView {
         map = new Map();
         this.#state.set(change.source, map);
       }
-      transitions.push(...transitionsOf(change.source, map, change));
+      for (const t of transitionsOf(change.source, map, change)) transitions.push(t);
       const mismatched = applyDiff(map, change, specOf(change.source));
       if (mismatched.length > 0)
         return this.#resync(`diff for ${change.source} at seq ${msg.seq} does not fit the state (${mismatched.length} unknown keys, first ${JSON.stringify(mismatched[0])})`);

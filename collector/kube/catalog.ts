@@ -117,7 +117,8 @@ export class KubeCatalog implements KubeView {
     const kept = this.stateAt(time).map((e) => e);
     const recent = this.#events.filter((e) => e.time > time);
     this.#events.length = 0;
-    this.#events.push(...kept, ...recent);
+    for (const e of kept) this.#events.push(e);
+    for (const e of recent) this.#events.push(e);
     for (const [key, versions] of this.#services) {
       const current = latest(versions, time);
       const later = versions.filter((v) => v.time > time);
