@@ -183,6 +183,7 @@ export class Agent {
       const result = await this.#o.state.tick(this.#connected && !this.#needSnapshot);
       this.#lastTickAt = Date.now();
       this.#seq++;
+      if (this.#o.state.takeResync()) this.#needSnapshot = true;
       if (!this.#connected) return;
       if (this.#needSnapshot) await this.#sendSnapshot(result.time);
       else this.#sendDiff(result);

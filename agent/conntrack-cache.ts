@@ -59,6 +59,8 @@ export function expandConntrack(e: CompactEntry): ConntrackEntry | null {
 export interface ConntrackRead {
   /** Every entry now, by key: a view of the cache, valid until the next read. */
   readonly keyed: ReadonlyMap<string, CompactEntry>;
+  /** The first read after a reset: `diff` holds every entry as added, and the receiver should resynchronise instead. */
+  readonly restarted: boolean;
   /** What changed since the previous read, by the rules of `compactConntrackSpec`. */
   readonly diff: Diff<CompactEntry>;
   readonly problems: Problem[];
@@ -75,6 +77,11 @@ export interface ConntrackLineCache {
   begin(now: number): ConntrackReadInProgress;
   /** Reads the whole table at once (`conntrack -L` output, tests). */
   parse(bytes: Buffer, now: number): ConntrackRead;
+  /**
+   * Forgets everything: after a read that failed half way, the kept entries
+   * no longer match what was reported. The next read says it `restarted`.
+   */
+  reset(): void;
 }
 
 const keyOf = sources.conntrack.keyOf;
@@ -227,14 +234,15 @@ class SlotEntry implements CompactEntry {
  * the original tuple and zone, the state the line outside its timer.
  */
 export function createConntrackLineCache(): ConntrackLineCache {
-  const cols = new Columns();
-  const arena = new Arena();
-  const byHash = new Map<number, number>();
+  let cols = new Columns();
+  let arena = new Arena();
+  let byHash = new Map<number, number>();
   /** Key hash → slot, or slots when two keys share a hash. */
-  const byKey = new Map<number, number | number[]>();
-  const free: number[] = [];
+  let byKey = new Map<number, number | number[]>();
+  let free: number[] = [];
   let nextSlot = 0;
   let liveCount = 0;
+  let restarted = false;
   const protos: string[] = [];
   let read = 0;
 
@@ -405,7 +413,9 @@ export function createConntrackLineCache(): ConntrackLineCache {
         removed.push(keyOfSlot(s));
         release(s);
       }
-      return { keyed: view, diff: { added, removed, changed, refreshed }, problems };
+      const wasRestarted = restarted;
+      restarted = false;
+      return { keyed: view, restarted: wasRestarted, diff: { added, removed, changed, refreshed }, problems };
     };
     return { feed, finish };
   };
@@ -429,6 +439,16 @@ export function createConntrackLineCache(): ConntrackLineCache {
       const r = begin(now);
       r.feed(bytes);
       return r.finish();
+    },
+    reset() {
+      cols = new Columns();
+      arena = new Arena();
+      byHash = new Map();
+      byKey = new Map();
+      free = [];
+      nextSlot = 0;
+      liveCount = 0;
+      restarted = true;
     },
   };
 }

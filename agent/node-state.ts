@@ -36,6 +36,14 @@ export class NodeState {
   readonly #unavailableSince = new Map<SourceName, number>();
   readonly #now: () => number;
   #wantChanges = true;
+  #resyncWanted = false;
+
+  /** True once after a source lost track of what it reported: the caller sends a snapshot instead of diffs. */
+  takeResync(): boolean {
+    const wanted = this.#resyncWanted;
+    this.#resyncWanted = false;
+    return wanted;
+  }
 
   constructor(samplers: readonly Sampler[], io: HostIO, now: () => number = Date.now) {
     this.#samplers = samplers;
@@ -149,6 +157,10 @@ export class NodeState {
     const prev = kept !== undefined && kept.spec === spec ? kept.map : new Map<string, unknown>();
     const expand = compact === undefined ? null : (r: unknown) => compact.expand(r);
     this.#kept.set(source, { map: next, spec, expand });
+    if (compact?.restarted) {
+      this.#resyncWanted = true;
+      return null;
+    }
     const diff = compact?.diff ?? diffByKey(prev, next, spec);
     if (isEmptyDiff(diff) || !this.#wantChanges) return null;
     const full = (rs: readonly unknown[]): RecordOf<SourceName>[] =>

@@ -41,6 +41,8 @@ export interface Compact<N extends SourceName> {
   readonly keyed: ReadonlyMap<string, unknown>;
   /** The source's own diff against its previous read, when it keeps `keyed` in place (conntrack). */
   readonly diff?: Diff<unknown>;
+  /** The source lost track of what it reported (a read failed half way): resynchronise rather than send `diff`. */
+  readonly restarted?: boolean;
   readonly spec: SourceSpec<unknown>;
   expand(kept: unknown): RecordOf<N> | null;
 }
@@ -149,7 +151,13 @@ function conntrackSampler(): Sampler<'conntrack'> {
       let parsed: ReturnType<typeof cache.parse>;
       try {
         const reading = cache.begin(io.now());
-        await io.readLinesWith(via, (lines) => reading.feed(lines));
+        try {
+          await io.readLinesWith(via, (lines) => reading.feed(lines));
+        } catch (err) {
+          // Half a table was taken in: start over, and have the agent resynchronise.
+          cache.reset();
+          throw err;
+        }
         parsed = reading.finish();
       } catch (err) {
         if (!isConntrailError(err, 'SOURCE_UNAVAILABLE')) throw err;
@@ -159,10 +167,11 @@ function conntrackSampler(): Sampler<'conntrack'> {
       }
       // The table's text is not kept: at 250k entries it is 40 MB a second. Each kept entry holds its own line.
       const reading: Reading = { via, text: null };
-      const { keyed, diff, problems } = parsed;
+      const { keyed, diff, problems, restarted } = parsed;
       const compact: Compact<'conntrack'> = {
         keyed,
         diff,
+        restarted,
         spec: compactConntrackSpec as unknown as SourceSpec<unknown>,
         expand: (kept) => expandConntrack(kept as CompactEntry),
       };

@@ -60,6 +60,30 @@ describe('conntrack line cache', () => {
     expect(cache.parse(feed(line(119, 'TIME_WAIT'), line(119, 'SYN_SENT', true)), 1_000).diff).toEqual({ added: [], removed: [], changed: [], refreshed: [] });
   });
 
+  it('after a reset, reports that it restarted and holds only what the next read shows', () => {
+    const cache = createConntrackLineCache();
+    cache.parse(feed(line(120, 'TIME_WAIT', false, 1000), line(120, 'TIME_WAIT', false, 1001)), 0);
+    // A read that failed half way: one line was taken in, the rest never came.
+    cache.begin(1_000).feed(feed(line(119, 'SYN_SENT', true, 1000)));
+    cache.reset();
+    const r = cache.parse(feed(line(118, 'SYN_SENT', true, 1000), line(118, 'TIME_WAIT', false, 1002)), 2_000);
+    expect(r.restarted).toBe(true);
+    expect(r.keyed.size).toBe(2);
+    expect([...r.keyed.values()].map((e) => expandConntrack(e)?.orig.sport).sort()).toEqual([1000, 1002]);
+    expect(cache.parse(feed(line(117, 'SYN_SENT', true, 1000), line(117, 'TIME_WAIT', false, 1002)), 3_000)).toMatchObject({ restarted: false, diff: { added: [], removed: [], changed: [] } });
+  });
+
+  it('hands out a view by key: get, has and size follow the table', () => {
+    const cache = createConntrackLineCache();
+    const r = cache.parse(feed(line(120, 'TIME_WAIT', false, 1000), udp(30)), 0);
+    const [key] = [...r.keyed.keys()];
+    expect(r.keyed.size).toBe(2);
+    expect(key).toBe('0|tcp|198.19.1.10|1000|198.18.64.10|80|');
+    expect(r.keyed.has(key ?? '')).toBe(true);
+    expect(r.keyed.get(key ?? '')?.raw).toBe(line(120, 'TIME_WAIT', false, 1000));
+    expect(r.keyed.has('0|tcp|198.19.1.10|9|198.18.64.10|80|')).toBe(false);
+  });
+
   it('reports an unreadable line with its line number and skips the conntrack-tools trailer', () => {
     const cache = createConntrackLineCache();
     const r = cache.parse(feed(line(5, 'TIME_WAIT'), 'tcp      6 4', 'conntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.'), 0);
