@@ -230,8 +230,10 @@ async function runLocal(args: readonly string[]): Promise<number> {
   const { Agent, readNodeFacts, createHostIO, NodeState, createSamplers } = await agentModules();
   const { Collector, CollectorServer, parseListen, renderSummary } = await collectorModules();
   const { values } = parseArgs({ args: [...args], options: { interval: { type: 'string', default: '1s' }, listen: { type: 'string', default: '127.0.0.1:0' } } });
-  const log = logger('local', process.env.LOG_LEVEL ?? 'warn');
-  const collector = new Collector({ log: log.child({ component: 'collector' }) });
+  // pino's child() would repeat the `component` key, not replace it: one logger per component.
+  const level = process.env.LOG_LEVEL ?? 'warn';
+  const log = logger('collector', level);
+  const collector = new Collector({ log });
   const token = readToken(undefined);
   const server = new CollectorServer({ collector, log, token });
   const addr = await server.listen(parseListen(values.listen));
@@ -244,7 +246,7 @@ async function runLocal(args: readonly string[]): Promise<number> {
     token,
     version: VERSION,
     state: new NodeState(createSamplers(), createHostIO()),
-    log: log.child({ component: 'agent', node }),
+    log: logger('agent', level).child({ node }),
     readFacts: readNodeFacts,
   });
   agent.start();
