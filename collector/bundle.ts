@@ -31,7 +31,8 @@ export interface NodeTimeline {
 
 export interface Derived {
   readonly findings: FindingLine[];
-  readonly endpoints: EndpointSpan[];
+  /** Endpoints as the nodes' rules programmed them, with the pod the Kubernetes API named for each (when it could). */
+  readonly endpoints: (EndpointSpan & { readonly pod?: string | null })[];
 }
 
 /**
@@ -75,7 +76,14 @@ export function deriveFindings(timelines: readonly NodeTimeline[], log: Logger =
     }
   }
   detection.flush(clock + 3_600_000);
-  const endpoints = timelines.flatMap((t) => detection.history(t.node).all());
+  const catalog = kube;
+  const endpoints = timelines
+    .flatMap((t) => detection.history(t.node).all())
+    .map((span) => {
+      if (catalog === null) return span;
+      const address = /^\[?([^\]]+?)\]?:\d+$/.exec(span.endpoint)?.[1];
+      return { ...span, pod: address === undefined ? null : (catalog.podAt(address, span.firstSeen)?.span.pod ?? null) };
+    });
   return { findings, endpoints };
 }
 

@@ -11,7 +11,7 @@ export interface ReportInput {
   readonly from: number;
   readonly to: number;
   readonly nodes: readonly string[];
-  readonly endpoints: readonly EndpointSpan[];
+  readonly endpoints: readonly (EndpointSpan & { readonly pod?: string | null })[];
   readonly findings: readonly FindingLine[];
 }
 
@@ -37,7 +37,9 @@ export function renderReport(r: ReportInput): string {
       const y = (i + 1) * ROW + 4;
       const end = e.removedAt ?? to;
       const drainFrom = e.terminatingSince ?? end;
-      rows.push(`<text x="14" y="${y + 13}" class="ep">${esc(e.endpoint)}</text>`);
+      // The Service row names the namespace; the label keeps to the 260 px column.
+      const label = e.pod ? `${e.endpoint} ${e.pod.slice(e.pod.indexOf('/') + 1)}` : e.endpoint;
+      rows.push(`<text x="14" y="${y + 13}" class="ep">${esc(label.length > 40 ? `${label.slice(0, 39)}…` : label)}<title>${esc(e.pod ? `${e.endpoint} pod ${e.pod}` : e.endpoint)}</title></text>`);
       rows.push(`<rect class="serving" x="${x(e.firstSeen)}" y="${y + 3}" width="${Math.max(1, x(drainFrom) - x(e.firstSeen))}" height="12"><title>${esc(`${e.endpoint} serving from ${iso(e.firstSeen)}`)}</title></rect>`);
       if (e.terminatingSince !== null)
         rows.push(`<rect class="draining" x="${x(drainFrom)}" y="${y + 3}" width="${Math.max(1, x(end) - x(drainFrom))}" height="12"><title>${esc(`${e.endpoint} draining from ${iso(e.terminatingSince)}`)}</title></rect>`);
@@ -54,7 +56,7 @@ export function renderReport(r: ReportInput): string {
     .map(
       (f) => `<section class="finding ${f.severity}"><h3>${esc(iso(f.time))} · ${esc(f.severity.toUpperCase())} · ${esc(f.finding)}${f.count > 1 ? ` ×${f.count}` : ''}</h3>
 <p>${esc(f.summary)}</p>
-<dl><dt>node</dt><dd>${esc(f.node)}</dd><dt>Service</dt><dd>${esc(f.service ?? '-')}</dd><dt>tuple</dt><dd>${esc(f.tuple ? tupleText(f.tuple) : '-')}</dd><dt>endpoint</dt><dd>${esc(f.endpoint ?? '-')}</dd></dl>
+<dl><dt>node</dt><dd>${esc(f.node)}</dd><dt>Service</dt><dd>${esc(f.service ?? '-')}</dd><dt>tuple</dt><dd>${esc(f.tuple ? tupleText(f.tuple) : '-')}</dd><dt>endpoint</dt><dd>${esc(f.endpoint ?? '-')}${f.pod ? ` (pod ${esc(f.pod)})` : ''}</dd></dl>
 <pre>${f.evidence.map((e) => esc(`[${e.time} ${e.node} ${e.source}] ${e.raw}`)).join('\n')}</pre>
 <p class="advice">${esc(f.advice)}</p></section>`,
     )

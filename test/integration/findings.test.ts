@@ -198,6 +198,11 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     // The API's view travels in the bundle, so its replay (checked above) names the pod too.
     expect(files.get('kubernetes.jsonl')).toContain('coredns-b');
     expect(files.get('summary.md')).toContain('(pod kube-system/coredns-a)');
+    // The endpoint timeline and the report name the pods behind the addresses.
+    const endpoints = (files.get('endpoints.jsonl') ?? '').trim().split('\n').map((l) => JSON.parse(l) as { endpoint: string; pod?: string | null });
+    expect(endpoints.find((e) => e.endpoint === `${s.facts.oldEndpoint.ip}:53`)?.pod).toBe('kube-system/coredns-a');
+    expect(endpoints.find((e) => e.endpoint === `${s.facts.newEndpoint.ip}:53`)?.pod).toBe('kube-system/coredns-b');
+    expect(files.get('report.html')).toContain(`${s.facts.oldEndpoint.ip}:53 coredns-a`);
     // In from the pod to the ClusterIP, out towards the removed pod.
     const tcpdump = files.get('capture/node-1/tcpdump.txt') ?? '';
     expect(tcpdump).toMatch(new RegExp(`In +IP ${s.facts.tuple.src.replaceAll('.', '\\.')}\\.${s.facts.tuple.sport} > 198\\.18\\.64\\.53\\.53:`));
