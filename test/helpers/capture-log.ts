@@ -33,3 +33,21 @@ export async function waitFor<T>(what: string, probe: () => T | undefined | null
     await new Promise((r) => setTimeout(r, 25));
   }
 }
+
+/** A process's JSON log lines, as they arrive on `stream`, into `lines` (a line that is not JSON is kept as `{ unparsed }`). */
+export function collectJsonLines(stream: NodeJS.ReadableStream | null | undefined, lines: Record<string, unknown>[]): void {
+  let buf = '';
+  stream?.on('data', (d: Buffer) => {
+    buf += d.toString();
+    let i: number;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      try {
+        lines.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        lines.push({ unparsed: line });
+      }
+    }
+  });
+}

@@ -6,7 +6,7 @@ import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { waitFor } from '../helpers/capture-log.ts';
+import { collectJsonLines, waitFor } from '../helpers/capture-log.ts';
 import type { Lab } from '../lab/netns.ts';
 import { nodeBinary } from '../lab/traffic.ts';
 
@@ -44,20 +44,7 @@ export async function startConntrail(lab: Lab, nodes: readonly string[], token =
     rmSync(sock, { force: true });
     // Short captures keep the lab quick; the default is 15 s.
     const child = spawn(nodeBinary(), [cli, 'collector', '--listen', `unix:${sock}`, '--token-file', tokenFile, '--capture', '4s', ...(opts.kubeconfig ? ['--kubeconfig', opts.kubeconfig] : ['--no-kubernetes'])], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let buf = '';
-    child.stdout?.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        try {
-          lines.push(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          lines.push({ unparsed: line });
-        }
-      }
-    });
+    collectJsonLines(child.stdout, lines);
     collector = child;
   };
   const api = <T>(path: string): Promise<T> =>

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { makeCertificates } from '../helpers/certs.ts';
-import { waitFor } from '../helpers/capture-log.ts';
+import { collectJsonLines, waitFor } from '../helpers/capture-log.ts';
 
 const run = promisify(execFile);
 const root = new URL('../..', import.meta.url).pathname;
@@ -31,20 +31,7 @@ function start(args: string[]): { child: ChildProcess; lines: Record<string, unk
   const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, CONNTRAIL_TOKEN: '' } });
   children.push(child);
   const lines: Record<string, unknown>[] = [];
-  let buf = '';
-  child.stdout?.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let i: number;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const l = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      try {
-        lines.push(JSON.parse(l) as Record<string, unknown>);
-      } catch {
-        lines.push({ unparsed: l });
-      }
-    }
-  });
+  collectJsonLines(child.stdout, lines);
   return { child, lines };
 }
 
