@@ -4,7 +4,7 @@
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { encode, decodeCollectorMessage, SUBPROTOCOL, type AgentMessage, type CaptureRequest } from '../contract/protocol.ts';
-import { runCapture } from './capture.ts';
+import type { CaptureSink } from './capture.ts';
 import type { NodeFacts } from '../contract/records.ts';
 import type { NodeState, TickResult } from './node-state.ts';
 
@@ -25,7 +25,7 @@ export interface AgentOptions {
 const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
 const FACTS_EVERY_MS = 60_000;
 /** How much a snapshot may queue on the socket before its next chunk is made. */
-const SNAPSHOT_DRAIN_BYTES = 4 * 1024 * 1024;
+const SNAPSHOT_DRAIN_BYTES = 1024 * 1024;
 /**
  * Records per snapshot frame. The protocol allows up to 5,000 (SNAPSHOT_CHUNK); the
  * agent sends fewer: a 5,000-record frame is a 2.5 MB string and buffer, and
@@ -159,14 +159,17 @@ export class Agent {
     if (this.#capturing.has(req.id)) return;
     this.#capturing.add(req.id);
     this.#o.log.info({ id: req.id, hosts: req.hosts, ports: req.ports, durationMs: req.durationMs }, 'capture requested');
-    void runCapture(req, {
+    const sink: CaptureSink = {
       lines: (tool, lines) => this.#send({ v: 1, type: 'capture-lines', id: req.id, tool, lines }),
       pcap: (bytes) => this.#send({ v: 1, type: 'capture-pcap', id: req.id, base64: bytes.toString('base64') }),
       end: (tool, error) => {
         if (error !== null) this.#o.log.warn({ id: req.id, tool, error }, 'capture tool unavailable or failed');
         this.#send({ v: 1, type: 'capture-end', id: req.id, tool, error });
       },
-    })
+    };
+    // Loaded on the first capture: node-pty, a native addon, costs memory on every node that never captures.
+    void import('./capture.ts')
+      .then(({ runCapture }) => runCapture(req, sink))
       .catch((err: unknown) => this.#o.log.error({ err, id: req.id }, 'capture failed'))
       .finally(() => this.#capturing.delete(req.id));
   }

@@ -1,23 +1,27 @@
 // The conntrack table is the one large source (250k entries at 1 Hz), and
 // from one second to the next almost every line differs only in its
-// countdown timer. So the agent keeps conntrack compact and mostly off the
-// JavaScript heap: every entry's line in a byte arena, and per entry a few
+// countdown timer. So the agent keeps conntrack compact and off the
+// JavaScript heap: every entry's line, packed (./conntrack-packing.ts), in a
+// byte arena, and per entry a few
 // numbers in typed-array columns (where its line sits, where its timer sits,
-// hashes, the timer reference). A line whose bytes outside the timer equal
-// the kept line is the same entry in the same state and is not parsed again;
-// only new or changed lines are. Full records are made from the kept lines
-// only when they are sent (a diff's few changed entries, or a snapshot chunk
-// by chunk).
+// hashes, the timer reference); even the hash indexes are typed arrays, with
+// their chains threaded through columns. A line whose bytes outside the
+// timer equal the kept line is the same entry in the same state and is not
+// parsed again; only new or changed lines are. Full records are made from
+// the kept lines only when they are sent (a diff's few changed entries, or a
+// snapshot chunk by chunk), and a read's diff only when it is asked for.
 import type { ConntrackEntry } from '../contract/records.ts';
 import type { Diff } from '../contract/diff.ts';
 import { sources, type Problem, type SourceSpec } from '../contract/sources.ts';
 import { isConntrackToolsMessage, parseConntrackLine } from './sources/conntrack.ts';
+import { pack, samePacked, unpack } from './conntrack-packing.ts';
 
 /** A conntrack entry as handed out for sending. */
 export interface CompactEntry {
   readonly key: string;
   /** The line as printed when this entry was last sent; its timer may have counted down since. */
   readonly raw: string;
+  /** The timer in `raw`. */
   readonly timeout: number | null;
   readonly proto: string;
 }
@@ -61,7 +65,12 @@ export interface ConntrackRead {
   readonly keyed: ReadonlyMap<string, CompactEntry>;
   /** The first read after a reset: `diff` holds every entry as added, and the receiver should resynchronise instead. */
   readonly restarted: boolean;
-  /** What changed since the previous read, by the rules of `compactConntrackSpec`. */
+  /**
+   * What changed since the previous read, by the rules of `compactConntrackSpec`.
+   * Made when first asked for, and only until the next read: a caller about
+   * to send a snapshot never asks, and the first read of a big table would
+   * otherwise hand out every entry as added.
+   */
   readonly diff: Diff<CompactEntry>;
   readonly problems: Problem[];
 }
@@ -73,8 +82,14 @@ export interface ConntrackReadInProgress {
 }
 
 export interface ConntrackLineCache {
-  /** Starts a read of the table sampled at `now` (ms), fed in pieces of whole lines. */
-  begin(now: number): ConntrackReadInProgress;
+  /**
+   * Starts a read of the table sampled at `now` (ms), fed in pieces of whole
+   * lines. `expected`: about how many entries the table holds
+   * (nf_conntrack_count), so that a big first read makes room once instead
+   * of growing its columns a dozen times (each old copy is garbage until V8
+   * collects it).
+   */
+  begin(now: number, expected?: number): ConntrackReadInProgress;
   /** Reads the whole table at once (`conntrack -L` output, tests). */
   parse(bytes: Buffer, now: number): ConntrackRead;
   /**
@@ -85,32 +100,48 @@ export interface ConntrackLineCache {
 }
 
 const keyOf = sources.conntrack.keyOf;
+/** No slot (end of a hash chain), or no timer reference, in Int32 columns. */
 const NONE = -1;
+/** No timer in the line, in the Uint16 timer columns. */
+const NO_TIMER = 0xffff;
 /** Lines longer than this are not kept (procfs lines are under 400 bytes); they are reported as problems. */
 const MAX_LINE = 0xfffe;
 
-/** Per-entry numbers, one typed array each, indexed by slot. */
+/** `flags`: TCP in ESTABLISHED, never reported as refreshed. */
+const ESTABLISHED = 1;
+/** `flags`: the line is kept as read, not packed. */
+const VERBATIM = 2;
+
+/** Per-entry numbers, one typed array each, indexed by slot: about 46 bytes an entry, none of them on the V8 heap. */
 class Columns {
   capacity = 0;
+  /** Where the packed line sits in the arena, and its packed length. */
   offset = new Uint32Array(0);
   length = new Uint16Array(0);
-  /** Timer digits within the line; NONE without a timer. */
-  timerStart = new Int32Array(0);
-  timerEnd = new Int32Array(0);
+  /** The line's length as read. */
+  lineLength = new Uint16Array(0);
+  /** Timer digits within the line as read; NO_TIMER without a timer. */
+  timerStart = new Uint16Array(0);
+  timerEnd = new Uint16Array(0);
+  /** Where the timer digits (never packed) start in the packed line. */
+  packedTimer = new Uint16Array(0);
+  /** The line's hash outside its timer, and the next slot in its bucket of `byLine`. */
   lineHash = new Int32Array(0);
+  nextByLine = new Int32Array(0);
+  /** The key's hash, and the next slot in its bucket of `byKey`. */
   keyHash = new Int32Array(0);
-  /** Timer as printed when last sent, and the reference a re-arm is measured against; NONE for none. */
-  timeout = new Int32Array(0);
+  nextByKey = new Int32Array(0);
+  /** The timer a re-arm is measured against, and when it was seen; NONE for none. */
   refTimeout = new Int32Array(0);
   refTime = new Float64Array(0);
   /** The read that last saw it; 0 for a free slot. */
   seen = new Uint32Array(0);
   proto = new Uint8Array(0);
-  /** TCP in ESTABLISHED: never reported as refreshed. */
-  established = new Uint8Array(0);
+  flags = new Uint8Array(0);
 
   grow(min: number): void {
-    const capacity = Math.max(min, Math.ceil(this.capacity * 1.5), 1024);
+    // By a quarter: the columns live as long as the agent, and the table rarely jumps.
+    const capacity = Math.max(min, Math.ceil(this.capacity * 1.25), 1024);
     const grow = <A extends Uint32Array | Uint16Array | Int32Array | Float64Array | Uint8Array>(a: A, make: (n: number) => A): A => {
       const b = make(capacity);
       b.set(a as never);
@@ -118,17 +149,46 @@ class Columns {
     };
     this.offset = grow(this.offset, (n) => new Uint32Array(n));
     this.length = grow(this.length, (n) => new Uint16Array(n));
-    this.timerStart = grow(this.timerStart, (n) => new Int32Array(n));
-    this.timerEnd = grow(this.timerEnd, (n) => new Int32Array(n));
+    this.lineLength = grow(this.lineLength, (n) => new Uint16Array(n));
+    this.timerStart = grow(this.timerStart, (n) => new Uint16Array(n));
+    this.timerEnd = grow(this.timerEnd, (n) => new Uint16Array(n));
+    this.packedTimer = grow(this.packedTimer, (n) => new Uint16Array(n));
     this.lineHash = grow(this.lineHash, (n) => new Int32Array(n));
+    this.nextByLine = grow(this.nextByLine, (n) => new Int32Array(n));
     this.keyHash = grow(this.keyHash, (n) => new Int32Array(n));
-    this.timeout = grow(this.timeout, (n) => new Int32Array(n));
+    this.nextByKey = grow(this.nextByKey, (n) => new Int32Array(n));
     this.refTimeout = grow(this.refTimeout, (n) => new Int32Array(n));
     this.refTime = grow(this.refTime, (n) => new Float64Array(n));
     this.seen = grow(this.seen, (n) => new Uint32Array(n));
     this.proto = grow(this.proto, (n) => new Uint8Array(n));
-    this.established = grow(this.established, (n) => new Uint8Array(n));
+    this.flags = grow(this.flags, (n) => new Uint8Array(n));
     this.capacity = capacity;
+  }
+}
+
+/** A growable list of slots: a read's added/changed/refreshed/removed entries, the free slots. */
+class SlotList {
+  items = new Int32Array(64);
+  size = 0;
+
+  push(slot: number): void {
+    if (this.size === this.items.length) {
+      const bigger = new Int32Array(this.items.length * 2);
+      bigger.set(this.items);
+      this.items = bigger;
+    }
+    this.items[this.size++] = slot;
+  }
+
+  /** The last slot pushed, removed; NONE when empty. */
+  pop(): number {
+    return this.size === 0 ? NONE : (this.items[--this.size] ?? NONE);
+  }
+
+  map<T>(fn: (slot: number) => T): T[] {
+    const out: T[] = [];
+    for (let i = 0; i < this.size; i++) out.push(fn(this.items[i] ?? 0));
+    return out;
   }
 }
 
@@ -139,7 +199,7 @@ const BLOCK = 1 << BLOCK_BITS;
  * Every kept line, in 1 MiB blocks: growing never copies (no second arena
  * alive while a big table is first read), and a line never spans two blocks.
  * An offset is block << 20 | position. Lines that are replaced or removed
- * leave garbage, compacted away into fresh blocks once it outweighs the rest.
+ * leave garbage, which `compact` slides the live lines over, in place.
  */
 class Arena {
   blocks: Buffer[] = [];
@@ -148,11 +208,12 @@ class Arena {
   total = 0;
   garbage = 0;
 
-  add(from: Uint8Array, start: number, end: number, cols: Columns, live: () => Iterable<number>): number {
+  add(from: Uint8Array, start: number, end: number): number {
     const len = end - start;
     if (this.used + len > BLOCK) {
-      if (this.garbage > BLOCK && this.garbage * 2 > this.total) this.#compact(cols, live);
-      if (this.used + len > BLOCK) this.#newBlock();
+      // Outside Node's shared pool: each block is its own allocation, freed with it.
+      this.blocks.push(Buffer.allocUnsafeSlow(BLOCK));
+      this.used = 0;
     }
     const block = this.blocks.length - 1;
     const at = this.used;
@@ -166,24 +227,44 @@ class Arena {
     return this.blocks[offset >>> BLOCK_BITS] as Buffer;
   }
 
-  #newBlock(): void {
-    // Outside Node's shared pool: each block is its own allocation, freed with it.
-    this.blocks.push(Buffer.allocUnsafeSlow(BLOCK));
-    this.used = 0;
-  }
-
-  #compact(cols: Columns, live: () => Iterable<number>): void {
-    const old = this.blocks;
-    this.blocks = [];
-    this.used = BLOCK;
-    this.total = 0;
-    this.garbage = 0;
-    for (const slot of live()) {
-      const off = cols.offset[slot] ?? 0;
+  /**
+   * Moves the lines of `live` slots down over the garbage, in arena order,
+   * within the blocks already held (a compacted line never lands past where
+   * it was, so nothing is overwritten before it is moved), then drops the
+   * blocks left empty. No second arena: memory only goes down.
+   */
+  compact(cols: Columns, live: Uint32Array): void {
+    const offset = cols.offset;
+    live.sort((a, b) => (offset[a] ?? 0) - (offset[b] ?? 0));
+    let block = 0;
+    let at = 0;
+    let total = 0;
+    for (const slot of live) {
+      const from = offset[slot] ?? 0;
       const len = cols.length[slot] ?? 0;
-      const pos = off & (BLOCK - 1);
-      cols.offset[slot] = this.add((old[off >>> BLOCK_BITS] as Buffer), pos, pos + len, cols, () => []);
+      const fromBlock = from >>> BLOCK_BITS;
+      const fromAt = from & (BLOCK - 1);
+      if (at + len > BLOCK) {
+        block++;
+        at = 0;
+      }
+      const src = this.blocks[fromBlock] as Buffer;
+      if (block === fromBlock) {
+        if (at !== fromAt) src.copyWithin(at, fromAt, fromAt + len);
+      } else (this.blocks[block] as Buffer).set(src.subarray(fromAt, fromAt + len), at);
+      offset[slot] = (block << BLOCK_BITS) | at;
+      at += len;
+      total += len;
     }
+    if (live.length === 0) {
+      this.blocks = [];
+      this.used = BLOCK;
+    } else {
+      this.blocks.length = block + 1;
+      this.used = at;
+    }
+    this.total = total;
+    this.garbage = 0;
   }
 }
 
@@ -196,9 +277,9 @@ interface SlotReader {
 }
 
 /**
- * An entry handed out by the cache, read from its slot when asked: a first
- * read of 100k entries hands out 100k of these, not 100k copies of their
- * lines. Valid until the next read.
+ * An entry handed out by the cache, read from its slot when asked: a
+ * snapshot of 100k entries makes these one chunk at a time, not 100k copies
+ * of their lines. Valid until the next read.
  */
 class SlotEntry implements CompactEntry {
   readonly #slot: number;
@@ -223,9 +304,33 @@ class SlotEntry implements CompactEntry {
   }
 }
 
+/** Puts `slot` at the head of its hash's bucket. */
+function link(heads: Int32Array, next: Int32Array, slot: number, hash: number): void {
+  const bucket = hash & (heads.length - 1);
+  next[slot] = heads[bucket] ?? NONE;
+  heads[bucket] = slot;
+}
+
+function unlink(heads: Int32Array, next: Int32Array, slot: number, hash: number): void {
+  const bucket = hash & (heads.length - 1);
+  let s = heads[bucket] ?? NONE;
+  if (s === slot) {
+    heads[bucket] = next[slot] ?? NONE;
+    return;
+  }
+  while (s !== NONE) {
+    const after = next[s] ?? NONE;
+    if (after === slot) {
+      next[s] = next[slot] ?? NONE;
+      return;
+    }
+    s = after;
+  }
+}
+
 /**
  * Reads the table from its bytes, never as one string. A line is hashed
- * (FNV-1a) around its timer and compared, byte for byte, with the kept line
+ * (FNV-1a) around its timer and compared, byte for byte, with the kept lines
  * of that hash; only misses become strings and are parsed.
  *
  * The cache diffs as it reads, instead of handing two maps to the generic
@@ -236,15 +341,19 @@ class SlotEntry implements CompactEntry {
 export function createConntrackLineCache(): ConntrackLineCache {
   let cols = new Columns();
   let arena = new Arena();
-  let byHash = new Map<number, number>();
-  /** Key hash → slot, or slots when two keys share a hash. */
-  let byKey = new Map<number, number | number[]>();
-  let free: number[] = [];
+  /** Bucket heads (a power of two of them, at least one per slot), chained through `nextByLine` / `nextByKey`. */
+  let byLine = new Int32Array(0);
+  let byKey = new Int32Array(0);
+  let free = new SlotList();
   let nextSlot = 0;
   let liveCount = 0;
   let restarted = false;
   const protos: string[] = [];
   let read = 0;
+  /** Bumped by every read and reset: what a read handed out is valid only while it stands. */
+  let epoch = 0;
+  /** A line being packed or unpacked: packing never lengthens, so MAX_LINE bytes hold any kept line. */
+  const lineBuf = Buffer.allocUnsafeSlow(MAX_LINE);
 
   const liveSlots = function* (): Generator<number> {
     for (let s = 0; s < nextSlot; s++) if (cols.seen[s] !== 0) yield s;
@@ -252,28 +361,51 @@ export function createConntrackLineCache(): ConntrackLineCache {
   const lineOf = (slot: number): string => {
     const off = cols.offset[slot] ?? 0;
     const pos = off & (BLOCK - 1);
-    return arena.block(off).toString('latin1', pos, pos + (cols.length[slot] ?? 0));
+    const block = arena.block(off);
+    const len = cols.length[slot] ?? 0;
+    if (((cols.flags[slot] ?? 0) & VERBATIM) !== 0) return block.toString('latin1', pos, pos + len);
+    return lineBuf.toString('latin1', 0, unpack(block, pos, pos + len, lineBuf, 0));
   };
   const keyOfSlot = (slot: number): string => {
     const parsed = parseConntrackLine(lineOf(slot));
     return 'error' in parsed ? '' : keyOf(parsed);
   };
-  const timeoutOf = (slot: number): number | null => ((cols.timeout[slot] ?? NONE) === NONE ? null : (cols.timeout[slot] ?? null));
-  const entryOf = (slot: number, key: string): CompactEntry => ({ key, raw: lineOf(slot), timeout: timeoutOf(slot), proto: protos[cols.proto[slot] ?? 0] ?? '' });
-  const slotsWithKeyHash = (h: number): readonly number[] => {
-    const b = byKey.get(h);
-    return b === undefined ? [] : typeof b === 'number' ? [b] : b;
+  const timeoutOf = (slot: number): number | null => {
+    const start = cols.timerStart[slot] ?? NO_TIMER;
+    if (start === NO_TIMER) return null;
+    const off = cols.offset[slot] ?? 0;
+    const b = arena.block(off);
+    const from = (off & (BLOCK - 1)) + (cols.packedTimer[slot] ?? 0);
+    const to = from + (cols.timerEnd[slot] ?? start) - start;
+    let value = 0;
+    for (let i = from; i < to; i++) value = value * 10 + ((b[i] ?? 48) - 48);
+    return value;
   };
-  const findKey = (key: string, h: number): number | undefined => {
-    for (const s of slotsWithKeyHash(h)) if (keyOfSlot(s) === key) return s;
-    return undefined;
+  const protoOf = (slot: number): string => protos[cols.proto[slot] ?? 0] ?? '';
+  const reader: SlotReader = { lineOf, keyOfSlot, timeoutOf, protoOf };
+
+  const findKey = (key: string, h: number): number => {
+    if (byKey.length === 0) return NONE;
+    for (let s = byKey[h & (byKey.length - 1)] ?? NONE; s !== NONE; s = cols.nextByKey[s] ?? NONE) if (cols.keyHash[s] === h && keyOfSlot(s) === key) return s;
+    return NONE;
+  };
+  /** Grows the columns to hold `slot`, and the indexes with them. */
+  const makeRoom = (slot: number): void => {
+    cols.grow(slot + 1);
+    if (byLine.length >= cols.capacity) return;
+    let size = 1024;
+    while (size < cols.capacity) size *= 2;
+    byLine = new Int32Array(size).fill(NONE);
+    byKey = new Int32Array(size).fill(NONE);
+    for (let s = 0; s < nextSlot; s++) {
+      if (cols.seen[s] === 0) continue;
+      link(byLine, cols.nextByLine, s, cols.lineHash[s] ?? 0);
+      link(byKey, cols.nextByKey, s, cols.keyHash[s] ?? 0);
+    }
   };
   const release = (slot: number): void => {
-    if (byHash.get(cols.lineHash[slot] ?? 0) === slot) byHash.delete(cols.lineHash[slot] ?? 0);
-    const h = cols.keyHash[slot] ?? 0;
-    const rest = slotsWithKeyHash(h).filter((s) => s !== slot);
-    if (rest.length === 0) byKey.delete(h);
-    else byKey.set(h, rest.length === 1 ? (rest[0] ?? 0) : rest);
+    unlink(byLine, cols.nextByLine, slot, cols.lineHash[slot] ?? 0);
+    unlink(byKey, cols.nextByKey, slot, cols.keyHash[slot] ?? 0);
     arena.garbage += cols.length[slot] ?? 0;
     cols.seen[slot] = 0;
     free.push(slot);
@@ -284,8 +416,24 @@ export function createConntrackLineCache(): ConntrackLineCache {
     if (i < 0) i = protos.push(proto) - 1;
     return i;
   };
-
-  const reader: SlotReader = { lineOf, keyOfSlot, timeoutOf, protoOf: (slot) => protos[cols.proto[slot] ?? 0] ?? '' };
+  /** Keeps `b[start, end)` as the slot's line: packed around its timer, whose digits stay as they are. */
+  const keepLine = (slot: number, b: Buffer, start: number, end: number, tStart: number, tEnd: number): void => {
+    const hasTimer = tStart !== NO_TIMER;
+    let n = pack(b, start, hasTimer ? start + tStart : end, lineBuf, 0);
+    const packedTimer = n;
+    if (n >= 0 && hasTimer) {
+      b.copy(lineBuf, n, start + tStart, start + tEnd);
+      n = pack(b, start + tEnd, end, lineBuf, n + tEnd - tStart);
+    }
+    const verbatim = n < 0;
+    cols.offset[slot] = verbatim ? arena.add(b, start, end) : arena.add(lineBuf, 0, n);
+    cols.length[slot] = verbatim ? end - start : n;
+    cols.lineLength[slot] = end - start;
+    cols.timerStart[slot] = tStart;
+    cols.timerEnd[slot] = tEnd;
+    cols.packedTimer[slot] = verbatim ? tStart : packedTimer;
+    cols.flags[slot] = verbatim ? (cols.flags[slot] ?? 0) | VERBATIM : (cols.flags[slot] ?? 0) & ~VERBATIM;
+  };
 
   /** A ReadonlyMap over the kept entries, made on demand: the agent iterates it for snapshots. */
   const view: ReadonlyMap<string, CompactEntry> = {
@@ -294,15 +442,15 @@ export function createConntrackLineCache(): ConntrackLineCache {
     },
     get(key: string) {
       const s = findKey(key, hashString(key));
-      return s === undefined ? undefined : entryOf(s, key);
+      return s === NONE ? undefined : new SlotEntry(reader, s, key);
     },
     has(key: string) {
-      return findKey(key, hashString(key)) !== undefined;
+      return findKey(key, hashString(key)) !== NONE;
     },
     *entries(): MapIterator<[string, CompactEntry]> {
       for (const s of liveSlots()) {
         const key = keyOfSlot(s);
-        yield [key, entryOf(s, key)];
+        yield [key, new SlotEntry(reader, s, key)];
       }
     },
     *keys(): MapIterator<string> {
@@ -319,14 +467,34 @@ export function createConntrackLineCache(): ConntrackLineCache {
     },
   };
 
-  const begin = (now: number): ConntrackReadInProgress => {
+  const begin = (now: number, expected = 0): ConntrackReadInProgress => {
     read++;
-    const added: CompactEntry[] = [];
-    const changed: CompactEntry[] = [];
-    const refreshed: CompactEntry[] = [];
-    const removed: string[] = [];
+    const thisEpoch = ++epoch;
+    // An eighth more, for entries made while the table is read.
+    if (expected > cols.capacity) makeRoom(expected + (expected >> 3));
+    // Between reads every slot still seen is live: the one time lines may move.
+    // A quarter of garbage bounds the arena at 4/3 of the live lines.
+    if (arena.garbage > BLOCK && arena.garbage * 4 > arena.total) {
+      const live = new Uint32Array(liveCount);
+      let n = 0;
+      for (let s = 0; s < nextSlot; s++) if (cols.seen[s] !== 0) live[n++] = s;
+      arena.compact(cols, live);
+    }
+    const added = new SlotList();
+    const changed = new SlotList();
+    const refreshed = new SlotList();
+    const removed = new SlotList();
     const problems: Problem[] = [];
     let lineNo = 0;
+
+    /** The kept slot whose line equals these bytes outside the timer and that this read has not seen yet; NONE if none. */
+    const findLine = (b: Buffer, start: number, end: number, tStart: number, tEnd: number, hash: number): number => {
+      if (byLine.length === 0) return NONE;
+      for (let s = byLine[hash & (byLine.length - 1)] ?? NONE; s !== NONE; s = cols.nextByLine[s] ?? NONE)
+        if (cols.lineHash[s] === hash && cols.seen[s] !== read && sameOutsideTimer(b, start, end, tStart, tEnd, s)) return s;
+      return NONE;
+    };
+
     const feed = (bytes: Buffer): void => {
       const len = bytes.length;
       let start = 0;
@@ -339,23 +507,20 @@ export function createConntrackLineCache(): ConntrackLineCache {
         if (end === lineStart) continue;
         const hasTimer = timerSpanBytes(bytes, lineStart, end);
         const timeout = hasTimer ? scratch.value : null;
-        const tStart = hasTimer ? scratch.start - lineStart : NONE;
-        const tEnd = hasTimer ? scratch.end - lineStart : NONE;
+        const tStart = hasTimer ? scratch.start - lineStart : NO_TIMER;
+        const tEnd = hasTimer ? scratch.end - lineStart : NO_TIMER;
         const hash = hasTimer ? hashBytes(bytes, lineStart + tEnd, end, hashBytes(bytes, lineStart, lineStart + tStart, 0x811c9dc5)) : hashBytes(bytes, lineStart, end, 0x811c9dc5);
-        const hit = byHash.get(hash);
-        if (hit !== undefined && cols.seen[hit] !== read && sameOutsideTimer(bytes, lineStart, end, tStart, tEnd, hit)) {
+        const hit = findLine(bytes, lineStart, end, tStart, tEnd, hash);
+        if (hit !== NONE) {
           cols.seen[hit] = read;
           const ref = cols.refTimeout[hit] ?? NONE;
           // A timer re-armed by traffic is sent as refreshed, with the line as now printed.
-          if (rearmed(ref === NONE ? null : ref, cols.refTime[hit] ?? 0, timeout, now, cols.established[hit] === 1)) {
+          if (rearmed(ref === NONE ? null : ref, cols.refTime[hit] ?? 0, timeout, now, ((cols.flags[hit] ?? 0) & ESTABLISHED) !== 0)) {
             arena.garbage += cols.length[hit] ?? 0;
-            cols.offset[hit] = arena.add(bytes, lineStart, end, cols, liveSlots);
-            cols.length[hit] = end - lineStart;
-            cols.timerEnd[hit] = tEnd;
-            cols.timeout[hit] = timeout ?? NONE;
+            keepLine(hit, bytes, lineStart, end, tStart, tEnd);
             cols.refTimeout[hit] = timeout ?? NONE;
             cols.refTime[hit] = now;
-            refreshed.push(new SlotEntry(reader, hit, null));
+            refreshed.push(hit);
           }
           continue;
         }
@@ -369,53 +534,59 @@ export function createConntrackLineCache(): ConntrackLineCache {
         const keyHash = hashString(key);
         const before = findKey(key, keyHash);
         // A duplicate of a key already read this time: the first one stands.
-        if (before !== undefined && cols.seen[before] === read) continue;
-        const slot = free.pop() ?? nextSlot++;
-        if (slot >= cols.capacity) cols.grow(slot + 1);
+        if (before !== NONE && cols.seen[before] === read) continue;
+        let slot = free.pop();
+        if (slot === NONE) slot = nextSlot++;
+        if (slot >= cols.capacity) makeRoom(slot);
         liveCount++;
-        cols.offset[slot] = arena.add(bytes, lineStart, end, cols, liveSlots);
-        cols.length[slot] = end - lineStart;
-        cols.timerStart[slot] = tStart;
-        cols.timerEnd[slot] = tEnd;
+        cols.flags[slot] = parsed.proto === 'tcp' && parsed.state === 'ESTABLISHED' ? ESTABLISHED : 0;
+        keepLine(slot, bytes, lineStart, end, tStart, tEnd);
         cols.lineHash[slot] = hash;
         cols.keyHash[slot] = keyHash;
-        cols.timeout[slot] = parsed.timeout ?? NONE;
         cols.refTimeout[slot] = parsed.timeout ?? NONE;
         cols.refTime[slot] = now;
         cols.seen[slot] = read;
         cols.proto[slot] = protoIndex(parsed.proto);
-        cols.established[slot] = parsed.proto === 'tcp' && parsed.state === 'ESTABLISHED' ? 1 : 0;
-        if (before === undefined) {
-          added.push(new SlotEntry(reader, slot, null));
+        if (before === NONE) {
+          added.push(slot);
         } else {
-          const beforeLine = lineOf(before);
           const beforeRef = cols.refTimeout[before] ?? NONE;
-          if (withoutTimer(beforeLine) !== withoutTimer(line)) changed.push(new SlotEntry(reader, slot, key));
-          else if (rearmed(beforeRef === NONE ? null : beforeRef, cols.refTime[before] ?? 0, parsed.timeout, now, cols.established[slot] === 1)) refreshed.push(new SlotEntry(reader, slot, key));
+          if (!sameOutsideTimer(bytes, lineStart, end, tStart, tEnd, before)) changed.push(slot);
+          else if (rearmed(beforeRef === NONE ? null : beforeRef, cols.refTime[before] ?? 0, parsed.timeout, now, ((cols.flags[slot] ?? 0) & ESTABLISHED) !== 0)) refreshed.push(slot);
           else {
             // The same entry, found by key after a hash collision: its reference for re-arms carries over.
-            cols.timeout[slot] = cols.timeout[before] ?? NONE;
             cols.refTimeout[slot] = beforeRef;
             cols.refTime[slot] = cols.refTime[before] ?? now;
           }
           release(before);
         }
-        const slots = slotsWithKeyHash(keyHash);
-        byKey.set(keyHash, slots.length === 0 ? slot : [...slots, slot]);
-        // Two different lines with one hash: the later one is looked up by hash, the other is found by key.
-        byHash.set(hash, slot);
+        link(byKey, cols.nextByKey, slot, keyHash);
+        link(byLine, cols.nextByLine, slot, hash);
       }
     };
     const finish = (): ConntrackRead => {
       for (let s = 0; s < nextSlot; s++) {
         const seen = cols.seen[s] ?? 0;
         if (seen === 0 || seen === read) continue;
-        removed.push(keyOfSlot(s));
+        removed.push(s);
         release(s);
       }
       const wasRestarted = restarted;
       restarted = false;
-      return { keyed: view, restarted: wasRestarted, diff: { added, removed, changed, refreshed }, problems };
+      let diff: Diff<CompactEntry> | null = null;
+      return {
+        keyed: view,
+        restarted: wasRestarted,
+        problems,
+        get diff(): Diff<CompactEntry> {
+          if (diff !== null) return diff;
+          // Removed slots are free, their lines garbage: both stay as they are only until the next read.
+          if (epoch !== thisEpoch) throw new Error('a conntrack diff was asked for after the next read');
+          const entry = (s: number): CompactEntry => new SlotEntry(reader, s, null);
+          diff = { added: added.map(entry), removed: removed.map(keyOfSlot), changed: changed.map(entry), refreshed: refreshed.map(entry) };
+          return diff;
+        },
+      };
     };
     return { feed, finish };
   };
@@ -425,12 +596,20 @@ export function createConntrackLineCache(): ConntrackLineCache {
     const off = cols.offset[slot] ?? 0;
     const kept = arena.block(off);
     const pos = off & (BLOCK - 1);
-    const keptLen = cols.length[slot] ?? 0;
-    const keptStart = cols.timerStart[slot] ?? NONE;
-    if (tStart === NONE) return keptStart === NONE && end - start === keptLen && b.compare(kept, pos, pos + keptLen, start, end) === 0;
-    const keptEnd = cols.timerEnd[slot] ?? NONE;
-    if (keptStart !== tStart || keptLen - keptEnd !== end - start - tEnd) return false;
-    return b.compare(kept, pos, pos + keptStart, start, start + tStart) === 0 && b.compare(kept, pos + keptEnd, pos + keptLen, start + tEnd, end) === 0;
+    const keptEnd = pos + (cols.length[slot] ?? 0);
+    const keptLineLength = cols.lineLength[slot] ?? 0;
+    const keptStart = cols.timerStart[slot] ?? NO_TIMER;
+    const verbatim = ((cols.flags[slot] ?? 0) & VERBATIM) !== 0;
+    if (tStart === NO_TIMER) {
+      if (keptStart !== NO_TIMER || end - start !== keptLineLength) return false;
+      return verbatim ? b.compare(kept, pos, keptEnd, start, end) === 0 : samePacked(kept, pos, keptEnd, b, start, end);
+    }
+    const keptTimerLength = (cols.timerEnd[slot] ?? NO_TIMER) - keptStart;
+    if (keptStart !== tStart || keptLineLength - keptTimerLength !== end - start - (tEnd - tStart)) return false;
+    // The same length before the timer (checked above) and after it.
+    const timerAt = pos + (cols.packedTimer[slot] ?? 0);
+    if (verbatim) return b.compare(kept, pos, timerAt, start, start + tStart) === 0 && b.compare(kept, timerAt + keptTimerLength, keptEnd, start + tEnd, end) === 0;
+    return samePacked(kept, pos, timerAt, b, start, start + tStart) && samePacked(kept, timerAt + keptTimerLength, keptEnd, b, start + tEnd, end);
   }
 
   return {
@@ -443,17 +622,18 @@ export function createConntrackLineCache(): ConntrackLineCache {
     reset() {
       cols = new Columns();
       arena = new Arena();
-      byHash = new Map();
-      byKey = new Map();
-      free = [];
+      byLine = new Int32Array(0);
+      byKey = new Int32Array(0);
+      free = new SlotList();
       nextSlot = 0;
       liveCount = 0;
       restarted = true;
+      epoch++;
     },
   };
 }
 
-/** 30 bits, so the Map keys stay small integers rather than heap numbers. */
+/** 30 bits: hash-table buckets, and the same width as before for the timer-insensitive line hash. */
 function hashBytes(b: Uint8Array, from: number, to: number, seed: number): number {
   let h = seed;
   for (let i = from; i < to; i++) h = Math.imul(h ^ (b[i] ?? 0), 16777619);

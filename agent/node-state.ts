@@ -161,8 +161,9 @@ export class NodeState {
       this.#resyncWanted = true;
       return null;
     }
-    const diff = compact?.diff ?? diffByKey(prev, next, spec);
-    if (isEmptyDiff(diff) || !this.#wantChanges) return null;
+    if (!this.#wantChanges) return null;
+    const diff = compact?.diff?.() ?? diffByKey(prev, next, spec);
+    if (isEmptyDiff(diff)) return null;
     const full = (rs: readonly unknown[]): RecordOf<SourceName>[] =>
       expand === null ? (rs as RecordOf<SourceName>[]) : rs.map(expand).filter((r): r is RecordOf<SourceName> => r !== null);
     return { source, added: full(diff.added), removed: diff.removed, changed: full(diff.changed), refreshed: full(diff.refreshed) };

@@ -39,8 +39,12 @@ export interface Sample<N extends SourceName> {
  */
 export interface Compact<N extends SourceName> {
   readonly keyed: ReadonlyMap<string, unknown>;
-  /** The source's own diff against its previous read, when it keeps `keyed` in place (conntrack). */
-  readonly diff?: Diff<unknown>;
+  /**
+   * The source's own diff against its previous read, when it keeps `keyed` in
+   * place (conntrack). Made only when called, before the next sample: a tick
+   * that ends in a snapshot never asks for it.
+   */
+  readonly diff?: () => Diff<unknown>;
   /** The source lost track of what it reported (a read failed half way): resynchronise rather than send `diff`. */
   readonly restarted?: boolean;
   readonly spec: SourceSpec<unknown>;
@@ -141,6 +145,8 @@ function nftSampler(): Sampler<'nft'> {
   };
 }
 
+const CONNTRACK_COUNT = '/proc/sys/net/netfilter/nf_conntrack_count';
+
 /** Newer kernels often lack the procfs file; `conntrack -L` reads the same table over netlink. */
 function conntrackSampler(): Sampler<'conntrack'> {
   const cache = createConntrackLineCache();
@@ -149,8 +155,10 @@ function conntrackSampler(): Sampler<'conntrack'> {
     async sample(io) {
       let via = '/proc/net/nf_conntrack';
       let parsed: ReturnType<typeof cache.parse>;
+      // Absent from recordings and old kernels: the cache then grows as it reads.
+      const count = Number.parseInt(await io.readFile(CONNTRACK_COUNT).catch(() => '0'), 10);
       try {
-        const reading = cache.begin(io.now());
+        const reading = cache.begin(io.now(), Number.isFinite(count) ? count : 0);
         try {
           await io.readLinesWith(via, (lines) => reading.feed(lines));
         } catch (err) {
@@ -167,15 +175,15 @@ function conntrackSampler(): Sampler<'conntrack'> {
       }
       // The table's text is not kept: at 250k entries it is 40 MB a second. Each kept entry holds its own line.
       const reading: Reading = { via, text: null };
-      const { keyed, diff, problems, restarted } = parsed;
+      const read = parsed;
       const compact: Compact<'conntrack'> = {
-        keyed,
-        diff,
-        restarted,
+        keyed: read.keyed,
+        diff: () => read.diff,
+        restarted: read.restarted,
         spec: compactConntrackSpec as unknown as SourceSpec<unknown>,
         expand: (kept) => expandConntrack(kept as CompactEntry),
       };
-      return { source: 'conntrack', readings: [reading], records: [], problems, compact };
+      return { source: 'conntrack', readings: [reading], records: [], problems: read.problems, compact };
     },
   };
 }
