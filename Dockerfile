@@ -33,7 +33,7 @@ FROM ${NODE_IMAGE}
 # The node tools the agent reads (see agent/commands.ts): iptables ships both
 # the legacy and the nft backends (iptables-legacy-save, iptables-nft-save).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables nftables ipvsadm conntrack iproute2 tcpdump \
+ && apt-get install -y --no-install-recommends iptables nftables ipvsadm ipset conntrack iproute2 tcpdump \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build /app /app

@@ -12,6 +12,7 @@ export const NODE_COMMANDS: readonly NodeCommand[] = [
   { name: 'iptables-save', why: 'iptables rules where the backend-specific names are missing' },
   { name: 'nft', why: "kube-proxy's nftables mode" },
   { name: 'ipvsadm', why: 'IPVS virtual servers and the connection table' },
+  { name: 'ipset', why: "the sets kube-proxy's IPVS mode classifies traffic with (KUBE-CLUSTER-IP, KUBE-LOAD-BALANCER-LOCAL …)" },
   { name: 'conntrack', why: 'conntrack -L where /proc/net/nf_conntrack is absent, conntrack -E during a capture' },
   { name: 'ip', why: 'routes (all tables), addresses, links and rules' },
   { name: 'tcpdump', why: "capture of an incident's packets" },

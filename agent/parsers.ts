@@ -3,6 +3,7 @@ import type { ParseResult, RecordOf, SourceName } from '../contract/sources.ts';
 import { parseAddrs } from './sources/addrs.ts';
 import { parseConntrack } from './sources/conntrack.ts';
 import { parseConntrackStat } from './sources/conntrack-stat.ts';
+import { parseIpset } from './sources/ipset.ts';
 import { parseIptables } from './sources/iptables.ts';
 import { parseIpvs } from './sources/ipvs.ts';
 import { parseIpvsConn } from './sources/ipvs-conn.ts';
@@ -17,6 +18,7 @@ export const parsers: { readonly [N in SourceName]: (text: string) => ParseResul
   nft: parseNft,
   ipvs: parseIpvs,
   'ipvs-conn': parseIpvsConn,
+  ipset: parseIpset,
   conntrack: parseConntrack,
   routes: (t) => parseRoutes(t),
   addrs: parseAddrs,

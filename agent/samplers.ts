@@ -6,6 +6,7 @@ import type { Problem, RecordOf, SourceName, SourceSpec } from '../contract/sour
 import type { HostIO } from './host-io.ts';
 import { parseAddrs } from './sources/addrs.ts';
 import { parseConntrackStat } from './sources/conntrack-stat.ts';
+import { parseIpset } from './sources/ipset.ts';
 import { parseIptables } from './sources/iptables.ts';
 import { parseIpvs } from './sources/ipvs.ts';
 import { parseIpvsConn } from './sources/ipvs-conn.ts';
@@ -188,21 +189,39 @@ function conntrackSampler(): Sampler<'conntrack'> {
   };
 }
 
-/** `ipvsadm` answers "Protocol not available" (or similar) on a node without the ip_vs module. */
-function ipvsCommand<N extends 'ipvs' | 'ipvs-conn'>(inner: Sampler<N>): Sampler<N> {
+/**
+ * A command that fails the same way every time on a node without the kernel
+ * feature it reads: that is SOURCE_UNAVAILABLE (skip the source), not a
+ * failed tick. `what` names the feature in the message.
+ */
+function unavailableWhen<N extends SourceName>(inner: Sampler<N>, stderr: RegExp, what: string): Sampler<N> {
   return {
     source: inner.source,
     async sample(io) {
       try {
         return await inner.sample(io);
       } catch (err) {
-        if (isConntrailError(err, 'SOURCE_FAILED') && /Protocol not available|Can't initialize ipvs|Permission denied|Operation not permitted/i.test(err.message))
-          throw new ConntrailError('SOURCE_UNAVAILABLE', `IPVS is not available on this node (${err.message})`, { cause: err });
+        if (isConntrailError(err, 'SOURCE_FAILED') && stderr.test(err.message))
+          throw new ConntrailError('SOURCE_UNAVAILABLE', `${what} is not available on this node (${err.message})`, { cause: err });
         throw err;
       }
     },
   };
 }
+
+/** `ipvsadm` answers "Protocol not available" (or similar) on a node without the ip_vs module. */
+const IPVS_MISSING = /Protocol not available|Can't initialize ipvs|Permission denied|Operation not permitted/i;
+
+/**
+ * `ipset` without the ip_set module (or nfnetlink) cannot open its netlink
+ * session ("Cannot open session to kernel."); without CAP_NET_ADMIN the kernel
+ * answers "Kernel error received: Operation not permitted"; a kernel built
+ * without ipset answers "Invalid argument" (balena-os/balena-os#68). An ipset
+ * older than the one that created the sets (kube-proxy's image ships its own)
+ * cannot print them: "Kernel and userspace incompatible: settype hash:ip,port
+ * with revision 6 not supported by userspace" (lib/session.c), every time.
+ */
+const IPSET_MISSING = /Cannot open session to kernel|Operation not permitted|Permission denied|Kernel error received: (Invalid argument|Protocol not supported|Address family not supported)|Kernel and userspace incompatible/i;
 
 function routesSampler(): Sampler<'routes'> {
   return {
@@ -285,8 +304,9 @@ export function createSamplers(): Sampler[] {
   const all: Sampler<SourceName>[] = [
     iptablesSampler(),
     nftSampler(),
-    ipvsCommand(command('ipvs', ['ipvsadm', '-Ln'], parseIpvs)),
-    ipvsCommand(command('ipvs-conn', ['ipvsadm', '-Lnc'], parseIpvsConn)),
+    unavailableWhen(command('ipvs', ['ipvsadm', '-Ln'], parseIpvs), IPVS_MISSING, 'IPVS'),
+    unavailableWhen(command('ipvs-conn', ['ipvsadm', '-Lnc'], parseIpvsConn), IPVS_MISSING, 'IPVS'),
+    unavailableWhen(command('ipset', ['ipset', 'save'], parseIpset), IPSET_MISSING, 'ipset'),
     conntrackSampler(),
     routesSampler(),
     command('addrs', ['ip', '-o', 'addr', 'show'], parseAddrs),

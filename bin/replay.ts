@@ -30,6 +30,7 @@ export const RECORDED_FILES: Readonly<Record<string, string>> = {
   'nft.json': 'nft -j list ruleset',
   'ipvsadm-Ln.txt': 'ipvsadm -Ln',
   'ipvsadm-Lnc.txt': 'ipvsadm -Lnc',
+  'ipset-save.txt': 'ipset save',
   'nf_conntrack.txt': '/proc/net/nf_conntrack',
   'conntrack-L.txt': 'conntrack -L -o extended',
   'ip-route.txt': 'ip -4 route show table all',

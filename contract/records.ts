@@ -82,6 +82,47 @@ export const ipvsConnection = object({
 });
 export type IpvsConnection = Infer<typeof ipvsConnection>;
 
+// ---- ipset save: the sets kube-proxy's IPVS mode classifies traffic with ----
+export const ipsetSet = object({
+  kind: literal('set'),
+  name: str,
+  /** As ipset names it: `hash:ip,port`, `hash:ip,port,ip`, `bitmap:port`, `hash:net` … */
+  type: str,
+  /** null for types without a family (bitmap:port, list:set). */
+  family: nullable(literal('inet', 'inet6')),
+  /** Create options with a value, family excepted: `hashsize` → `1024`, `range` → `0-65535`, `timeout` → `600`. */
+  options: record(str),
+  /** Create options without a value: `counters`, `comment`, `skbinfo`, `forceadd`. */
+  flags: array(str),
+  raw,
+});
+export const ipsetMember = object({
+  kind: literal('member'),
+  /** Name of the set it belongs to. */
+  set: str,
+  /** The element exactly as ipset printed it: `10.96.0.10,udp:53`, `30080`, `10.0.0.0/24`. */
+  member: str,
+  /** The first address or net of the element, canonical (`/len` kept when ipset printed one); null for port-only types. */
+  address: nullable(str),
+  /** tcp, udp or sctp as kube-proxy writes them; ipset's name for others (icmp, gre); null when the element has no protocol. */
+  protocol: nullable(str),
+  /** null for port-less elements and for icmp type/code. */
+  port: nullable(int),
+  /** The next address or net: the source of `hash:ip,port,ip`, the net of `hash:ip,port,net`. */
+  second: nullable(str),
+  /** An exception inside a net set: matching addresses are not in the set. */
+  nomatch: bool,
+  comment: nullable(str),
+  /** Seconds left for sets created with `timeout` (0: permanent); it counts down, so it is not state. */
+  timeout: nullable(int),
+  packets: nullable(num),
+  bytes: nullable(num),
+  raw,
+});
+export type IpsetSet = Infer<typeof ipsetSet>;
+export type IpsetMember = Infer<typeof ipsetMember>;
+export type IpsetRecord = IpsetSet | IpsetMember;
+
 // ---- iptables-save -c, and kube-proxy's iptables-restore dialect ---------
 export const iptablesChain = object({
   kind: literal('chain'),

@@ -100,6 +100,23 @@ const ipvsConn: SourceSpec<R.IpvsConnection> = {
   refreshed: (a, b) => timerRearmed(a.expiresSeconds, b.expiresSeconds),
 };
 
+const ipsetRecord = tagged('kind', { set: R.ipsetSet, member: R.ipsetMember });
+/** Options the kernel changes by itself: a hash set doubles `hashsize` as it fills (initval stays). */
+const IPSET_VOLATILE_OPTIONS = new Set(['hashsize']);
+const stableOptions = (o: Readonly<Record<string, string>>): string =>
+  JSON.stringify(Object.entries(o).filter(([k]) => !IPSET_VOLATILE_OPTIONS.has(k)).sort(([a], [b]) => (a < b ? -1 : 1)));
+const ipset: SourceSpec<R.IpsetRecord> = {
+  schema: ipsetRecord,
+  keyOf: (r) => (r.kind === 'set' ? `set ${r.name}` : `member ${r.set} ${r.member}`),
+  // A member is there or not: its identity is all there is (a timeout counting down is not state).
+  sameState: (a, b) => {
+    if (a.kind === 'set' && b.kind === 'set')
+      return a.type === b.type && a.family === b.family && sameJson(a.flags, b.flags) && stableOptions(a.options) === stableOptions(b.options);
+    return a.kind === b.kind;
+  },
+  refreshed: (a, b) => a.kind === 'member' && b.kind === 'member' && countersMoved(a, b),
+};
+
 const iptablesRecord = tagged('kind', { chain: R.iptablesChain, rule: R.iptablesRule });
 const iptables: SourceSpec<R.IptablesRecord> = {
   schema: iptablesRecord,
@@ -166,6 +183,7 @@ export const sources = {
   nft,
   ipvs,
   'ipvs-conn': ipvsConn,
+  ipset,
   conntrack,
   routes,
   addrs,

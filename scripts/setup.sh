@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # chromium: the test that renders a bundle's report.html and looks at it.
 # openssl: throwaway certificates for the TLS and Kubernetes API tests.
-debian_packages=(iptables nftables conntrack ipvsadm iproute2 tcpdump procps chromium openssl)
+debian_packages=(iptables nftables conntrack ipvsadm ipset iproute2 tcpdump procps chromium openssl)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
