@@ -1,10 +1,12 @@
-// Runs every detector on every applied step of every node, keeps each node's
-// endpoint history current, and hands folded finding lines to a sink (the
-// collector's log, `replay`'s stdout, a test's array).
-import type { RecordOf, SourceName } from '../contract/sources.ts';
+// The detection stage: for every applied step of every node, one update of
+// what this stage derives (the Services kube-proxy programmed, each
+// endpoint's history, pending SYNs, step times), then every detector as a
+// pure function of the read-only node index, then folding into log lines for
+// a sink (the collector's log, `replay`'s stdout, a bundle, a test's array).
+import type { SourceName } from '../contract/sources.ts';
 import { FindingAggregator, type FindingLine } from './aggregate.ts';
 import { detectConntrackPressure } from './detectors/conntrack-pressure.ts';
-import type { Detector, DetectorInput } from './detectors/input.ts';
+import type { Detector, NodeIndex } from './detectors/input.ts';
 import { detectLbHairpin } from './detectors/lb-hairpin.ts';
 import { detectLbHealthcheckDropped } from './detectors/lb-healthcheck-dropped.ts';
 import { detectPortReuse } from './detectors/port-reuse.ts';
@@ -14,99 +16,110 @@ import type { Finding } from './findings.ts';
 import { EndpointHistory } from './endpoint-history.ts';
 import type { KubeView } from './kube/catalog.ts';
 import { withKubernetes } from './kube/enrich.ts';
-import type { Collector } from './collector.ts';
 import type { NodeView, Transition } from './node-view.ts';
 import { PendingSyns } from './pending-syns.ts';
-import { RecentActivity } from './recent-activity.ts';
-import { programmedServices } from './services.ts';
+import { programmedServices, type ApiServices, type ProgrammedService } from './services.ts';
 
 /** Specific detectors; `unanswered-syn` runs after them, for what they leave unexplained. */
 export const detectors: readonly Detector[] = [detectPortReuse, detectStaleNat, detectLbHairpin, detectLbHealthcheckDropped, detectConntrackPressure];
 /** How long a specific finding explains later symptoms on the same client. */
 const EXPLAINS_MS = 5 * 60_000;
+/** Step times kept per node: enough for any grace period a detector counts in samples. */
+const STEP_TIMES = 64;
 
-const RULE_SOURCES = new Set<SourceName>(['iptables', 'nft', 'ipvs']);
+/** Sources whose records say what kube-proxy programmed. */
+const PROGRAM_SOURCES = new Set<SourceName>(['iptables', 'nft', 'ipvs', 'ipset', 'addrs']);
+
+/** What the detection stage keeps for one node between steps. */
+class NodeDerived {
+  readonly history = new EndpointHistory();
+  readonly pending = new PendingSyns();
+  readonly stepTimes: number[] = [];
+  prevTime: number | null = null;
+  kubeRevision = -1;
+  built = false;
+}
+
+export interface DetectionOptions {
+  /** Folding window for repeats (default one minute). */
+  readonly windowMs?: number;
+  /** What the Kubernetes API said, when there is one (names pods, reads Service specs). */
+  readonly kube?: KubeView | null;
+}
 
 export class Detection {
-  readonly #histories = new Map<string, EndpointHistory>();
-  readonly #pendingSyns = new Map<string, PendingSyns>();
-  readonly #activity = new Map<string, RecentActivity>();
-  readonly #prevTime = new Map<string, number>();
+  readonly #nodes = new Map<string, NodeDerived>();
   readonly #aggregator: FindingAggregator;
   readonly #sink: (line: FindingLine) => void;
   /** Client address:port of tuples a specific finding explained, with when. */
   readonly #explained = new Map<string, number>();
-
   readonly #kube: KubeView | null;
 
-  /** `kube`: what the Kubernetes API said, when there is one (names pods, reads Service specs). */
-  constructor(sink: (line: FindingLine) => void, options: { windowMs?: number; kube?: KubeView | null } = {}) {
+  constructor(sink: (line: FindingLine) => void, options: DetectionOptions = {}) {
     this.#sink = sink;
     this.#aggregator = new FindingAggregator(options.windowMs);
     this.#kube = options.kube ?? null;
   }
 
+  #derived(node: string): NodeDerived {
+    let d = this.#nodes.get(node);
+    if (d === undefined) this.#nodes.set(node, (d = new NodeDerived()));
+    return d;
+  }
+
   history(node: string): EndpointHistory {
-    let h = this.#histories.get(node);
-    if (h === undefined) {
-      h = new EndpointHistory();
-      this.#histories.set(node, h);
-    }
-    return h;
+    return this.#derived(node).history;
+  }
+
+  /** The Services last read back from this node's rules. */
+  services(node: string): readonly ProgrammedService[] {
+    return this.#nodes.get(node)?.history.services ?? [];
   }
 
   onStep(view: NodeView, time: number, transitions: readonly Transition[], snapshot = false): void {
-    const history = this.history(view.name);
-    if (transitions.some((t) => RULE_SOURCES.has(t.source)) || history.services.length === 0) {
-      history.update(
-        time,
-        programmedServices({
-          iptables: [...view.recordMap('iptables').values()] as RecordOf<'iptables'>[],
-          nft: [...view.recordMap('nft').values()] as RecordOf<'nft'>[],
-          ipvs: [...view.recordMap('ipvs').values()] as RecordOf<'ipvs'>[],
-        }),
-      );
-    }
-    let pending = this.#pendingSyns.get(view.name);
-    if (pending === undefined) {
-      pending = new PendingSyns();
-      this.#pendingSyns.set(view.name, pending);
-    }
-    pending.update(time, transitions);
-    let activity = this.#activity.get(view.name);
-    if (activity === undefined) {
-      activity = new RecentActivity();
-      this.#activity.set(view.name, activity);
-    }
-    const input: DetectorInput = {
-      node: view.name,
-      time,
-      prevTime: this.#prevTime.get(view.name) ?? null,
-      transitions,
-      records: <N extends SourceName>(source: N) => view.recordMap(source) as ReadonlyMap<string, RecordOf<N>>,
-      endpoints: history,
-      pendingSyns: pending,
-      recentActivity: activity,
-      kube: this.#kube,
-      kernel: view.facts?.kernel ?? (view.recordMap('sysctl').get('kernel.osrelease') as RecordOf<'sysctl'> | undefined)?.value ?? null,
-    };
-    this.#prevTime.set(view.name, time);
-    const found: Finding[] = detectors.flatMap((detect) => detect(input));
-    // After detection: an entry is judged against activity before this step, and its own move this step.
-    activity.update(time, transitions, snapshot);
+    const d = this.#derived(view.name);
+    this.#update(d, view, time, transitions);
+    const index = indexOf(view, d, time, transitions, snapshot, this.#kube);
+    const found: Finding[] = detectors.flatMap((detect) => detect(index));
     for (const f of found) if (f.tuple) this.#explained.set(clientOf(f), time);
-    for (const f of detectUnansweredSyn(input)) {
+    for (const f of detectUnansweredSyn(index)) {
       const at = this.#explained.get(clientOf(f));
       if (at === undefined || time - at > EXPLAINS_MS) found.push(f);
     }
+    for (const [k, at] of this.#explained) if (time - at > EXPLAINS_MS) this.#explained.delete(k);
+    d.prevTime = time;
     const kube = this.#kube;
     const named = kube === null ? found : found.map((f) => withKubernetes(f, kube));
     for (const f of named) for (const line of this.#aggregator.add(f)) this.#sink(line);
     for (const line of this.#aggregator.flush(time)) this.#sink(line);
   }
 
+  /** The one update step: everything derived from this step, before any detector reads it. */
+  #update(d: NodeDerived, view: NodeView, time: number, transitions: readonly Transition[]): void {
+    // Counters moving (`refreshed`) are not a change of what is programmed: the model is rebuilt only when rules change.
+    const programChanged = transitions.some((t) => PROGRAM_SOURCES.has(t.source) && t.kind !== 'refreshed');
+    const kubeRevision = this.#kube?.revision() ?? -1;
+    if (!d.built || programChanged || kubeRevision !== d.kubeRevision) {
+      d.history.update(time, programmedServices(
+        {
+          iptables: [...view.recordMap('iptables').values()],
+          nft: [...view.recordMap('nft').values()],
+          ipvs: [...view.recordMap('ipvs').values()],
+          ipset: [...view.recordMap('ipset').values()].flatMap((r) => (r.kind === 'member' ? [r] : [])),
+          addrs: [...view.recordMap('addrs').values()],
+        },
+        apiAt(this.#kube, time),
+      ));
+      d.built = true;
+      d.kubeRevision = kubeRevision;
+    }
+    d.pending.update(time, transitions);
+    d.stepTimes.push(time);
+    if (d.stepTimes.length > STEP_TIMES) d.stepTimes.shift();
+  }
+
   /** Runs on every step the collector applies. */
-  watch(collector: Collector): void {
+  watch(collector: { onTimeline(l: (view: NodeView, entry: { time: number; kind: 'snapshot' | 'diff' }, transitions: readonly Transition[]) => void): void }): void {
     collector.onTimeline((view, entry, transitions) => this.onStep(view, entry.time, transitions, entry.kind === 'snapshot'));
   }
 
@@ -114,6 +127,30 @@ export class Detection {
   flush(now: number): void {
     for (const line of this.#aggregator.flush(now, true)) this.#sink(line);
   }
+}
+
+function apiAt(kube: KubeView | null, time: number): ApiServices | null {
+  if (kube === null) return null;
+  return { serviceForAddress: (address, port, protocol) => kube.serviceForAddress(address, port, protocol, time) };
+}
+
+function indexOf(view: NodeView, d: NodeDerived, time: number, transitions: readonly Transition[], snapshot: boolean, kube: KubeView | null): NodeIndex {
+  const stepTimes = d.stepTimes;
+  const pendingSyns = d.pending.all();
+  return {
+    node: view.name,
+    time,
+    prevTime: d.prevTime,
+    snapshot,
+    transitions,
+    records: (source) => view.recordMap(source),
+    readAt: (source, key) => view.readAt(source, key),
+    stepsSince: (t) => stepTimes.filter((s) => s > t).length,
+    endpoints: d.history,
+    pendingSyns,
+    kube,
+    kernel: view.facts?.kernel ?? view.recordMap('sysctl').get('kernel.osrelease')?.value ?? null,
+  };
 }
 
 const clientOf = (f: Finding): string => (f.tuple ? `${f.node} ${f.tuple.proto} ${f.tuple.src}:${f.tuple.sport ?? '-'}` : '');

@@ -1,6 +1,7 @@
 // When each endpoint of each Service appeared, started draining and left, as
 // programmed on one node. Detectors ask "had this endpoint already left the
-// Service when this connection was sent to it?".
+// Service when this connection was sent to it?" and "how many samples has
+// the node taken since?" (kube-proxy's own cleanup must get its chance).
 import type { ProgrammedService, ServiceEndpoint } from './services.ts';
 
 export interface EndpointSpan {
@@ -9,13 +10,22 @@ export interface EndpointSpan {
   readonly firstSeen: number;
   terminatingSince: number | null;
   removedAt: number | null;
-  /** The last rule or IPVS line that programmed it, verbatim. */
+  /** The last rule or IPVS line that programmed it, verbatim, and the sample time it read that way. */
   raw: string;
+  rawAt: number;
 }
 
 export type EndpointState = 'serving' | 'terminating' | 'removed' | 'unknown';
 
-export class EndpointHistory {
+/** What detectors may read of the history: nothing that changes it. */
+export interface EndpointTimeline {
+  readonly services: readonly ProgrammedService[];
+  span(service: string, endpoint: string): Readonly<EndpointSpan> | undefined;
+  stateAt(service: string, endpoint: string, time: number): EndpointState;
+  all(): readonly Readonly<EndpointSpan>[];
+}
+
+export class EndpointHistory implements EndpointTimeline {
   readonly #spans = new Map<string, Map<string, EndpointSpan>>();
   #services: readonly ProgrammedService[] = [];
 
@@ -38,10 +48,13 @@ export class EndpointHistory {
         seen.add(`${svc.id}|${key}`);
         const span = spans.get(key);
         if (span === undefined || span.removedAt !== null) {
-          spans.set(key, { service: svc.id, endpoint: key, firstSeen: time, terminatingSince: ep.terminating ? time : null, removedAt: null, raw: ep.raw });
+          spans.set(key, { service: svc.id, endpoint: key, firstSeen: time, terminatingSince: ep.terminating ? time : null, removedAt: null, raw: ep.raw, rawAt: time });
           continue;
         }
-        span.raw = ep.raw;
+        if (span.raw !== ep.raw) {
+          span.raw = ep.raw;
+          span.rawAt = time;
+        }
         if (ep.terminating && span.terminatingSince === null) span.terminatingSince = time;
         if (!ep.terminating) span.terminatingSince = null;
       }

@@ -19,14 +19,18 @@ export interface TimelineEntry {
   readonly changes: readonly SourceChange[];
 }
 
-/** One record's move in one step, with what it was before: what detectors look at. */
-export interface Transition {
-  readonly source: SourceName;
-  readonly kind: 'added' | 'removed' | 'changed' | 'refreshed';
-  readonly key: string;
-  readonly before: RecordOf<SourceName> | undefined;
-  readonly after: RecordOf<SourceName> | undefined;
-}
+/**
+ * One record's move in one step, with what it was before: what detectors look
+ * at. A union distributed over sources and kinds, so `t.source === 'conntrack'
+ * && t.kind === 'changed'` gives two typed ConntrackEntry values and no
+ * detector needs a cast. `beforeAt` is the sample time `before` was read at:
+ * its line reads as quoted at that time, and no later.
+ */
+export type Transition = { readonly [N in SourceName]: TransitionOf<N> }[SourceName];
+export type TransitionOf<N extends SourceName> =
+  | { readonly source: N; readonly kind: 'added'; readonly key: string; readonly before: undefined; readonly beforeAt: null; readonly after: RecordOf<N> }
+  | { readonly source: N; readonly kind: 'removed'; readonly key: string; readonly before: RecordOf<N>; readonly beforeAt: number; readonly after: undefined }
+  | { readonly source: N; readonly kind: 'changed' | 'refreshed'; readonly key: string; readonly before: RecordOf<N>; readonly beforeAt: number; readonly after: RecordOf<N> };
 
 export type ApplyOutcome =
   | { readonly kind: 'applied'; readonly entry: TimelineEntry; readonly transitions: readonly Transition[] }
@@ -48,6 +52,8 @@ export class NodeView {
   rejectedFrames = 0;
   resyncs = 0;
   readonly #state = new Map<SourceName, Map<string, RecordOf<SourceName>>>();
+  /** Sample time each record's current value was read at, by source and key. */
+  readonly #readAt = new Map<SourceName, Map<string, number>>();
   readonly #status = new Map<string, SourceStatus>();
   #staging: { seq: number; sources: Map<SourceName, { parts: number; got: Set<number>; records: RecordOf<SourceName>[] }> } | null = null;
   #awaitingSnapshot = true;
@@ -64,8 +70,14 @@ export class NodeView {
     return [...(this.#state.get(source)?.values() ?? [])];
   }
 
-  recordMap(source: SourceName): ReadonlyMap<string, RecordOf<SourceName>> {
-    return this.#state.get(source) ?? new Map();
+  recordMap<N extends SourceName>(source: N): ReadonlyMap<string, RecordOf<N>> {
+    // The map for `source` only ever holds that source's records (keyed by its spec).
+    return (this.#state.get(source) ?? EMPTY) as ReadonlyMap<string, RecordOf<N>>;
+  }
+
+  /** The sample time at which a record's current value (its `raw` as held) was read. */
+  readAt(source: SourceName, key: string): number | null {
+    return this.#readAt.get(source)?.get(key) ?? null;
   }
 
   statuses(): SourceStatus[] {
@@ -125,8 +137,10 @@ export class NodeView {
     const transitions: Transition[] = [];
     for (const source of [...this.#state.keys()]) {
       if (incoming.has(source)) continue;
-      for (const [key, before] of this.#state.get(source) ?? []) transitions.push({ source, kind: 'removed', key, before, after: undefined });
+      const empty = { added: [], removed: [...(this.#state.get(source)?.keys() ?? [])], changed: [], refreshed: [] };
+      for (const t of transitionsOf(source, this.#state.get(source) ?? EMPTY, this.#readAt.get(source), empty)) transitions.push(t);
       this.#state.delete(source);
+      this.#readAt.delete(source);
     }
     for (const [source, s] of incoming) {
       const spec = specOf(source);
@@ -134,8 +148,11 @@ export class NodeView {
       for (const r of s.records) map.set(spec.keyOf(r), r);
       const old = this.#state.get(source) ?? new Map<string, RecordOf<SourceName>>();
       // One push per element: spreading 250k transitions into push() overflows the stack.
-      for (const t of transitionsOf(source, old, diffByKey<RecordOf<SourceName>>(old, map, spec))) transitions.push(t);
+      for (const t of transitionsOf(source, old, this.#readAt.get(source), diffByKey<RecordOf<SourceName>>(old, map, spec))) transitions.push(t);
       this.#state.set(source, map);
+      const readAt = new Map<string, number>();
+      for (const key of map.keys()) readAt.set(key, msg.time);
+      this.#readAt.set(source, readAt);
       changes.push({ source, added: s.records, removed: [], changed: [], refreshed: [] });
     }
     this.#status.clear();
@@ -159,10 +176,18 @@ export class NodeView {
         map = new Map();
         this.#state.set(change.source, map);
       }
-      for (const t of transitionsOf(change.source, map, change)) transitions.push(t);
-      const mismatched = applyDiff(map, change, specOf(change.source));
+      let readAt = this.#readAt.get(change.source);
+      if (readAt === undefined) {
+        readAt = new Map();
+        this.#readAt.set(change.source, readAt);
+      }
+      for (const t of transitionsOf(change.source, map, readAt, change)) transitions.push(t);
+      const spec = specOf(change.source);
+      const mismatched = applyDiff(map, change, spec);
       if (mismatched.length > 0)
         return this.#resync(`diff for ${change.source} at seq ${msg.seq} does not fit the state (${mismatched.length} unknown keys, first ${JSON.stringify(mismatched[0])})`);
+      for (const key of change.removed) readAt.delete(key);
+      for (const list of [change.added, change.changed, change.refreshed]) for (const r of list) readAt.set(spec.keyOf(r), msg.time);
     }
     for (const st of msg.status) this.#status.set(st.source, st);
     this.lastSeq = msg.seq;
@@ -176,19 +201,36 @@ export class NodeView {
   }
 }
 
-/** Pairs each record of a diff with what the state held for its key before the diff. */
-function transitionsOf(source: SourceName, before: ReadonlyMap<string, RecordOf<SourceName>>, diff: Omit<SourceChange, 'source'>): Transition[] {
+const EMPTY: ReadonlyMap<string, never> = new Map<string, never>();
+
+/**
+ * Pairs each record of a diff with what the state held for its key before the
+ * diff. A key the state lacks yields no transition: the diff does not fit, and
+ * the caller resynchronises instead of detecting on it.
+ */
+function transitionsOf(
+  source: SourceName,
+  before: ReadonlyMap<string, RecordOf<SourceName>>,
+  readAt: ReadonlyMap<string, number> | undefined,
+  diff: Omit<SourceChange, 'source'>,
+): Transition[] {
   const spec = specOf(source);
   const out: Transition[] = [];
-  for (const key of diff.removed) out.push({ source, kind: 'removed', key, before: before.get(key), after: undefined });
-  for (const r of diff.added) out.push({ source, kind: 'added', key: spec.keyOf(r), before: undefined, after: r });
-  for (const r of diff.changed) {
-    const key = spec.keyOf(r);
-    out.push({ source, kind: 'changed', key, before: before.get(key), after: r });
+  const at = (key: string): number => readAt?.get(key) ?? 0;
+  // `source` and the records come from one SourceChange (decoded per source), so each pairing is of one source.
+  const push = (t: TransitionOf<SourceName>): void => {
+    out.push(t as Transition);
+  };
+  for (const key of diff.removed) {
+    const b = before.get(key);
+    if (b !== undefined) push({ source, kind: 'removed', key, before: b, beforeAt: at(key), after: undefined });
   }
-  for (const r of diff.refreshed) {
-    const key = spec.keyOf(r);
-    out.push({ source, kind: 'refreshed', key, before: before.get(key), after: r });
-  }
+  for (const r of diff.added) push({ source, kind: 'added', key: spec.keyOf(r), before: undefined, beforeAt: null, after: r });
+  for (const kind of ['changed', 'refreshed'] as const)
+    for (const r of diff[kind]) {
+      const key = spec.keyOf(r);
+      const b = before.get(key);
+      if (b !== undefined) push({ source, kind, key, before: b, beforeAt: at(key), after: r });
+    }
   return out;
 }

@@ -7,8 +7,7 @@ import type { Transition } from './node-view.ts';
 
 export interface PendingSyn {
   readonly since: number;
-  entry: ConntrackEntry;
-  reported: boolean;
+  readonly entry: ConntrackEntry;
 }
 
 export class PendingSyns {
@@ -17,19 +16,17 @@ export class PendingSyns {
   update(time: number, transitions: readonly Transition[]): void {
     for (const t of transitions) {
       if (t.source !== 'conntrack') continue;
-      const after = t.after as ConntrackEntry | undefined;
+      const after = t.after;
       if (after !== undefined && after.state === 'SYN_SENT' && after.unreplied) {
         const p = this.#pending.get(t.key);
-        if (p === undefined) this.#pending.set(t.key, { since: time, entry: after, reported: false });
-        else p.entry = after;
+        this.#pending.set(t.key, { since: p?.since ?? time, entry: after });
       } else {
         this.#pending.delete(t.key);
       }
     }
   }
 
-  /** Entries unanswered for at least `ms` at `time`, not yet reported. */
-  olderThan(time: number, ms: number): PendingSyn[] {
-    return [...this.#pending.values()].filter((p) => !p.reported && time - p.since >= ms);
+  all(): readonly PendingSyn[] {
+    return [...this.#pending.values()];
   }
 }

@@ -1,7 +1,6 @@
 // A full conntrack table drops new flows (`insert_failed`, `drop`,
 // `early_drop` in /proc/net/stat/nf_conntrack), which looks exactly like an
 // intermittent timeout from the client side.
-import type { StatRow } from '../../contract/records.ts';
 import { iso, type Evidence, type Finding } from '../findings.ts';
 import { sysctlLine, type Detector } from './input.ts';
 
@@ -12,9 +11,8 @@ export const detectConntrackPressure: Detector = (input) => {
   const evidence: Evidence[] = [];
   const rises: Record<string, number> = {};
   for (const t of input.transitions) {
-    if (t.source !== 'conntrack-stat' || t.kind !== 'refreshed' || t.before === undefined || t.after === undefined) continue;
-    const b = t.before as StatRow;
-    const a = t.after as StatRow;
+    if (t.source !== 'conntrack-stat' || t.kind !== 'refreshed') continue;
+    const { before: b, after: a } = t;
     let rose = false;
     for (const k of RISING) {
       const d = (a.counters[k] ?? 0) - (b.counters[k] ?? 0);
@@ -32,10 +30,10 @@ export const detectConntrackPressure: Detector = (input) => {
   const rising = Object.keys(rises).length > 0;
   if (!full && !rising) return [];
   // Only report fullness when it is new this step, or drops are happening now.
-  const fullIsNew = input.transitions.some((t) => t.source === 'sysctl' && (t.after as { name?: string } | undefined)?.name === 'net.netfilter.nf_conntrack_count');
+  const fullIsNew = input.transitions.some((t) => t.source === 'sysctl' && t.after?.name === 'net.netfilter.nf_conntrack_count');
   if (!rising && !fullIsNew) return [];
-  if (count) evidence.push({ source: 'sysctl', node: input.node, time: iso(input.time), raw: count.raw });
-  if (max) evidence.push({ source: 'sysctl', node: input.node, time: iso(input.time), raw: max.raw });
+  if (count) evidence.push({ source: 'sysctl', node: input.node, time: iso(input.readAt('sysctl', count.name) ?? input.time), raw: count.raw });
+  if (max) evidence.push({ source: 'sysctl', node: input.node, time: iso(input.readAt('sysctl', max.name) ?? input.time), raw: max.raw });
   const finding: Finding = {
     finding: 'conntrack-pressure',
     severity: rising ? 'error' : 'warning',

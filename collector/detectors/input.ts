@@ -1,37 +1,46 @@
-// What every detector sees: one node, one applied step. Detectors are pure
-// functions of this, so the collector, `replay` and tests run the same code.
+// What every detector sees: one node at one applied step, read-only. The
+// detection stage updates its derived state (Services, endpoint history,
+// pending SYNs, step times) once, before any detector runs; detectors are
+// pure functions of this index, so the collector, `local`, `replay`,
+// `doctor`, bundles and tests run the same code on the same facts.
 import type { RecordOf, SourceName } from '../../contract/sources.ts';
 import type { Sysctl } from '../../contract/records.ts';
-import type { EndpointHistory } from '../endpoint-history.ts';
+import type { EndpointTimeline } from '../endpoint-history.ts';
 import type { KubeView } from '../kube/catalog.ts';
-import type { PendingSyns } from '../pending-syns.ts';
-import type { RecentActivity } from '../recent-activity.ts';
+import type { PendingSyn } from '../pending-syns.ts';
 import type { Finding } from '../findings.ts';
 import type { Transition } from '../node-view.ts';
 import type { ProgrammedService } from '../services.ts';
 
-export interface DetectorInput {
+export interface NodeIndex {
   readonly node: string;
   /** Sample time of this step, and of the step before it (null for the first). */
   readonly time: number;
   readonly prevTime: number | null;
+  /** This step is a snapshot: what exists, not what just moved. */
+  readonly snapshot: boolean;
   readonly transitions: readonly Transition[];
   /** State after this step. */
   records<N extends SourceName>(source: N): ReadonlyMap<string, RecordOf<N>>;
-  readonly endpoints: EndpointHistory;
+  /** The sample time at which a record's current value (its `raw` as held) was read. */
+  readAt(source: SourceName, key: string): number | null;
+  /** Steps applied strictly after `time`, up to and including this one. */
+  stepsSince(time: number): number;
+  readonly endpoints: EndpointTimeline;
   /** Conntrack entries still waiting for a SYN-ACK, and since when. */
-  readonly pendingSyns: PendingSyns;
-  /** Conntrack entries that moved in the last few seconds. */
-  readonly recentActivity: RecentActivity;
+  readonly pendingSyns: readonly PendingSyn[];
   /** The Kubernetes API's view (Service specs, EndpointSlices), or null without API access. */
   readonly kube: KubeView | null;
   /** Kernel release from node facts, else from kernel.osrelease. */
   readonly kernel: string | null;
 }
 
-export type Detector = (input: DetectorInput) => Finding[];
+/** Kept for the detectors' signatures: the index is their whole input. */
+export type DetectorInput = NodeIndex;
 
-export function sysctlLine(input: DetectorInput, name: string): Sysctl | undefined {
+export type Detector = (index: NodeIndex) => Finding[];
+
+export function sysctlLine(input: NodeIndex, name: string): Sysctl | undefined {
   return input.records('sysctl').get(name);
 }
 

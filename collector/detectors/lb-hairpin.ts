@@ -5,7 +5,7 @@
 // node:NodePort, which the pod never asked; it resets, and its SYN to the LB
 // is never answered. On the node: one entry pod -> LB that never replied, and
 // one from the same pod and source port to the node's own NodePort, NATed.
-import type { Address, ConntrackEntry } from '../../contract/records.ts';
+import type { Address } from '../../contract/records.ts';
 import { endpointKey } from '../endpoint-history.ts';
 import { iso, type Finding } from '../findings.ts';
 import { clientIpPreservation, type ClientIpPreservation } from '../kube/objects.ts';
@@ -48,8 +48,8 @@ export const detectLbHairpin: Detector = (input) => {
   const findings: Finding[] = [];
   const seen = new Set<string>();
   for (const t of input.transitions) {
-    if (t.source !== 'conntrack' || t.after === undefined || t.kind === 'removed') continue;
-    const toLb = t.after as ConntrackEntry;
+    if (t.source !== 'conntrack' || t.kind === 'removed') continue;
+    const toLb = t.after;
     if (!toLb.unreplied || toLb.orig.sport === null || toLb.orig.dport === null || local.includes(toLb.orig.dst)) continue;
     for (const svc of services) {
       for (const port of svc.nodePorts) {
@@ -70,7 +70,7 @@ export const detectLbHairpin: Detector = (input) => {
             summary: `${toLb.orig.src}:${toLb.orig.sport} connected to the load balancer ${toLb.orig.dst}:${toLb.orig.dport}, which sent it back to this node's NodePort ${nodeIp}:${port} with the client address kept; the node answered from ${nodeIp}:${port} (via ${endpoint}), the client never got an answer from the load balancer and the connection times out`,
             evidence: [
               { source: 'conntrack', node: input.node, time: iso(input.time), raw: toLb.raw },
-              { source: 'conntrack', node: input.node, time: iso(input.time), raw: back.raw },
+              { source: 'conntrack', node: input.node, time: iso(input.readAt('conntrack', key) ?? input.time), raw: back.raw },
             ],
             advice: advice(api, svc.id.split(':')[0] ?? svc.id),
             time: input.time,

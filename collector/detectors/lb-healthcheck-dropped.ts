@@ -1,87 +1,138 @@
 // Seed 003: with externalTrafficPolicy Local in IPVS mode, kube-proxy binds
-// the LB address on kube-ipvs0, so it lands in the `local` routing table. A
-// load balancer that sources its health checks from that same address then
-// sends packets whose source is "local" to the kernel, which drops them
-// (accept_local=0) before conntrack confirms anything. Evidence is indirect:
-// the local route, the sysctl, NodePort packet counters that rise with no
-// matching conntrack entry, and the kernel's martian-source counter.
-import type { Address, ConntrackEntry, IptablesRule, Route, StatRow, Sysctl } from '../../contract/records.ts';
+// every Service address, the LB IP included, on kube-ipvs0, so it lands in
+// the `local` routing table. A load balancer that sources its health checks
+// from that same address then sends packets whose source is "local" to the
+// kernel, which drops them (accept_local=0) at the routing decision, before
+// conntrack confirms anything. Evidence is indirect: the local route, the
+// sysctl, the kernel's martian-source counter, and NodePort rule counters that
+// rise with no conntrack entry to show for it.
+//
+// Which addresses are LB or external ones comes from the Service model in
+// every mode (iptables comments, nftables external chains, IPVS ipsets, the
+// API); in IPVS mode an address on kube-ipvs0 that the ipsets do not list as
+// a ClusterIP is one too, even when nothing else names it.
+import type { Address, IptablesRule, Route, Sysctl } from '../../contract/records.ts';
 import { iso, type Evidence, type Finding } from '../findings.ts';
 import type { ProgrammedService } from '../services.ts';
-import type { Detector, DetectorInput } from './input.ts';
+import type { Detector, NodeIndex } from './input.ts';
 
 const KNOBS = /\.(accept_local|rp_filter)$/;
+/** IPVS mode's NodePort and health-check sets, matched in the KUBE-NODE-PORT chain. */
+const IPVS_NODE_PORT_SET = /^KUBE-(NODE-PORT-|HEALTH-CHECK-NODE-PORT)/;
 
-function acceptLocal(input: DetectorInput): { on: boolean; lines: Sysctl[] } {
+function acceptLocal(input: NodeIndex): { on: boolean; lines: Sysctl[] } {
   const lines = [...input.records('sysctl').values()].filter((s) => /\.accept_local$/.test(s.name) && !s.name.includes('.lo.'));
   // IN_DEV_ACCEPT_LOCAL is `all || interface`: drops need every one of them off.
   return { on: lines.some((s) => s.value === '1'), lines };
 }
 
-export const detectLbHealthcheckDropped: Detector = (input) => {
-  const localRoutes = [...input.records('routes').values()].filter((r: Route) => r.table === 'local' && r.type === 'local');
-  const lbAddresses = new Map<string, ProgrammedService>();
+interface Candidate {
+  readonly address: string;
+  /** The Service it fronts, when the model knows it. */
+  readonly service: ProgrammedService | null;
+  readonly route: Route;
+  readonly why: string;
+}
+
+function candidates(input: NodeIndex, localRoutes: readonly Route[]): Candidate[] {
+  const routeOf = (address: string): Route | undefined => localRoutes.find((r) => r.dst === address || r.dst === `${address}/32` || r.dst === `${address}/128`);
+  const out = new Map<string, Candidate>();
   for (const svc of input.endpoints.services)
-    for (const f of svc.frontends) if (f.kind === 'loadbalancer' && localRoutes.some((r) => r.dst === f.address || r.dst === `${f.address}/32`)) lbAddresses.set(f.address, svc);
-  if (lbAddresses.size === 0) return [];
+    for (const f of svc.frontends) {
+      if (f.kind !== 'loadbalancer' && f.kind !== 'external') continue;
+      const route = routeOf(f.address);
+      if (route !== undefined && !out.has(f.address)) out.set(f.address, { address: f.address, service: svc, route, why: `${f.kind === 'loadbalancer' ? 'load balancer' : 'external'} address of ${svc.id}` });
+    }
+  // IPVS mode: kube-ipvs0 holds every Service address; with the ipsets to say which are ClusterIPs, the rest are LB or external ones.
+  const members = [...input.records('ipset').values()].flatMap((r) => (r.kind === 'member' ? [r] : []));
+  if (members.length > 0) {
+    const clusterIps = new Set(members.filter((m) => m.set === 'KUBE-CLUSTER-IP').map((m) => m.address));
+    for (const a of input.records('addrs').values()) {
+      if (a.ifname !== 'kube-ipvs0' || clusterIps.has(a.address) || out.has(a.address)) continue;
+      const route = routeOf(a.address);
+      if (route !== undefined) out.set(a.address, { address: a.address, service: null, route, why: 'bound on kube-ipvs0 and not a ClusterIP in KUBE-CLUSTER-IP' });
+    }
+  }
+  return [...out.values()];
+}
+
+export const detectLbHealthcheckDropped: Detector = (input) => {
+  const localRoutes = [...input.records('routes').values()].filter((r) => r.table === 'local' && r.type === 'local');
+  const found = candidates(input, localRoutes);
+  if (found.length === 0) return [];
   const accept = acceptLocal(input);
   if (accept.on) return [];
 
-  // What moved this step: configuration (latent risk) or counters (drops happening).
+  // What moved this step: configuration (latent risk, said once) or counters (drops happening).
   const configChanged = input.transitions.some(
-    (t) => (t.kind !== 'refreshed' && (t.source === 'routes' || t.source === 'addrs' || t.source === 'iptables' || t.source === 'nft' || t.source === 'ipvs')) || (t.source === 'sysctl' && KNOBS.test(((t.after ?? t.before) as Sysctl | undefined)?.name ?? '')),
+    (t) =>
+      (t.kind !== 'refreshed' && (t.source === 'routes' || t.source === 'addrs' || t.source === 'iptables' || t.source === 'nft' || t.source === 'ipvs' || t.source === 'ipset')) ||
+      (t.source === 'sysctl' && KNOBS.test((t.after ?? t.before).name)),
   );
-  const martianRise = input.transitions.some((t) => {
-    if (t.source !== 'rt-cache-stat' || t.kind !== 'refreshed') return false;
-    const b = (t.before as StatRow | undefined)?.counters.in_martian_src ?? 0;
-    const a = (t.after as StatRow | undefined)?.counters.in_martian_src ?? 0;
-    return a > b;
+  const martianRises = input.transitions.flatMap((t) => {
+    if (t.source !== 'rt-cache-stat' || t.kind !== 'refreshed') return [];
+    const rise = (t.after.counters.in_martian_src ?? 0) - (t.before.counters.in_martian_src ?? 0);
+    return rise > 0 ? [{ t, rise }] : [];
   });
-  const conntrack = [...input.records('conntrack').values()] as ConntrackEntry[];
+  const martianRise = martianRises.reduce((n, r) => n + r.rise, 0);
+  const conntrack = [...input.records('conntrack').values()];
+  const hcPortsFromSets = [...input.records('ipset').values()].flatMap((r) => (r.kind === 'member' && r.set === 'KUBE-HEALTH-CHECK-NODE-PORT' && r.port !== null ? [r.port] : []));
+  const addrs = [...input.records('addrs').values()];
   const findings: Finding[] = [];
-  for (const [lbIp, svc] of lbAddresses) {
-    const counterRises = input.transitions.filter((t) => {
-      if (t.source !== 'iptables' || t.kind !== 'refreshed') return false;
-      const a = t.after as IptablesRule;
-      const b = t.before as IptablesRule | undefined;
-      return a.kind === 'rule' && a.chain === 'KUBE-NODEPORTS' && svc.nodePorts.includes(Number(a.dport)) && (a.packets ?? 0) > (b?.packets ?? 0);
+  for (const c of found) {
+    const svc = c.service;
+    const api = input.kube?.serviceForAddress(c.address, svc?.frontends.find((f) => f.address === c.address)?.port ?? 0, svc?.protocol || 'tcp', input.time) ?? null;
+    const hcPort = svc?.healthCheckNodePort ?? (api?.externalTrafficPolicy === 'Local' ? api.healthCheckNodePort : null) ?? (hcPortsFromSets.length === 1 ? (hcPortsFromSets[0] ?? null) : null);
+    const nodePorts = new Set([...(svc?.nodePorts ?? []), ...(api?.ports.flatMap((p) => (p.nodePort === null ? [] : [p.nodePort])) ?? []), ...(hcPort === null ? [] : [hcPort])]);
+    // Rules that count packets to the NodePorts in PREROUTING, before the routing decision drops them.
+    const counterRises = input.transitions.flatMap((t) => {
+      if (t.source !== 'iptables' || t.kind !== 'refreshed' || t.after.kind !== 'rule' || t.before.kind !== 'rule') return [];
+      const a: IptablesRule = t.after;
+      const perPort = a.table === 'nat' && a.chain === 'KUBE-NODEPORTS' && nodePorts.has(Number(a.dport));
+      const setIndex = a.args.indexOf('--match-set');
+      const ipvsSet = a.chain === 'KUBE-NODE-PORT' && setIndex >= 0 && IPVS_NODE_PORT_SET.test(a.args[setIndex + 1] ?? '');
+      return (perPort || ipvsSet) && (a.packets ?? 0) > (t.before.packets ?? 0) ? [a] : [];
     });
-    const fromLb = conntrack.some((e) => e.orig.src === lbIp);
-    const dropping = (counterRises.length > 0 && !fromLb) || martianRise;
+    const fromLb = conntrack.some((e) => e.orig.src === c.address);
+    const confirmedToPorts = conntrack.some((e) => e.orig.dport !== null && nodePorts.has(e.orig.dport));
+    const unconfirmed = counterRises.length > 0 && !fromLb && !confirmedToPorts;
+    const dropping = martianRise > 0 || unconfirmed;
     if (!dropping && !configChanged) continue;
-    const route = localRoutes.find((r) => r.dst === lbIp || r.dst === `${lbIp}/32`);
-    const addr = [...input.records('addrs').values()].find((a: Address) => a.address === lbIp);
-    const nodeIp = [...input.records('addrs').values()].find((a: Address) => a.family === 'inet' && a.scope === 'global' && a.ifname !== addr?.ifname)?.address ?? null;
-    const evidence: Evidence[] = [];
-    const at = iso(input.time);
-    if (route) evidence.push({ source: 'routes', node: input.node, time: at, raw: route.raw });
-    if (addr) evidence.push({ source: 'addrs', node: input.node, time: at, raw: addr.raw });
-    for (const s of accept.lines) evidence.push({ source: 'sysctl', node: input.node, time: at, raw: s.raw });
-    for (const t of counterRises) evidence.push({ source: 'iptables', node: input.node, time: at, raw: (t.after as IptablesRule).raw });
-    if (martianRise)
-      for (const t of input.transitions) if (t.source === 'rt-cache-stat' && t.kind === 'refreshed') evidence.push({ source: 'rt-cache-stat', node: input.node, time: at, raw: (t.after as StatRow).raw });
-    // With the API: a Local Service is health-checked on its healthCheckNodePort (kube-proxy's own server), not on the NodePort.
-    const api = input.kube?.serviceForAddress(lbIp, svc.frontends.find((f) => f.address === lbIp)?.port ?? 0, svc.protocol || 'tcp', input.time) ?? null;
-    const ingress = api?.loadBalancerIngress.find((i) => i.ip === lbIp) ?? null;
-    const port = (api?.externalTrafficPolicy === 'Local' ? api.healthCheckNodePort : null) ?? svc.nodePorts[0] ?? null;
+    const addr = addrs.find((a: Address) => a.address === c.address);
+    const nodeIp = addrs.find((a: Address) => a.family === 'inet' && a.scope === 'global' && a.ifname !== 'kube-ipvs0' && a.ifname !== addr?.ifname)?.address ?? null;
+    const at = (source: 'routes' | 'addrs' | 'sysctl' | 'iptables' | 'rt-cache-stat', key: string): string => iso(input.readAt(source, key) ?? input.time);
+    const evidence: Evidence[] = [{ source: 'routes', node: input.node, time: iso(input.time), raw: c.route.raw }];
+    if (addr) evidence.push({ source: 'addrs', node: input.node, time: iso(input.time), raw: addr.raw });
+    for (const s of accept.lines) evidence.push({ source: 'sysctl', node: input.node, time: at('sysctl', s.name), raw: s.raw });
+    for (const r of counterRises) evidence.push({ source: 'iptables', node: input.node, time: iso(input.time), raw: r.raw });
+    for (const { t } of martianRises) evidence.push({ source: 'rt-cache-stat', node: input.node, time: iso(t.beforeAt), raw: t.before.raw }, { source: 'rt-cache-stat', node: input.node, time: iso(input.time), raw: t.after.raw });
+    const ingress = api?.loadBalancerIngress.find((i) => i.ip === c.address) ?? null;
+    const port = hcPort ?? [...nodePorts][0] ?? null;
+    const where = `${addr?.ifname ?? 'the local table'}`;
+    const shown =
+      martianRise > 0
+        ? `the kernel counted ${martianRise} more martian-source packets (in_martian_src)`
+        : `NodePort rules counted ${counterRises.length === 1 ? 'packets' : 'packets on several rules'} that no conntrack entry shows`;
     findings.push({
       finding: 'lb-healthcheck-dropped',
       severity: dropping ? 'error' : 'warning',
       node: input.node,
-      service: svc.id,
-      tuple: { proto: svc.protocol || 'tcp', src: lbIp, sport: null, dst: nodeIp ?? '-', dport: port },
-      endpoint: svc.endpoints[0] ? `${svc.endpoints[0].address}:${svc.endpoints[0].port}` : null,
+      service: svc?.id ?? (api === null ? null : `${api.namespace}/${api.name}`),
+      tuple: { proto: svc?.protocol || 'tcp', src: c.address, sport: null, dst: nodeIp ?? '-', dport: port },
+      endpoint: svc?.endpoints[0] ? `${svc.endpoints[0].address}:${svc.endpoints[0].port}` : null,
       summary: dropping
-        ? `packets from the load balancer address ${lbIp} to NodePort ${port ?? '?'} are being dropped on ${input.node}: ${lbIp} is a local address here (${addr?.ifname ?? 'local table'}) and accept_local is off, so the kernel discards them as martians before conntrack sees them; health checks sourced from the LB address fail`
-        : `the load balancer address ${lbIp} is bound on ${input.node} (${addr?.ifname ?? 'local table'}) and accept_local is off: a load balancer whose health checks come from ${lbIp} will see this node as unhealthy`,
+        ? `packets are being dropped on ${input.node} while ${c.address} (${c.why}) is a local address here (${where}) and accept_local is off: ${shown}; health checks a load balancer sends from ${c.address}${port === null ? '' : ` to port ${port}`} are dropped this way before conntrack sees them`
+        : `${c.address} (${c.why}) is bound on ${input.node} (${where}) and accept_local is off: a load balancer whose health checks come from ${c.address}${port === null ? '' : ` (to port ${port})`} will see this node as unhealthy`,
       evidence,
       advice:
         'Keep the LB address out of the node\'s local table: set `status.loadBalancer.ingress[].ipMode: Proxy` (Kubernetes >= 1.30, LoadBalancerIPMode) where the cloud provider supports it, so kube-proxy stops binding it on kube-ipvs0; ' +
-        'otherwise have the provider source health checks from its reserved ranges rather than the LB address (kubernetes/kubernetes#79783). ' +
+        'otherwise have the provider source health checks from its reserved ranges rather than the LB address (kubernetes/kubernetes#79783), or run kube-proxy in iptables or nftables mode, which bind nothing. ' +
         'Setting accept_local=1 alone is not enough: replies to the LB address are then delivered locally and still never leave the node (seed 003).',
       time: input.time,
       details: {
-        loadBalancerIP: lbIp,
+        loadBalancerIP: c.address,
+        mode: svc?.mode ?? 'ipvs',
+        healthCheckPort: hcPort,
         counterRises: counterRises.length,
         martianRise,
         conntrackFromLb: fromLb,

@@ -4,7 +4,6 @@
 // old connection had, even when a rollout has removed it. On the node this is
 // one entry (IPVS connection or conntrack) going TIME_WAIT -> SYN_RECV/SYN_SENT
 // on the same tuple, towards an endpoint no longer in the Service.
-import type { ConntrackEntry, IpvsConnection } from '../../contract/records.ts';
 import { endpointKey } from '../endpoint-history.ts';
 import { iso, tupleText, type Evidence, type Finding, type Tuple } from '../findings.ts';
 import { kernelAtLeast, serviceAt, sysctlLine, type Detector, type DetectorInput } from './input.ts';
@@ -16,26 +15,26 @@ interface Reuse {
   readonly tuple: Tuple;
   readonly endpoint: { address: string; port: number };
   readonly beforeRaw: string;
+  readonly beforeAt: number;
   readonly afterRaw: string;
 }
 
 function reuseOf(t: DetectorInput['transitions'][number]): Reuse | null {
-  if (t.kind !== 'changed' || t.before === undefined || t.after === undefined) return null;
+  if (t.kind !== 'changed') return null;
   if (t.source === 'ipvs-conn') {
-    const b = t.before as IpvsConnection;
-    const a = t.after as IpvsConnection;
+    const { before: b, after: a } = t;
     if (b.state !== 'TIME_WAIT' || !NEW_CONNECTION_STATES.has(a.state) || a.template) return null;
     return {
       source: 'ipvs-conn',
       tuple: { proto: a.proto.toLowerCase(), src: a.client.address, sport: a.client.port, dst: a.virtual.address, dport: a.virtual.port },
       endpoint: a.destination,
       beforeRaw: b.raw,
+      beforeAt: t.beforeAt,
       afterRaw: a.raw,
     };
   }
   if (t.source === 'conntrack') {
-    const b = t.before as ConntrackEntry;
-    const a = t.after as ConntrackEntry;
+    const { before: b, after: a } = t;
     if (b.state !== 'TIME_WAIT' || a.state === null || !NEW_CONNECTION_STATES.has(a.state)) return null;
     // Only NATed entries (a Service) have an endpoint different from where the client sent it.
     if (a.reply.src === a.orig.dst || a.reply.sport === null || a.orig.sport === null || a.orig.dport === null) return null;
@@ -44,6 +43,7 @@ function reuseOf(t: DetectorInput['transitions'][number]): Reuse | null {
       tuple: { proto: a.proto, src: a.orig.src, sport: a.orig.sport, dst: a.orig.dst, dport: a.orig.dport },
       endpoint: { address: a.reply.src, port: a.reply.sport },
       beforeRaw: b.raw,
+      beforeAt: t.beforeAt,
       afterRaw: a.raw,
     };
   }
@@ -75,10 +75,10 @@ export const detectPortReuse: Detector = (input) => {
     const span = input.endpoints.span(service.id, endpoint);
     const kernelFixed = kernelAtLeast(input.kernel, 5, 9);
     const evidence: Evidence[] = group.flatMap((r) => [
-      { source: r.source, node: input.node, time: iso(input.prevTime ?? input.time), raw: r.beforeRaw },
+      { source: r.source, node: input.node, time: iso(r.beforeAt), raw: r.beforeRaw },
       { source: r.source, node: input.node, time: iso(input.time), raw: r.afterRaw },
     ]);
-    if (span !== undefined) evidence.push({ source: /^(TCP|UDP|SCTP) /.test(service.id) ? 'ipvs' : 'iptables', node: input.node, time: iso(span.firstSeen), raw: span.raw });
+    if (span !== undefined) evidence.push({ source: service.mode === 'ipvs' ? 'ipvs' : service.mode === 'nftables' ? 'nft' : 'iptables', node: input.node, time: iso(span.rawAt), raw: span.raw });
     if (reuseMode !== undefined) evidence.push({ source: 'sysctl', node: input.node, time: iso(input.time), raw: reuseMode.raw });
     const left = state === 'terminating' ? `is draining (weight 0) since ${span ? iso(span.terminatingSince ?? input.time) : 'before conntrail started'}` : span?.removedAt ? `left the Service at ${iso(span.removedAt)}` : 'is not an endpoint of the Service';
     findings.push({

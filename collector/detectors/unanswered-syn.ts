@@ -10,12 +10,14 @@ export const UNANSWERED_AFTER_MS = 2_000;
 
 export const detectUnansweredSyn: Detector = (input) => {
   const findings: Finding[] = [];
-  for (const p of input.pendingSyns.olderThan(input.time, UNANSWERED_AFTER_MS)) {
+  for (const p of input.pendingSyns) {
+    // Reported once, at the first step that finds it past the threshold.
+    const crossed = input.time - p.since >= UNANSWERED_AFTER_MS && (input.prevTime === null || input.prevTime - p.since < UNANSWERED_AFTER_MS);
+    if (!crossed) continue;
     const e = p.entry;
     if (e.orig.dport === null) continue;
     const service = serviceAt(input.endpoints.services, e.orig.dst, e.orig.dport, e.proto);
     if (service === undefined) continue;
-    p.reported = true;
     const natted = e.reply.src !== e.orig.dst;
     const endpoint = natted && e.reply.sport !== null ? `${e.reply.src}:${e.reply.sport}` : null;
     const waited = Math.round((input.time - p.since) / 1000);

@@ -43,6 +43,8 @@ export interface PodEndpointAt {
 }
 
 export interface KubeView {
+  /** Goes up with every change the API reported: what was derived from an older revision may be stale. */
+  revision(): number;
   serviceAt(namespacedName: string, time: number): KubeService | null;
   /** The Service a client reached at address:port (cluster IP, external IP, LB ingress IP, or a NodePort). */
   serviceForAddress(address: string, port: number, protocol: string, time: number): KubeService | null;
@@ -60,8 +62,14 @@ export class KubeCatalog implements KubeView {
   readonly #spans = new Map<string, Map<string, PodEndpointSpan[]>>();
   readonly #byAddress = new Map<string, PodEndpointSpan[]>();
   readonly #events: KubeEvent[] = [];
+  #revision = 0;
+
+  revision(): number {
+    return this.#revision;
+  }
 
   apply(event: KubeEvent): void {
+    this.#revision++;
     this.#events.push(event);
     switch (event.kind) {
       case 'service': {
