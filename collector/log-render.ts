@@ -49,11 +49,17 @@ export function renderLogLine(line: string, opts: RenderOptions): string {
 function renderFinding(o: Json, head: string, paint: (code: string, text: string) => string, color: string): string {
   const lines: string[] = [];
   const where = [o.node, o.service].filter((x) => typeof x === 'string').join('  ');
-  const count = typeof o.count === 'number' && o.count > 1 ? `  ×${o.count} (${String(o.firstSeen)} .. ${String(o.lastSeen)})` : '';
+  const folded = Array.isArray(o.tuples);
+  const count = typeof o.count === 'number' && (folded || o.count > 1) ? `  repeated ×${o.count} (${String(o.firstSeen)} .. ${String(o.lastSeen)})` : '';
   lines.push(`${head} ${paint(BOLD + color, String(o.finding))}  ${where}${count}`);
   const field = (label: string, text: string) => lines.push(`  ${paint(DIM, label.padEnd(9))}${text === '' ? '' : ` ${text}`}`);
   const t = o.tuple as { proto?: string; src?: string; sport?: number | null; dst?: string; dport?: number | null } | null | undefined;
-  if (t) field('tuple', `${t.proto ?? '?'} ${t.src ?? '?'}:${t.sport ?? '-'} -> ${t.dst ?? '?'}:${t.dport ?? '-'}`);
+  const tupleLine = (x: { proto?: string; src?: string; sport?: number | null; dst?: string; dport?: number | null }) => `${x.proto ?? '?'} ${x.src ?? '?'}:${x.sport ?? '-'} -> ${x.dst ?? '?'}:${x.dport ?? '-'}`;
+  if (folded) {
+    const ts = o.tuples as { proto?: string; src?: string; sport?: number | null; dst?: string; dport?: number | null }[];
+    field('tuples', `${ts.length}${typeof o.moreTuples === 'number' && o.moreTuples > 0 ? ` (+${o.moreTuples} more)` : ''}`);
+    for (const x of ts) lines.push(`    ${tupleLine(x)}`);
+  } else if (t) field('tuple', tupleLine(t));
   if (typeof o.endpoint === 'string') field('endpoint', `${o.endpoint}${typeof o.pod === 'string' ? ` (pod ${o.pod})` : ''}`);
   else if (typeof o.pod === 'string') field('pod', o.pod);
   if (typeof o.clientPod === 'string') field('client', `pod ${o.clientPod}`);

@@ -54,9 +54,9 @@ export function renderReport(r: ReportInput): string {
   const findingRows = [...r.findings]
     .sort((a, b) => a.time - b.time)
     .map(
-      (f) => `<section class="finding ${f.severity}"><h3>${esc(iso(f.time))} · ${esc(f.severity.toUpperCase())} · ${esc(f.finding)}${f.count > 1 ? ` ×${f.count}` : ''}</h3>
+      (f) => `<section class="finding ${f.severity}"><h3>${esc(iso(f.time))} · ${esc(f.severity.toUpperCase())} · ${esc(f.finding)}${f.tuples !== undefined ? ` · repeated ×${f.count}, ${esc(f.firstSeen)} to ${esc(f.lastSeen)}` : ''}</h3>
 <p>${esc(f.summary)}</p>
-<dl><dt>node</dt><dd>${esc(f.node)}</dd><dt>Service</dt><dd>${esc(f.service ?? '-')}</dd><dt>tuple</dt><dd>${esc(f.tuple ? tupleText(f.tuple) : '-')}</dd><dt>endpoint</dt><dd>${esc(f.endpoint ?? '-')}${f.pod ? ` (pod ${esc(f.pod)})` : ''}</dd></dl>
+<dl><dt>node</dt><dd>${esc(f.node)}</dd><dt>Service</dt><dd>${esc(f.service ?? '-')}</dd>${f.tuples !== undefined ? `<dt>tuples</dt><dd>${f.tuples.map((t) => esc(tupleText(t))).join('<br>')}${f.moreTuples ? ` and ${f.moreTuples} more` : ''}</dd>` : `<dt>tuple</dt><dd>${esc(f.tuple ? tupleText(f.tuple) : '-')}</dd>`}<dt>endpoint</dt><dd>${esc(f.endpoint ?? '-')}${f.pod ? ` (pod ${esc(f.pod)})` : ''}</dd></dl>
 <pre>${f.evidence.map((e) => esc(`[${e.time} ${e.node} ${e.source}] ${e.raw}`)).join('\n')}</pre>
 <p class="advice">${esc(f.advice)}</p></section>`,
     )
