@@ -100,32 +100,61 @@ function file<N extends SourceName>(source: N, path: string, parse: (text: strin
  * kube-proxy programs whichever iptables backend the node's iptables binary
  * uses; a node can hold both (the nft variant warns "iptables-legacy tables
  * present"). Sample every backend that holds KUBE-* chains, and say which.
+ * In a dual-stack or IPv6 cluster kube-proxy writes the same chains with
+ * ip6tables, so each family is read the same way, and records say which.
  */
 function iptablesSampler(): Sampler<'iptables'> {
-  const backends = [
-    { backend: 'nft' as const, argv: ['iptables-nft-save', '-c'] },
-    { backend: 'legacy' as const, argv: ['iptables-legacy-save', '-c'] },
+  const families = [
+    {
+      family: 'ipv4' as const,
+      backends: [
+        { backend: 'nft' as const, argv: ['iptables-nft-save', '-c'] },
+        { backend: 'legacy' as const, argv: ['iptables-legacy-save', '-c'] },
+      ],
+      // Older distributions ship only `iptables-save`, whose backend we cannot name.
+      fallback: ['iptables-save', '-c'],
+    },
+    {
+      family: 'ipv6' as const,
+      backends: [
+        { backend: 'nft' as const, argv: ['ip6tables-nft-save', '-c'] },
+        { backend: 'legacy' as const, argv: ['ip6tables-legacy-save', '-c'] },
+      ],
+      fallback: ['ip6tables-save', '-c'],
+    },
   ];
+  type Output = { family: 'ipv4' | 'ipv6'; backend: 'nft' | 'legacy' | null; reading: { via: string; text: string } };
   return {
     source: 'iptables',
     async sample(io) {
-      const outputs: { backend: 'nft' | 'legacy' | null; reading: { via: string; text: string } }[] = [];
-      for (const b of backends) {
-        try {
-          const out = await io.run(b.argv, { timeoutMs: TIMEOUT_MS });
-          outputs.push({ backend: b.backend, reading: { via: b.argv.join(' '), text: out.stdout } });
-        } catch (err) {
-          if (!isConntrailError(err, 'TOOL_MISSING')) throw err;
+      const chosen: Output[] = [];
+      let missing: unknown = null;
+      for (const f of families) {
+        const outputs: Output[] = [];
+        for (const b of f.backends) {
+          try {
+            const out = await io.run(b.argv, { timeoutMs: TIMEOUT_MS });
+            outputs.push({ family: f.family, backend: b.backend, reading: { via: b.argv.join(' '), text: out.stdout } });
+          } catch (err) {
+            if (!isConntrailError(err, 'TOOL_MISSING')) throw err;
+          }
         }
+        if (outputs.length === 0) {
+          try {
+            const out = await io.run(f.fallback, { timeoutMs: TIMEOUT_MS });
+            outputs.push({ family: f.family, backend: null, reading: { via: f.fallback.join(' '), text: out.stdout } });
+          } catch (err) {
+            // A family with no tool at all is left out; the source is missing only when both are.
+            if (!isConntrailError(err, 'TOOL_MISSING')) throw err;
+            missing ??= err;
+            continue;
+          }
+        }
+        const withKube = outputs.filter((o) => o.reading.text.includes(':KUBE-'));
+        chosen.push(...(withKube.length > 0 ? withKube : outputs.slice(0, 1)));
       }
-      if (outputs.length === 0) {
-        // Older distributions ship only `iptables-save`, whose backend we cannot name.
-        const out = await io.run(['iptables-save', '-c'], { timeoutMs: TIMEOUT_MS });
-        outputs.push({ backend: null, reading: { via: 'iptables-save -c', text: out.stdout } });
-      }
-      const withKube = outputs.filter((o) => o.reading.text.includes(':KUBE-'));
-      const chosen = withKube.length > 0 ? withKube : outputs.slice(0, 1);
-      return merged('iptables', chosen.map((o) => ({ reading: o.reading, ...parseIptables(o.reading.text, o.backend) })));
+      if (chosen.length === 0) throw missing;
+      return merged('iptables', chosen.map((o) => ({ reading: o.reading, ...parseIptables(o.reading.text, o.backend, o.family) })));
     },
   };
 }

@@ -27,6 +27,8 @@ import { InProcessAgent } from './in-process.ts';
 export const RECORDED_FILES: Readonly<Record<string, string>> = {
   'iptables-save.txt': 'iptables-nft-save -c',
   'iptables-legacy-save.txt': 'iptables-legacy-save -c',
+  'ip6tables-save.txt': 'ip6tables-nft-save -c',
+  'ip6tables-legacy-save.txt': 'ip6tables-legacy-save -c',
   'nft.json': 'nft -j list ruleset',
   'ipvsadm-Ln.txt': 'ipvsadm -Ln',
   'ipvsadm-Lnc.txt': 'ipvsadm -Lnc',

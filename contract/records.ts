@@ -127,6 +127,8 @@ export type IpsetRecord = IpsetSet | IpsetMember;
 export const iptablesChain = object({
   kind: literal('chain'),
   backend: nullable(literal('legacy', 'nft')),
+  /** ipv4 from iptables-save, ipv6 from ip6tables-save (kube-proxy writes both in a dual-stack cluster). */
+  family: literal('ipv4', 'ipv6'),
   table: str,
   chain: str,
   /** ACCEPT/DROP for builtin chains, null for user chains. */
@@ -138,6 +140,7 @@ export const iptablesChain = object({
 export const iptablesRule = object({
   kind: literal('rule'),
   backend: nullable(literal('legacy', 'nft')),
+  family: literal('ipv4', 'ipv6'),
   table: str,
   chain: str,
   /** 1-based position in its chain. */

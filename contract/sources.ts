@@ -121,11 +121,13 @@ const iptablesRecord = tagged('kind', { chain: R.iptablesChain, rule: R.iptables
 const iptables: SourceSpec<R.IptablesRecord> = {
   schema: iptablesRecord,
   // A rule is identified by its text (plus which duplicate it is), not its
-  // position: inserting one rule must not re-key the chain below it.
+  // position: inserting one rule must not re-key the chain below it. The same
+  // text in iptables and ip6tables (`-A KUBE-SERVICES -j KUBE-NODEPORTS`) is
+  // two rules.
   keyOf: (r) =>
     r.kind === 'chain'
-      ? `${r.backend ?? '-'} ${r.table} :${r.chain}`
-      : `${r.backend ?? '-'} ${r.table} ${r.spec}#${r.occurrence}`,
+      ? `${r.family} ${r.backend ?? '-'} ${r.table} :${r.chain}`
+      : `${r.family} ${r.backend ?? '-'} ${r.table} ${r.spec}#${r.occurrence}`,
   sameState: (a, b) => (a.kind === 'chain' && b.kind === 'chain' ? a.policy === b.policy : a.kind === b.kind),
   refreshed: countersMoved,
 };

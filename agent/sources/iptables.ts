@@ -12,6 +12,8 @@ import type { IptablesChain, IptablesRecord, IptablesRule } from '../../contract
 import type { ParseResult, Problem } from '../../contract/sources.ts';
 
 export type IptablesBackend = 'legacy' | 'nft';
+/** Which of iptables-save (ipv4) and ip6tables-save (ipv6) printed the text. */
+export type IptablesFamily = 'ipv4' | 'ipv6';
 
 /** Table name given to rules seen before any `*table` line (a grepped excerpt). */
 export const UNKNOWN_TABLE = 'unknown';
@@ -239,11 +241,15 @@ function isCountToken(s: string | undefined): s is string {
 }
 
 /**
- * Parses `iptables-save [-c]` output or an iptables-restore input. `backend`
- * says which iptables wrote it (the caller ran the binary, so it knows);
- * records carry it so that legacy and nft rules of one node never collide.
+ * Parses `iptables-save [-c]` or `ip6tables-save [-c]` output, or an
+ * iptables-restore input. `backend` and `family` say which binary wrote it
+ * (the caller ran it, so it knows); records carry both so that legacy and nft
+ * rules, and IPv4 and IPv6 rules, of one node never collide. The grammar is
+ * the same for both families: ip6tables_save_main() in iptables-save.c runs
+ * the same do_iptables_save() (xtables-save.c for the nft variant), and IPv6
+ * rules print their addresses as `addr/len` up to /128.
  */
-export function parseIptables(text: string, backend: IptablesBackend | null = null): ParseResult<IptablesRecord> {
+export function parseIptables(text: string, backend: IptablesBackend | null = null, family: IptablesFamily = 'ipv4'): ParseResult<IptablesRecord> {
   const records: IptablesRecord[] = [];
   const problems: Problem[] = [];
   let table: string | null = null;
@@ -278,7 +284,7 @@ export function parseIptables(text: string, backend: IptablesBackend | null = nu
       continue;
     }
     if (first === 0x3a /* : */) {
-      const chain = readChainLine(raw, p, table ?? UNKNOWN_TABLE, backend);
+      const chain = readChainLine(raw, p, table ?? UNKNOWN_TABLE, backend, family);
       if ('reason' in chain) problems.push(at(li, raw, chain.reason));
       else records.push(chain);
       continue;
@@ -320,7 +326,7 @@ export function parseIptables(text: string, backend: IptablesBackend | null = nu
         const policy = isPolicy && count > 2 ? (values[2] ?? null) : null;
         if (isPolicy && policy === null) { problems.push(at(li, raw, '`-P` without a policy')); continue; }
         records.push({
-          kind: 'chain', backend, table: table ?? UNKNOWN_TABLE, chain, policy, packets, bytes, raw,
+          kind: 'chain', backend, family, table: table ?? UNKNOWN_TABLE, chain, policy, packets, bytes, raw,
         } satisfies IptablesChain);
         continue;
       }
@@ -371,6 +377,7 @@ export function parseIptables(text: string, backend: IptablesBackend | null = nu
     records.push({
       kind: 'rule',
       backend,
+      family,
       table: table ?? UNKNOWN_TABLE,
       chain,
       position,
@@ -423,7 +430,7 @@ function specOf(raw: string, tok: TokenBuffer, end: number, skipCounters: boolea
 }
 
 /** `:CHAIN POLICY [packets:bytes]`; user chains have policy `-` (nft_ipv46_save_chain, iptables-save.c). */
-function readChainLine(raw: string, p: number, table: string, backend: IptablesBackend | null): IptablesChain | { reason: string } {
+function readChainLine(raw: string, p: number, table: string, backend: IptablesBackend | null, family: IptablesFamily): IptablesChain | { reason: string } {
   const parts = raw.slice(p + 1).trim().split(BLANKS);
   const [chain = '', policy, counters, ...rest] = parts;
   if (chain === '') return { reason: '`:` chain line without a chain name' };
@@ -436,5 +443,5 @@ function readChainLine(raw: string, p: number, table: string, backend: IptablesB
     packets = c.packets;
     bytes = c.bytes;
   }
-  return { kind: 'chain', backend, table, chain, policy: policy === '-' ? null : policy, packets, bytes, raw };
+  return { kind: 'chain', backend, family, table, chain, policy: policy === '-' ? null : policy, packets, bytes, raw };
 }

@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { parsers } from '../../../agent/parsers.ts';
 import { parseIptables } from '../../../agent/sources/iptables.ts';
+import { indexByKey } from '../../../contract/diff.ts';
 import type { IptablesChain, IptablesRecord, IptablesRule } from '../../../contract/records.ts';
 import { sources } from '../../../contract/sources.ts';
 
@@ -91,7 +93,7 @@ describe('parseIptables on verbatim iptables-save dumps', () => {
 
     const prerouting = chainsOf(records).find((c) => c.table === 'mangle' && c.chain === 'PREROUTING');
     expect(prerouting).toEqual({
-      kind: 'chain', backend: null, table: 'mangle', chain: 'PREROUTING', policy: 'ACCEPT',
+      kind: 'chain', backend: null, family: 'ipv4', table: 'mangle', chain: 'PREROUTING', policy: 'ACCEPT',
       packets: 123097, bytes: 69451088, raw: ':PREROUTING ACCEPT [123097:69451088]',
     });
     expect(chainsOf(records).find((c) => c.chain === 'KUBE-SERVICES')).toMatchObject({ policy: null, packets: 0, bytes: 0 });
@@ -288,6 +290,56 @@ describe('parseIptables on rules captured in a lab namespace', () => {
       'filter INPUT ACCEPT', 'filter FORWARD ACCEPT', 'filter OUTPUT ACCEPT', 'filter KUBE-FORWARD -',
     ]);
     await expect(JSON.stringify(result, null, 2) + '\n').toMatchFileSnapshot(golden(name));
+  });
+});
+
+describe('parseIptables on ip6tables rules captured in a lab namespace', () => {
+  // lab-capture-ipv6.sh loads lab-kube-proxy-restore-input-ipv6.txt with
+  // `ip6tables-restore --noflush --counters`, adds the jump rules, sends 3 UDP
+  // datagrams and 2 TCP SYNs to the ClusterIPs, and saves with `ip6tables-save -c`.
+  const input = parseIptables(fixture('lab-kube-proxy-restore-input-ipv6.txt'), null, 'ipv6');
+  const saved = parseIptables(fixture('lab-ip6tables-save-c.txt'), 'nft', 'ipv6');
+
+  it('reads real `ip6tables-save -c` output: /128 addresses, bracketed DNAT targets, the icmp6 REJECT', async () => {
+    const { records, problems } = saved;
+    expect(problems).toEqual([]);
+    expectValidRecords(records);
+    expect(records.every((r) => r.family === 'ipv6' && r.backend === 'nft')).toBe(true);
+    expect(tablesOf(records)).toEqual(['filter', 'nat']);
+    expect(rulesOf(records)).toHaveLength(28);
+    expect(inChain(records, 'KUBE-SERVICES').filter((r) => r.table === 'nat').map((r) => [r.destination, r.protocol, r.dport, r.packets])).toEqual([
+      ['fd00:10:96::100a/128', 'tcp', '80', 2], ['fd00:10:96::a/128', 'udp', '53', 3], [null, null, null, 0],
+    ]);
+    expect(dnatTargets(records)).toEqual(['[fd00:10:244::3]:53', '[fd00:10:244:1::5]:8080', '[fd00:10:244:2::7]:8080']);
+    expect(inChain(records, 'KUBE-SVC-XRY76EGRC3BSCIIJ')[0]).toMatchObject({ source: '! fd00:10:244::/56', target: 'KUBE-MARK-MASQ' });
+    expect(inChain(records, 'KUBE-SVC-XRY76EGRC3BSCIIJ').map((r) => r.packets)).toEqual([0, 1, 1]);
+    // kube-proxy writes a bare `-j REJECT`; ip6tables-save prints the IPv6 default (libip6t_REJECT).
+    const reject = rulesOf(records).find((r) => r.target === 'REJECT');
+    expect(reject).toMatchObject({ table: 'filter', comment: 'demo/empty:http has no endpoints', destination: 'fd00:10:96::2222/128' });
+    expect(reject?.args.slice(-2)).toEqual(['--reject-with', 'icmp6-port-unreachable']);
+    await expect(JSON.stringify(saved, null, 2) + '\n').toMatchFileSnapshot(golden('lab-ip6tables-save-c.txt'));
+    await expect(JSON.stringify(input, null, 2) + '\n').toMatchFileSnapshot(golden('lab-kube-proxy-restore-input-ipv6.txt'));
+  });
+
+  it('gives the same rules for the IPv6 restore input and for what ip6tables-save printed back', () => {
+    expect(input.problems).toEqual([]);
+    const meaning = (r: IptablesRule) => [r.table, r.chain, r.protocol, r.source, r.destination, r.dport, r.comment, r.target, r.toDestination];
+    const byKey = (records: readonly IptablesRecord[]) =>
+      new Map(rulesOf(records).filter((r) => r.chain.startsWith('KUBE-')).map((r) => [`${r.table} ${r.chain} ${r.position}`, meaning(r)]));
+    expect(byKey(saved.records)).toEqual(byKey(input.records));
+  });
+
+  it('keeps IPv4 and IPv6 rules with the same text apart', () => {
+    const v4 = parseIptables(fixture('lab-iptables-save-c.txt'), 'nft');
+    const both = [...v4.records, ...saved.records];
+    const same = (r: IptablesRecord) => r.kind === 'rule' && r.spec === '-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN';
+    expect(both.filter(same).map((r) => r.family)).toEqual(['ipv4', 'ipv6']);
+    expect(indexByKey(both, sources.iptables).duplicates).toBe(0);
+  });
+
+  it('tells `conntrail parse iptables` an ip6tables dump by its header', () => {
+    expect(new Set(parsers.iptables(fixture('lab-ip6tables-save-c.txt')).records.map((r) => r.family))).toEqual(new Set(['ipv6']));
+    expect(new Set(parsers.iptables(fixture('lab-iptables-save-c.txt')).records.map((r) => r.family))).toEqual(new Set(['ipv4']));
   });
 });
 
