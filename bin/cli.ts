@@ -22,9 +22,8 @@ const agentModules = async () => ({
 });
 const collectorModules = async () => ({
   ...(await import('../collector/bundle-service.ts')),
-  ...(await import('../collector/collector.ts')),
+  ...(await import('../collector/pipeline.ts')),
   ...(await import('../collector/server.ts')),
-  ...(await import('../collector/detection.ts')),
   ...(await import('../collector/kube/cluster-view.ts')),
   ...(await import('../collector/finding-log.ts')),
   ...(await import('../collector/summary.ts')),
@@ -39,7 +38,8 @@ usage:
                       [--kubeconfig F | --no-kubernetes] [--pretty [--color|--no-color]]
   conntrail agent --collector ws://HOST:PORT [--node NAME] [--interval 1s] [--token-file F] [--ca F]
                   [--health-listen HOST:PORT]
-  conntrail local [--interval 1s] [--listen HOST:PORT]
+  conntrail local [--interval 1s] [--listen HOST:PORT]   this node: agent, collector, detectors, incidents and the API in one process
+  conntrail services [STEP_DIR] [--json]   the Services kube-proxy programmed on this node (or in saved outputs)
   conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
   conntrail replay DIR                recorded outputs (DIR/<node>/<time>/<file>) through the agent and the detectors
   conntrail incidents --collector URL [--token-file F] [--ca F]
@@ -73,6 +73,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await runIncidents(rest);
       case 'logs':
         return await runLogs(rest);
+      case 'services':
+        return await runServices(rest);
       case undefined:
       case '-h':
       case '--help':
@@ -158,7 +160,7 @@ async function runLogs(args: readonly string[]): Promise<number> {
 }
 
 async function runCollector(args: readonly string[]): Promise<number> {
-  const { BundleService, parseSince, Collector, CollectorServer, parseListen, Detection, startClusterView, findingLogger } = await collectorModules();
+  const { parseSince, createPipeline, CollectorServer, parseListen, startClusterView, findingLogger } = await collectorModules();
   const { values } = parseArgs({
     args: [...args],
     options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false }, pretty: { type: 'boolean', default: false }, color: { type: 'boolean' } },
@@ -170,24 +172,22 @@ async function runCollector(args: readonly string[]): Promise<number> {
   const tls = values['tls-cert'] && values['tls-key'] ? { cert: readFileSync(values['tls-cert'], 'utf8'), key: readFileSync(values['tls-key'], 'utf8') } : undefined;
   const historyMs = parseSince(values.history);
   if (historyMs === null) throw new UsageError(`--history: ${JSON.stringify(values.history)} is not a duration like 15m`);
-  const collector = new Collector({ log, historyMs });
   const cluster = await startClusterView({ log, historyMs, disabled: values['no-kubernetes'], ...(values.kubeconfig === undefined ? {} : { kubeconfig: values.kubeconfig }) });
-  const bundles = new BundleService(collector, VERSION, cluster.catalog);
-  const logFinding = findingLogger(log);
-  const detection = new Detection((line) => {
-    logFinding(line);
-    const opened = bundles.incidents.add(line);
-    if (opened === null) return;
-    const capturing = captureMs > 0 ? bundles.startCapture(opened, captureMs) : [];
-    log.warn({ incident: opened.id, service: opened.service, node: line.node, capturing, captureMs }, 'incident opened');
-  }, { kube: cluster.catalog });
-  detection.watch(collector);
-  const server = new CollectorServer({ collector, log, token, bundles, ...(tls ? { tls } : {}) });
+  const pipeline = createPipeline({
+    log,
+    historyMs,
+    catalog: cluster.catalog,
+    version: VERSION,
+    captureMs,
+    onFinding: findingLogger(log),
+    onIncident: (incident, line, capturing) => log.warn({ incident: incident.id, service: incident.service, node: line.node, capturing, captureMs }, 'incident opened'),
+  });
+  const server = new CollectorServer({ collector: pipeline.collector, log, token, bundles: pipeline.bundles, services: pipeline.services, ...(tls ? { tls } : {}) });
   const addr = await server.listen(parseListen(values.listen));
   log.info({ listen: addr, auth: token === null ? 'none' : 'bearer token', tls: tls !== undefined }, 'collector listening');
   if (token === null) log.warn('no token configured: any agent or client can connect (set CONNTRAIL_TOKEN or --token-file)');
   await untilSignal();
-  detection.flush(Date.now());
+  pipeline.flush(Date.now());
   await cluster.stop();
   await server.close();
   return 0;
@@ -225,24 +225,47 @@ async function runAgent(args: readonly string[]): Promise<number> {
   return 0;
 }
 
-/** The embedded default: a collector and an agent for this host, and a readable live summary. */
+/**
+ * The embedded default: this host's agent feeding the collector's whole
+ * pipeline in one process (detectors, incidents, bundles, the API on a port
+ * it prints), live counts redrawn every tick, and each finding rendered as
+ * `conntrail logs` renders it.
+ */
 async function runLocal(args: readonly string[]): Promise<number> {
-  const { Agent, readNodeFacts, createHostIO, NodeState, createSamplers } = await agentModules();
-  const { Collector, CollectorServer, parseListen, renderSummary } = await collectorModules();
   const { values } = parseArgs({ args: [...args], options: { interval: { type: 'string', default: '1s' }, listen: { type: 'string', default: '127.0.0.1:0' } } });
+  // Flags first: nothing is opened for a command line that is wrong.
+  const intervalMs = parseInterval(values.interval);
+  const { Agent, readNodeFacts, createHostIO, NodeState, createSamplers } = await agentModules();
+  const { createPipeline, CollectorServer, parseListen, renderSummary, findingLogger } = await collectorModules();
+  const { renderLogLine } = await import('../collector/log-render.ts');
   // pino's child() would repeat the `component` key, not replace it: one logger per component.
   const level = process.env.LOG_LEVEL ?? 'warn';
   const log = logger('collector', level);
-  const collector = new Collector({ log });
+  const tty = process.stdout.isTTY === true;
+  const color = wantColor(undefined, process.stdout);
+  // Findings go through the same pino line the collector writes, then through the logs renderer.
+  const rendered: string[] = [];
+  const findingsOut = pino({ base: { component: 'collector' }, timestamp: pino.stdTimeFunctions.isoTime }, {
+    write(line: string) {
+      const text = renderLogLine(line.replace(/\n$/, ''), { color });
+      if (tty) {
+        rendered.push(text);
+        if (rendered.length > 20) rendered.shift();
+      } else process.stdout.write(`${text}\n`);
+    },
+  });
+  const pipeline = createPipeline({ log, version: VERSION, onFinding: findingLogger(findingsOut) });
   const token = readToken(undefined);
-  const server = new CollectorServer({ collector, log, token });
+  const server = new CollectorServer({ collector: pipeline.collector, log, token, bundles: pipeline.bundles, services: pipeline.services });
   const addr = await server.listen(parseListen(values.listen));
-  const url = typeof addr === 'string' ? `ws+unix:${addr}` : `ws://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
+  const host = typeof addr === 'string' ? null : addr.address.includes(':') ? `[${addr.address}]` : addr.address;
+  const url = typeof addr === 'string' ? `ws+unix:${addr}` : `ws://${host ?? ''}:${addr.port}`;
+  const api = typeof addr === 'string' ? `unix:${addr}` : `http://${host ?? ''}:${addr.port}`;
   const node = process.env.NODE_NAME ?? hostname();
   const agent = new Agent({
     node,
     collectorUrl: url,
-    intervalMs: parseInterval(values.interval),
+    intervalMs,
     token,
     version: VERSION,
     state: new NodeState(createSamplers(), createHostIO()),
@@ -250,17 +273,64 @@ async function runLocal(args: readonly string[]): Promise<number> {
     readFacts: readNodeFacts,
   });
   agent.start();
-  const tty = process.stdout.isTTY === true;
-  const print = () => {
-    const text = renderSummary(collector, Date.now());
-    process.stdout.write(tty ? `\x1b[H\x1b[2J${text}\n` : `${text}\n\n`);
+  const header = [
+    `conntrail local on ${node}: watching this node every ${intervalMs} ms. Ctrl-C to quit.`,
+    `API ${api}  (conntrail incidents --collector ${api}; conntrail bundle --collector ${api} --since 10m -o FILE)`,
+  ];
+  if (!tty) process.stdout.write(`${header.join('\n')}\n`);
+  const notes = (): string[] => {
+    const view = pipeline.collector.nodes.get(node);
+    if (view === undefined || view.lastSeq === null) return [];
+    const out: string[] = [];
+    if (pipeline.detection.services(node).length === 0)
+      out.push('nothing to watch yet: no kube-proxy rules found on this node (iptables, nftables, IPVS and ipsets hold no Services); findings need a node kube-proxy programs');
+    const ipvs = view.status('ipvs');
+    if (ipvs !== undefined && ipvs.state !== 'ok') out.push(`IPVS absent: ${ipvs.reason ?? ipvs.state}`);
+    return out;
   };
-  const timer = setInterval(print, tty ? 1_000 : 5_000);
+  const incidents = (): string[] => pipeline.bundles.list().map((i) => `incident ${String(i.id)}  ${String(i.service ?? '-')}  ${String(i.findings)} findings  ${JSON.stringify(i.kinds)}`);
+  let lastNotes = '';
+  const draw = () => {
+    const now = Date.now();
+    if (tty) {
+      const screen = [...header, '', renderSummary(pipeline.collector, now), ...notes(), ...incidents(), '', ...(rendered.length > 0 ? ['findings (latest last):', ...rendered] : ['no findings'])];
+      process.stdout.write(`\x1b[H\x1b[2J${screen.join('\n')}\n`);
+    } else {
+      const n = notes().join('\n');
+      if (n !== lastNotes && n !== '') process.stdout.write(`${n}\n`);
+      lastNotes = n;
+    }
+  };
+  const timer = setInterval(draw, intervalMs);
+  // Without a terminal there is no screen to redraw: the counts go out every 5 s.
+  const summaryTimer = tty ? null : setInterval(() => process.stdout.write(`${renderSummary(pipeline.collector, Date.now())}\n${incidents().join('\n')}\n`), 5_000);
   await untilSignal();
   clearInterval(timer);
+  if (summaryTimer !== null) clearInterval(summaryTimer);
+  pipeline.flush(Date.now());
   await agent.stop();
   await server.close();
   return 0;
+}
+
+/** `conntrail services [STEP_DIR] [--json]`. */
+async function runServices(args: readonly string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: [...args], allowPositionals: true, options: { json: { type: 'boolean', default: false } } });
+  const [dir, ...extra] = positionals;
+  if (extra.length > 0) throw new UsageError('services: [STEP_DIR] [--json]');
+  const { readServices, recordedStepIO, liveIO, renderServices, servicesJson } = await import('./services.ts');
+  try {
+    const read = await readServices(dir === undefined ? liveIO() : recordedStepIO(dir));
+    process.stdout.write(values.json ? servicesJson(read) : renderServices(read));
+    if (values.json) for (const u of read.unavailable) process.stderr.write(`conntrail: services: ${u.source} not read: ${u.reason}\n`);
+    return 0;
+  } catch (err) {
+    if (isConntrailError(err, 'BAD_INPUT')) {
+      process.stderr.write(`conntrail: services: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
 }
 
 async function runParse(args: readonly string[]): Promise<number> {

@@ -7,8 +7,7 @@ import { createHostIO, type HostIO } from '../agent/host-io.ts';
 import { NodeState } from '../agent/node-state.ts';
 import { createSamplers } from '../agent/samplers.ts';
 import type { FindingLine } from '../collector/aggregate.ts';
-import { Collector } from '../collector/collector.ts';
-import { Detection } from '../collector/detection.ts';
+import { createPipeline } from '../collector/pipeline.ts';
 import { kernelAtLeast } from '../collector/detectors/input.ts';
 import type { NodeView } from '../collector/node-view.ts';
 import type { SourceStatus } from '../contract/protocol.ts';
@@ -36,9 +35,7 @@ export async function runDoctor(options: { node?: string; gapMs?: number; io?: H
   const node = options.node ?? process.env.NODE_NAME ?? hostname();
   const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
   const findings: FindingLine[] = [];
-  const detection = new Detection((l) => findings.push(l));
-  const collector = new Collector({ log: options.log });
-  detection.watch(collector);
+  const { collector, detection } = createPipeline({ log: options.log, onFinding: (l) => findings.push(l) });
   const agent = new InProcessAgent(node, new NodeState(createSamplers(), options.io ?? createHostIO()), collector);
   await agent.step(Date.now());
   // 3 s: enough for a timer held by traffic to show against one counting down (whole-second timers).
@@ -47,7 +44,7 @@ export async function runDoctor(options: { node?: string; gapMs?: number; io?: H
   detection.flush(Date.now() + 3_600_000);
   const view = collector.nodes.get(node);
   if (view === undefined) throw new Error('doctor: the in-process collector has no view of this node');
-  const kernel = (view.recordMap('sysctl').get('kernel.osrelease') as Sysctl | undefined)?.value ?? null;
+  const kernel = view.recordMap('sysctl').get('kernel.osrelease')?.value ?? null;
   const checks = configurationChecks(view, kernel);
   return {
     node,

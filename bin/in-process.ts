@@ -1,9 +1,9 @@
-// An agent's NodeState feeding a collector in the same process, through the
-// real wire encoding: what `replay` and `doctor` run, so they see exactly
-// what a collector fed over a socket would.
+// An agent's NodeState feeding a collector in the same process with the
+// messages a socket would carry, decoded (the JSON codec is the wire's, and
+// only the wire's): what `replay` and `doctor` run.
 import type { NodeState } from '../agent/node-state.ts';
 import type { Collector, Session } from '../collector/collector.ts';
-import { encode, SNAPSHOT_CHUNK, type AgentMessage } from '../contract/protocol.ts';
+import { SNAPSHOT_CHUNK, type AgentMessage } from '../contract/protocol.ts';
 import type { NodeFacts } from '../contract/records.ts';
 
 export class InProcessAgent {
@@ -22,7 +22,7 @@ export class InProcessAgent {
 
   /** Samples once; the first step says hello and sends a snapshot, later ones a diff. */
   async step(time: number, facts?: NodeFacts): Promise<void> {
-    const send = (msg: AgentMessage) => this.#collector.receive(this.#session, encode(msg));
+    const send = (msg: AgentMessage) => this.#collector.accept(this.#session, msg);
     const first = this.#seq === 0;
     if (first) send({ v: 1, type: 'hello', node: this.#node, agentVersion: 'in-process', intervalMs: 1000, startedAt: time });
     if (facts !== undefined) send({ v: 1, type: 'facts', facts });

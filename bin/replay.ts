@@ -16,8 +16,7 @@ import { createRecordedIO } from '../agent/recorded-io.ts';
 import { createSamplers } from '../agent/samplers.ts';
 import { parseSysctl } from '../agent/sources/sysctl.ts';
 import type { FindingLine } from '../collector/aggregate.ts';
-import { Collector } from '../collector/collector.ts';
-import { Detection } from '../collector/detection.ts';
+import { createPipeline } from '../collector/pipeline.ts';
 import { ConntrailError } from '../contract/errors.ts';
 import { bundleKubeEvents, bundleTimelines, deriveFindings, readBundle } from '../collector/bundle.ts';
 import { nodeFacts, type NodeFacts } from '../contract/records.ts';
@@ -113,13 +112,15 @@ export async function replay(dir: string, log: Logger, sink?: (line: FindingLine
   }
   const timeline = readTimeline(dir);
   const lines: FindingLine[] = [];
-  const detection = new Detection((line) => {
-    lines.push(line);
-    sink?.(line);
-  });
   let clock = 0;
-  const collector = new Collector({ log, now: () => clock });
-  detection.watch(collector);
+  const { collector, detection } = createPipeline({
+    log,
+    now: () => clock,
+    onFinding: (line) => {
+      lines.push(line);
+      sink?.(line);
+    },
+  });
   // Interleave nodes by time, as a collector receives them.
   const events = [...timeline].flatMap(([node, steps]) => steps.map((step) => ({ node, step }))).sort((a, b) => a.step.time - b.step.time);
   const agents = new Map<string, { agent: InProcessAgent; carried: Map<string, string> }>();

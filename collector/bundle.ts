@@ -9,11 +9,11 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { pino, type Logger } from 'pino';
 import * as tar from 'tar';
-import { encode, SNAPSHOT_CHUNK, type SourceChange } from '../contract/protocol.ts';
+import { SNAPSHOT_CHUNK, type AgentMessage, type SourceChange } from '../contract/protocol.ts';
 import type { NodeFacts } from '../contract/records.ts';
 import type { FindingLine } from './aggregate.ts';
-import { Collector, type Session } from './collector.ts';
-import { Detection } from './detection.ts';
+import type { Session } from './collector.ts';
+import { createPipeline } from './pipeline.ts';
 import type { EndpointSpan } from './endpoint-history.ts';
 import { iso, tupleText } from './findings.ts';
 import { KubeCatalog, type KubeEvent } from './kube/catalog.ts';
@@ -48,16 +48,14 @@ export function deriveFindings(timelines: readonly NodeTimeline[], log: Logger =
     kube = new KubeCatalog();
     for (const e of [...kubeEvents].sort((a, b) => a.time - b.time)) kube.apply(e);
   }
-  const detection = new Detection((l) => findings.push(l), { kube });
   let clock = 0;
-  const collector = new Collector({ log, now: () => clock, historyMs: Number.MAX_SAFE_INTEGER });
-  detection.watch(collector);
+  const { collector, detection } = createPipeline({ log, now: () => clock, historyMs: Number.MAX_SAFE_INTEGER, kube, onFinding: (l) => findings.push(l) });
   const sessions = new Map<string, Session>();
   const events = timelines.flatMap((t) => t.entries.map((entry) => ({ t, entry }))).sort((a, b) => a.entry.time - b.entry.time);
   for (const { t, entry } of events) {
     clock = entry.time;
     let session = sessions.get(t.node);
-    const send = (msg: Parameters<typeof encode>[0]) => collector.receive(session as Session, encode(msg));
+    const send = (msg: AgentMessage) => collector.accept(session as Session, msg);
     if (session === undefined) {
       session = { node: null, remote: `bundle:${t.node}`, send: () => undefined };
       sessions.set(t.node, session);

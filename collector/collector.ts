@@ -67,7 +67,7 @@ export class Collector {
       this.#log.warn({ node: session.node, remote: session.remote, error: decoded.error, bytes: text.length }, 'rejected a malformed frame');
       return;
     }
-    this.#handle(session, decoded.msg);
+    this.accept(session, decoded.msg);
   }
 
   /** Asks a connected node's agent for a capture; false when that node is not connected. */
@@ -87,7 +87,8 @@ export class Collector {
     this.#log.warn({ node: session.node, remote: session.remote, code }, 'agent disconnected');
   }
 
-  #handle(session: Session, msg: AgentMessage): void {
+  /** Handles one decoded message: what the socket end feeds after decoding, and what in-process agents (local, replay, doctor, bundles) feed directly. */
+  accept(session: Session, msg: AgentMessage): void {
     const now = this.#now();
     if (msg.type === 'hello') {
       session.node = msg.node;

@@ -22,6 +22,8 @@ export interface ServerOptions {
   /** Largest frame an agent may send; snapshot frames are chunked well below it. */
   readonly maxPayload?: number;
   readonly bundles?: BundleService;
+  /** The Services each node's rules program, as the detectors see them (GET /api/nodes/:node/services). */
+  readonly services?: (node: string) => readonly object[] | null;
 }
 
 export interface ListenTarget {
@@ -135,6 +137,10 @@ export class CollectorServer {
     const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
     if (parts[0] !== 'api') return sendJson(res, 404, { error: 'not found' });
     if (parts[1] === 'nodes' && parts.length === 2) return sendJson(res, 200, this.#nodes());
+    if (parts[1] === 'nodes' && parts.length === 4 && parts[3] === 'services' && this.#o.services !== undefined) {
+      const services = this.#o.collector.nodes.has(parts[2] ?? '') ? this.#o.services(parts[2] ?? '') : null;
+      return services === null ? sendJson(res, 404, { error: 'no such node' }) : sendJson(res, 200, services);
+    }
     const bundles = this.#o.bundles;
     if (bundles !== undefined && parts[1] === 'incidents') {
       if (parts.length === 2) return sendJson(res, 200, bundles.list());

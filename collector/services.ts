@@ -247,6 +247,10 @@ export function servicesFromNft(records: readonly NftObject[]): Drafts {
         const d = draft(out, named.id, named.protocol || protocol, 'nftables');
         if (r.name === 'service-nodeports') d.nodePorts.add(port);
         else if (address !== undefined) addFrontend(d, { address, port, kind: target.startsWith('external-') ? 'external' : 'cluster' });
+      } else if (r.name === 'firewall-ips' && address !== undefined && target !== null) {
+        // Only LoadBalancer IPs get loadBalancerSourceRanges firewalls: the one nftables-mode rule that tells an LB IP from an external IP.
+        const named = nftChainId(target);
+        if (named !== null) addFrontend(draft(out, named.id, named.protocol || protocol, 'nftables'), { address, port, kind: 'loadbalancer' });
       } else if (r.name === 'no-endpoint-services' || r.name === 'no-endpoint-nodeports') {
         const named = serviceIdOf(comment ?? null);
         if (named === null) continue;

@@ -1,5 +1,7 @@
 // The readable live summary `conntrail local` prints: one block per node,
-// one line per source.
+// one line per source. Counts come from the node's live state: a source's
+// status is sent only when it changes, so its `records` is as of then.
+import { isSourceName } from '../contract/sources.ts';
 import type { Collector } from './collector.ts';
 
 export function renderSummary(collector: Collector, now: number): string {
@@ -11,7 +13,7 @@ export function renderSummary(collector: Collector, now: number): string {
     for (const s of statuses) {
       const detail =
         s.state === 'ok'
-          ? `${String(s.records).padStart(7)} records  ${s.durationMs.toFixed(0).padStart(4)} ms  ${s.via ?? ''}${s.problemCount > 0 ? `  (${s.problemCount} unreadable lines, first at line ${s.problems[0]?.line ?? '?'})` : ''}`
+          ? `${String(isSourceName(s.source) ? view.recordMap(s.source).size : s.records).padStart(7)} records  ${s.durationMs.toFixed(0).padStart(4)} ms  ${s.via ?? ''}${s.problemCount > 0 ? `  (${s.problemCount} unreadable lines, first at line ${s.problems[0]?.line ?? '?'})` : ''}`
           : `${s.state}: ${s.reason ?? ''}`;
       lines.push(`  ${s.source.padEnd(14)} ${detail}`);
     }

@@ -147,6 +147,21 @@ afterEach(async () => {
 });
 
 describe('conntrail services on kube-proxy\'s own expected rulesets', { timeout: 60_000 }, () => {
+  /**
+   * nftables mode writes an LB IP and an external IP the same way (a
+   * `service-ips` element to the external chain); only an LB IP with
+   * loadBalancerSourceRanges also gets a `firewall-ips` element. So without
+   * the API the rules say `external` for an LB IP without source ranges: the
+   * expectation (from the Go test's Service specs) is read that way here,
+   * and only here. The collector names the kind from the API when it has it.
+   */
+  const rulesCanTell = (f: Fixture): ServiceView[] => {
+    if (f.mode !== 'nftables') return [...f.expected];
+    const text = f.files.map((n) => readFileSync(join(dir, `${n}.rules`), 'utf8')).join('\n');
+    const firewalled = (address: string) => text.includes(`firewall-ips { ${address} .`);
+    return f.expected.map((s) => ({ ...s, frontends: (s.frontends ?? []).map((fr) => (fr.kind === 'loadbalancer' && !firewalled(fr.address) ? { ...fr, kind: 'external' } : fr)) }));
+  };
+
   for (const f of fixtures()) {
     it(`${f.name} (${f.files.length > 1 ? `steps 1-${f.files.length} loaded in order` : 'one load'})`, async () => {
       assertLabPrerequisites();
@@ -169,7 +184,7 @@ describe('conntrail services on kube-proxy\'s own expected rulesets', { timeout:
       }
       if (!Array.isArray(got)) expect.fail(`\`conntrail services --json\` printed ${typeof got}, not an array of Services`);
       const internal = new Set(f.expected.filter((s) => 'internalLocal' in s).map((s) => s.id));
-      expect(normalize(got as ServiceView[], internal), `Services read back from ${f.name}`).toEqual(normalize(f.expected, internal));
+      expect(normalize(got as ServiceView[], internal), `Services read back from ${f.name}`).toEqual(normalize(rulesCanTell(f), internal));
     });
   }
 });
