@@ -77,13 +77,15 @@ export const detectLbHealthcheckDropped: Detector = (input) => {
   const martianRise = martianRises.reduce((n, r) => n + r.rise, 0);
   const conntrack = [...input.records('conntrack').values()];
   const hcPortsFromSets = [...input.records('ipset').values()].flatMap((r) => (r.kind === 'member' && r.set === 'KUBE-HEALTH-CHECK-NODE-PORT' && r.port !== null ? [r.port] : []));
+  // IPVS mode counts every NodePort on one set-matching rule: what it counted may be any of the sets' ports.
+  const nodePortsFromSets = [...input.records('ipset').values()].flatMap((r) => (r.kind === 'member' && IPVS_NODE_PORT_SET.test(r.set) && r.port !== null ? [r.port] : []));
   const addrs = [...input.records('addrs').values()];
   const findings: Finding[] = [];
   for (const c of found) {
     const svc = c.service;
     const api = input.kube?.serviceForAddress(c.address, svc?.frontends.find((f) => f.address === c.address)?.port ?? 0, svc?.protocol || 'tcp', input.time) ?? null;
     const hcPort = svc?.healthCheckNodePort ?? (api?.externalTrafficPolicy === 'Local' ? api.healthCheckNodePort : null) ?? (hcPortsFromSets.length === 1 ? (hcPortsFromSets[0] ?? null) : null);
-    const nodePorts = new Set([...(svc?.nodePorts ?? []), ...(api?.ports.flatMap((p) => (p.nodePort === null ? [] : [p.nodePort])) ?? []), ...(hcPort === null ? [] : [hcPort])]);
+    const nodePorts = new Set([...(svc?.nodePorts ?? []), ...nodePortsFromSets, ...(api?.ports.flatMap((p) => (p.nodePort === null ? [] : [p.nodePort])) ?? []), ...(hcPort === null ? [] : [hcPort])]);
     // Rules that count packets to the NodePorts in PREROUTING, before the routing decision drops them.
     const counterRises = input.transitions.flatMap((t) => {
       if (t.source !== 'iptables' || t.kind !== 'refreshed' || t.after.kind !== 'rule' || t.before.kind !== 'rule') return [];
