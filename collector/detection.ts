@@ -36,6 +36,7 @@ class NodeDerived {
   readonly pending = new PendingSyns();
   readonly stepTimes: number[] = [];
   prevTime: number | null = null;
+  firstTime: number | null = null;
   kubeRevision = -1;
   built = false;
 }
@@ -114,6 +115,7 @@ export class Detection {
       d.kubeRevision = kubeRevision;
     }
     d.pending.update(time, transitions);
+    d.firstTime ??= time;
     d.stepTimes.push(time);
     if (d.stepTimes.length > STEP_TIMES) d.stepTimes.shift();
   }
@@ -145,7 +147,9 @@ function indexOf(view: NodeView, d: NodeDerived, time: number, transitions: read
     transitions,
     records: (source) => view.recordMap(source),
     readAt: (source, key) => view.readAt(source, key),
-    stepsSince: (t) => stepTimes.filter((s) => s > t).length,
+    watchedSince: d.firstTime ?? time,
+    // Past the kept window every step counts: a grace counted in samples is long over.
+    stepsSince: (t) => (stepTimes.length === STEP_TIMES && (stepTimes[0] ?? 0) > t ? Number.MAX_SAFE_INTEGER : stepTimes.filter((s) => s > t).length),
     endpoints: d.history,
     pendingSyns,
     kube,

@@ -24,6 +24,8 @@ export interface NodeIndex {
   records<N extends SourceName>(source: N): ReadonlyMap<string, RecordOf<N>>;
   /** The sample time at which a record's current value (its `raw` as held) was read. */
   readAt(source: SourceName, key: string): number | null;
+  /** Sample time of this node's first step: what was not there then had left before. */
+  readonly watchedSince: number;
   /** Steps applied strictly after `time`, up to and including this one. */
   stepsSince(time: number): number;
   readonly endpoints: EndpointTimeline;

@@ -47,17 +47,20 @@ export const detectStaleNat: Detector = (input) => {
     const endpoint = endpointKey({ address: e.reply.src, port: e.reply.sport });
     if (service.endpoints.some((x) => endpointKey(x) === endpoint)) continue;
     const span = input.endpoints.span(service.id, endpoint);
-    // An endpoint never seen in this Service: nothing says when (or whether) it left, so nothing says kube-proxy had its chance.
-    if (span === undefined || span.removedAt === null || input.endpoints.stateAt(service.id, endpoint, input.time) !== 'removed') continue;
-    const since = input.time - span.removedAt;
-    const steps = input.stepsSince(span.removedAt);
+    const state = input.endpoints.stateAt(service.id, endpoint, input.time);
+    // Never seen in this Service: it had left before conntrail began watching, which is when kube-proxy's grace starts counting.
+    const removedAt = span === undefined || state === 'unknown' ? input.watchedSince : state === 'removed' ? span.removedAt : null;
+    if (removedAt === null) continue;
+    const since = input.time - removedAt;
+    const steps = input.stepsSince(removedAt);
     if (since < GRACE_MS || steps < GRACE_STEPS) continue;
     const beforeAt = t.beforeAt;
     const evidence: Evidence[] = [
       { source: 'conntrack', node: input.node, time: iso(beforeAt), raw: before.raw },
       { source: 'conntrack', node: input.node, time: iso(input.time), raw: e.raw },
-      { source: service.mode === 'ipvs' ? 'ipvs' : service.mode === 'nftables' ? 'nft' : 'iptables', node: input.node, time: iso(span.rawAt), raw: span.raw },
+      ...(span === undefined ? [] : [{ source: service.mode === 'ipvs' ? ('ipvs' as const) : service.mode === 'nftables' ? ('nft' as const) : ('iptables' as const), node: input.node, time: iso(span.rawAt), raw: span.raw }]),
     ];
+    const left = span === undefined || state === 'unknown' ? `is not an endpoint of the Service (not since conntrail began watching at ${iso(removedAt)})` : `left the Service at ${iso(removedAt)}`;
     const what = rearmed
       ? `its timer went from ${before.timeout ?? '?'} s at ${iso(beforeAt)} to ${e.timeout ?? '?'} s at ${iso(input.time)}, re-armed by new packets`
       : `it moved from ${before.state ?? 'no state'} to ${e.state ?? 'no state'}${before.assured !== e.assured ? ' (now ASSURED)' : ''} with the same NAT`;
@@ -68,13 +71,13 @@ export const detectStaleNat: Detector = (input) => {
       service: service.id,
       tuple: { proto: e.proto, src: e.orig.src, sport: e.orig.sport, dst: e.orig.dst, dport: e.orig.dport },
       endpoint,
-      summary: `${e.orig.src}:${e.orig.sport ?? '-'} is still sending to ${e.orig.dst}:${e.orig.dport} and conntrack still NATs it to ${endpoint}, which left the Service at ${iso(span.removedAt)} (${Math.round(since / 1000)} s and ${steps} samples ago): ${what}`,
+      summary: `${e.orig.src}:${e.orig.sport ?? '-'} is still sending to ${e.orig.dst}:${e.orig.dport} and conntrack still NATs it to ${endpoint}, which ${left} (${Math.round(since / 1000)} s and ${steps} samples ago): ${what}`,
       evidence,
       advice:
         `Delete the stale entry on ${input.node}: \`conntrack -D -p ${e.proto} --orig-dst ${e.orig.dst} --dst-nat ${e.reply.src}\` (what kube-proxy runs for UDP endpoints it removes; if it did not, check kube-proxy's log for conntrack errors and that the conntrack binary is in its image). ` +
         'While the client keeps sending on this source port the entry never expires: clients that pin a source port (DNS resolvers) stay pinned to the removed pod until the entry is deleted.',
       time: input.time,
-      details: { timeout: e.timeout, state: e.state, endpointRemovedAt: iso(span.removedAt), samplesSinceRemoval: steps, timerRearmed: rearmed },
+      details: { timeout: e.timeout, state: e.state, endpointRemovedAt: iso(removedAt), samplesSinceRemoval: steps, timerRearmed: rearmed },
     });
   }
   return findings;
