@@ -144,7 +144,7 @@ class Columns {
     const capacity = Math.max(min, Math.ceil(this.capacity * 1.25), 1024);
     const grow = <A extends Uint32Array | Uint16Array | Int32Array | Float64Array | Uint8Array>(a: A, make: (n: number) => A): A => {
       const b = make(capacity);
-      b.set(a as never);
+      b.set(a);
       return b;
     };
     this.offset = grow(this.offset, (n) => new Uint32Array(n));

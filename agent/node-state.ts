@@ -151,7 +151,7 @@ export class NodeState {
 
   #apply(source: SourceName, sample: Sample<SourceName>): SourceChange | null {
     const compact = sample.compact;
-    const spec = compact?.spec ?? (specOf(source) as SourceSpec<unknown>);
+    const spec = compact?.spec ?? specOf(source);
     const next = compact?.keyed ?? indexByKey<unknown>(sample.records, spec).map;
     const kept = this.#kept.get(source);
     const prev = kept !== undefined && kept.spec === spec ? kept.map : new Map<string, unknown>();

@@ -210,7 +210,7 @@ function conntrackSampler(): Sampler<'conntrack'> {
         keyed: read.keyed,
         diff: () => read.diff,
         restarted: read.restarted,
-        spec: compactConntrackSpec as unknown as SourceSpec<unknown>,
+        spec: compactConntrackSpec,
         expand: (kept) => expandConntrack(kept as CompactEntry),
       };
       return { source: 'conntrack', readings: [reading], records: [], problems: read.problems, compact };

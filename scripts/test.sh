@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command (`npm test`): type-check, then every test, lab tests
+# The test command (`npm test`): type-check, lint, then every test, lab tests
 # included. Lab tests need root and the Debian tools from `npm run setup`; they
 # fail (never skip) and say what is missing when they are not there.
 set -uo pipefail
@@ -9,6 +9,9 @@ trap 'rm -f "$results"' EXIT
 
 echo "== typecheck"
 tsc -p tsconfig.json || { echo "typecheck: 0 passed, 1 failed"; exit 1; }
+
+echo "== lint"
+eslint . || { echo "lint: 0 passed, 1 failed"; exit 1; }
 
 echo "== tests"
 vitest run --reporter=default --reporter=json --outputFile.json="$results" "$@"

@@ -117,9 +117,9 @@ function readElement(element: string, known: KnownSet | undefined): ElementField
   const pieces = layout !== null && layout.length === 1 && layout[0] === 'other' ? [element] : element.split(',');
   const parts = layout ?? guessParts(pieces);
   if (pieces.length !== parts.length) return `element \`${element}\` has ${pieces.length} part(s) where the set's type has ${parts.length}`;
-  for (let i = 0; i < parts.length; i++) {
+  for (const [i, part] of parts.entries()) {
     const piece = pieces[i] ?? '';
-    switch (parts[i]) {
+    switch (part) {
       case 'ip':
       case 'net': {
         const a = addressOrNet(piece);
@@ -136,7 +136,8 @@ function readElement(element: string, known: KnownSet | undefined): ElementField
         fields.port = pp.port;
         break;
       }
-      default:
+      case 'other':
+        // mac, iface, mark, a list:set member: nothing of these is read.
         break;
     }
   }

@@ -335,6 +335,7 @@ export function parseIptables(text: string, backend: IptablesBackend | null = nu
         // kube-proxy's restore input deletes stale chains this way
         // (proxier.go syncProxyRules: `-X KUBE-SEP-…`): not a rule.
         continue;
+      case undefined: // counters `[P:B]` and nothing after them
       default:
         problems.push(at(li, raw, command !== undefined && command.startsWith('-')
           ? `iptables command \`${command}\` does not list a rule or a chain`

@@ -112,7 +112,7 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch 
       setImmediate(listed);
       return result;
     };
-    const informer = new k8s.ListWatch<{ metadata?: { name?: string; namespace?: string; resourceVersion?: string } }>(resource.path, new BookmarkingWatch(config), list as never, false);
+    const informer = new k8s.ListWatch<{ metadata?: { name?: string; namespace?: string; resourceVersion?: string } }>(resource.path, new BookmarkingWatch(config), list, false);
     informers.push(informer);
     const onObject = (kind: 'upsert' | 'delete') => (obj: unknown) => {
       const event = resource.toEvent(kind, obj, now());
