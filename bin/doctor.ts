@@ -62,7 +62,7 @@ export async function runDoctor(options: { node?: string; gapMs?: number; io?: H
 
 /** What one node's configuration says on its own, before any traffic goes wrong. */
 function configurationChecks(view: NodeView, kernel: string | null): Check[] {
-  const sysctl = (name: string) => view.recordMap('sysctl').get(name) as Sysctl | undefined;
+  const sysctl = (name: string): Sysctl | undefined => view.recordMap('sysctl').get(name);
   const checks: Check[] = [];
   const ipvsInUse = view.recordMap('ipvs').size > 0;
   const reuse = sysctl('net.ipv4.vs.conn_reuse_mode');
@@ -83,10 +83,7 @@ function configurationChecks(view: NodeView, kernel: string | null): Check[] {
     checks.push({ check: 'ipvs-conn-reuse-mode', status: 'ok', detail: `conn_reuse_mode=${reuse.value}`, evidence: [reuse.raw] });
   }
   // Strict reverse-path filtering drops replies and hairpinned packets that come back on another interface.
-  const strict = [...view.recordMap('sysctl').values()].filter((s) => {
-    const r = s as Sysctl;
-    return /^net\.ipv4\.conf\.(?!lo\.|default\.)[^.]+\.rp_filter$/.test(r.name) && r.value === '1';
-  }) as Sysctl[];
+  const strict = [...view.recordMap('sysctl').values()].filter((r) => /^net\.ipv4\.conf\.(?!lo\.|default\.)[^.]+\.rp_filter$/.test(r.name) && r.value === '1');
   const all = sysctl('net.ipv4.conf.all.rp_filter');
   const strictAll = all?.value === '1';
   checks.push(

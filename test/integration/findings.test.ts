@@ -131,36 +131,58 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     expect(tcpdump).toContain(`${s.facts.nodeIp}.30161 > ${s.facts.tuple.src}.${s.facts.tuple.sport}: Flags [S.]`);
   });
 
-  it('lb-healthcheck-dropped: the LB address bound on kube-ipvs0 makes the node drop health checks from it (seed 003)', async () => {
+  // Seed 003 as IPVS mode lays out a node (helper: test/lab/scenarios.ts lbHealthCheckDropped): every Service
+  // address on a DOWN kube-ipvs0, the classification in real ipsets, IPVS-mode match-set rules, no
+  // iptables-mode Service rule. Without the API the LB address is known from KUBE-LOAD-BALANCER(-LOCAL) and
+  // kube-ipvs0 alone; with it, the Service is named and its healthCheckNodePort read from the spec.
+  it.each([
+    ['from the ipsets and kube-ipvs0 alone', false],
+    ['with the Kubernetes API', true],
+  ] as const)('lb-healthcheck-dropped in IPVS mode, %s: the LB address bound on kube-ipvs0 makes the node drop health checks from it (seed 003)', async (_name, withApi) => {
     const r = lab();
-    const s = lbHealthCheckDropped(r.lab);
+    const kube = withApi ? await kubeApiFor(r) : null;
+    const s = lbHealthCheckDropped(r.lab, kube === null ? {} : { kubeApi: kube.api });
     await s.setup();
-    r.ct = await startConntrail(r.lab, ['node-1']);
-    // Before any probe the risk is latent: a warning from the route and the sysctl alone.
+    r.ct = await startConntrail(r.lab, ['node-1'], undefined, kube === null ? {} : { kubeconfig: kube.kubeconfig });
+    if (r.ct !== null && kube !== null) await kubeSynced(r.ct);
+    const service = withApi ? 'hc/web:http' : 'TCP 198.18.100.20:80';
+    const hcPort = s.facts.healthCheckNodePort;
+    // Before any probe the risk is latent: a warning from the route, the address on kube-ipvs0 and the sysctl alone.
     const latent = await r.ct.finding('lb-healthcheck-dropped', (l) => l.severity === 'warning');
-    expect(latent).toMatchObject({ node: 'node-1', service: 'hc/web:http', tuple: { src: '198.18.100.20', dport: 31199 } });
+    expect(latent).toMatchObject({ node: 'node-1', service, tuple: { src: '198.18.100.20', dport: hcPort } });
     const latentRaws = (latent.evidence as { raw: string }[]).map((e) => e.raw);
     // `ip route show table all` names the table in each line.
     expect(latentRaws).toContain('local 198.18.100.20 dev kube-ipvs0 table local proto kernel scope host src 198.18.100.20 ');
     expect(latentRaws).toContain('net.ipv4.conf.all.accept_local = 0');
+    // The ClusterIP is on kube-ipvs0 too, and is never taken for an LB address.
+    expect(r.ct.findings().filter((l) => l.finding === 'lb-healthcheck-dropped' && (l.tuple as { src: string }).src === s.facts.service.clusterIP)).toEqual([]);
+    const started = Date.now();
     const result = await s.drive();
     expect(result.healthChecks.every((a) => a.status !== 'ok')).toBe(true);
     const f = await r.ct.finding('lb-healthcheck-dropped', (l) => l.severity === 'error');
-    expect(f).toMatchObject({ node: 'node-1', service: 'hc/web:http', tuple: { proto: 'tcp', src: '198.18.100.20', dst: s.facts.nodeIp, dport: 31199 }, endpoint: `${s.facts.endpoint.ip}:8080` });
-    expect((f.evidence as { source: string }[]).some((e) => e.source === 'iptables' || e.source === 'rt-cache-stat')).toBe(true);
+    expect(f).toMatchObject({ node: 'node-1', service, tuple: { proto: 'tcp', src: '198.18.100.20', dst: s.facts.nodeIp, dport: hcPort } });
+    if (withApi) expect(f.endpoint).toBeNull();
+    // Within 3 s of the first probe (drive() sends it at once).
+    expect(Date.parse(String(f.observedAt)) - started).toBeLessThan(3_000);
+    const evidence = f.evidence as { source: string; raw: string }[];
+    expect(evidence.some((e) => e.source === 'rt-cache-stat')).toBe(true);
+    expect(evidence.find((e) => e.source === 'iptables')?.raw ?? '').toMatch(/--match-set KUBE-(NODE-PORT|HEALTH-CHECK)/);
     expect(String(f.advice)).toMatch(/ipMode: Proxy/);
 
     const files = await exportIncident(r.ct, {
-      service: 'hc/web:http',
+      service,
       node: 'node-1',
-      tupleText: `tcp 198.18.100.20:- -> ${s.facts.nodeIp}:31199`,
-      endpoint: `${s.facts.endpoint.ip}:8080`,
+      tupleText: `tcp 198.18.100.20:- -> ${s.facts.nodeIp}:${hcPort}`,
+      endpoint: '-',
       again: () => s.drive(),
     });
-    // The LB's health-check SYNs arrive and nothing answers them.
+    // The capture follows the finding's health-check port: the LB's SYNs arrive and nothing answers them,
+    // while the control probe from the router's own address to the same port is answered.
     const tcpdump = files.get('capture/node-1/tcpdump.txt') ?? '';
-    expect(tcpdump).toContain(`In  IP 198.18.100.20.40000 > ${s.facts.nodeIp}.31199: Flags [S]`);
-    expect(tcpdump).not.toContain(`${s.facts.nodeIp}.31199 > 198.18.100.20.40000`);
+    const node = s.facts.nodeIp.replaceAll('.', '\\.');
+    expect(tcpdump).toMatch(new RegExp(`In  IP 198\\.18\\.100\\.20\\.\\d+ > ${node}\\.${hcPort}: Flags \\[S\\]`));
+    expect(tcpdump).not.toMatch(new RegExp(`${node}\\.${hcPort} > 198\\.18\\.100\\.20\\.`));
+    expect(tcpdump).toMatch(new RegExp(`Out IP ${node}\\.${hcPort} > 198\\.18\\.0\\.1\\.\\d+: Flags \\[S\\.\\]`));
   });
 
   it('stale-nat-to-removed-endpoint: a UDP rollout that leaves conntrack pinning the client to the removed pod (seed 002, conntrack side)', async () => {

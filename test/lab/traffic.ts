@@ -244,6 +244,7 @@ async function main(argv: readonly string[]): Promise<void> {
     case 'udp-client':
       await udpClient(args);
       return process.exit(0);
+    case undefined:
     default:
       fail(`unknown mode ${JSON.stringify(mode)}; expected tcp-server, udp-server, tcp-client, udp-client or tcp-syn`);
   }
