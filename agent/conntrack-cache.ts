@@ -12,7 +12,7 @@
 // snapshot chunk by chunk), and a read's diff only when it is asked for.
 import type { ConntrackEntry } from '../contract/records.ts';
 import type { Diff } from '../contract/diff.ts';
-import { sources, type Problem, type SourceSpec } from '../contract/sources.ts';
+import { conntrackRearmedSince, sources, type Problem, type SourceSpec } from '../contract/sources.ts';
 import { isConntrackToolsMessage, parseConntrackLine } from './sources/conntrack.ts';
 import { pack, samePacked, unpack } from './conntrack-packing.ts';
 
@@ -35,24 +35,12 @@ export const compactConntrackSpec: SourceSpec<CompactEntry> = {
   refreshed: () => true,
 };
 
-/**
- * Timers print whole seconds and the agent samples once a second, so one
- * pair of samples cannot tell a timer held at its maximum by a client sending
- * every 200 ms (120, 119, 120, 119 …) from one counting down. Against a
- * reference instead: an idle timer loses as many seconds as have passed; a
- * re-armed one loses at least 2 fewer. Healthy ESTABLISHED TCP flows re-arm
- * their 5-day timer with every packet and are left out, or every busy flow
- * would be sent every other second.
- */
+/** The contract's re-arm rule (contract/sources.ts conntrackRearmedSince), for an entry as the cache keeps it. */
 export function rearmedSince(refTimeout: number | null, refTime: number, timeout: number | null, now: number, entry: { readonly proto: string; readonly raw: string }): boolean {
-  return rearmed(refTimeout, refTime, timeout, now, entry.proto === 'tcp' && entry.raw.includes(' ESTABLISHED '));
+  return conntrackRearmedSince(refTimeout, refTime, timeout, now, entry.proto === 'tcp' && entry.raw.includes(' ESTABLISHED '));
 }
 
-function rearmed(refTimeout: number | null, refTime: number, timeout: number | null, now: number, establishedTcp: boolean): boolean {
-  if (refTimeout === null || timeout === null || establishedTcp) return false;
-  const elapsed = (now - refTime) / 1000;
-  return elapsed - (refTimeout - timeout) >= 2;
-}
+const rearmed = conntrackRearmedSince;
 
 /** The full record of a kept entry, for the wire. */
 export function expandConntrack(e: CompactEntry): ConntrackEntry | null {

@@ -37,12 +37,14 @@ export async function runDoctor(options: { node?: string; gapMs?: number; io?: H
   const findings: FindingLine[] = [];
   const { collector, detection } = createPipeline({ log: options.log, onFinding: (l) => findings.push(l) });
   const agent = new InProcessAgent(node, new NodeState(createSamplers(), options.io ?? createHostIO()), collector);
-  // Three samples over the gap (3 s by default): enough for a timer held by traffic to show against one
+  // Samples over the gap (3 s by default): enough for a timer held by traffic to show against one
   // counting down (whole-second timers), and for kube-proxy's cleanup grace, which stale NAT counts in samples.
   const gapMs = options.gapMs ?? 3_000;
+  // At the agent's own pace, one sample a second: re-arms show against the cache's reference as they do live.
+  const steps = Math.max(2, Math.round(gapMs / 1000));
   await agent.step(Date.now());
-  for (let i = 0; i < 2; i++) {
-    await sleep(gapMs / 2);
+  for (let i = 0; i < steps; i++) {
+    await sleep(gapMs / steps);
     await agent.step(Date.now());
   }
   detection.flush(Date.now() + 3_600_000);

@@ -38,7 +38,19 @@ export const conntrackEntry = object({
 });
 export type ConntrackEntry = Infer<typeof conntrackEntry>;
 
-// ---- IPVS: ipvsadm -Ln ----------------------------------------------------
+// ---- IPVS: ipvsadm -Ln, -Ln --stats, -Ln --rate ---------------------------
+/**
+ * `--stats`: totals since the service or destination was added (or zeroed with
+ * -Z). ipvsadm prints values of 1e8 and more as K/M/G/T (print_largenum()),
+ * dividing and dropping the rest, so such a value is a lower bound: 1200K is
+ * 1200000 to 1200999.
+ */
+export const ipvsStats = object({ conns: num, inPkts: num, outPkts: num, inBytes: num, outBytes: num });
+/** `--rate`: the kernel's per-second estimates (connections, packets, bytes), K/M/G/T as in ipvsStats. */
+export const ipvsRate = object({ cps: num, inPPS: num, outPPS: num, inBPS: num, outBPS: num });
+export type IpvsStats = Infer<typeof ipvsStats>;
+export type IpvsRate = Infer<typeof ipvsRate>;
+
 export const ipvsService = object({
   kind: literal('service'),
   proto: literal('TCP', 'UDP', 'SCTP', 'FWM'),
@@ -46,9 +58,14 @@ export const ipvsService = object({
   address: nullable(str),
   port: nullable(int),
   fwmark: nullable(int),
-  scheduler: str,
+  /** null in the --stats and --rate listings, which print counters in its place. */
+  scheduler: nullable(str),
   flags: array(str),
   persistentSeconds: nullable(int),
+  /** Set from a --stats listing only. */
+  stats: nullable(ipvsStats),
+  /** Set from a --rate listing only. */
+  rate: nullable(ipvsRate),
   raw,
 });
 export const ipvsDestination = object({
@@ -57,10 +74,13 @@ export const ipvsDestination = object({
   service: str,
   address: nullable(str),
   port: nullable(int),
-  forward: str,
-  weight: int,
-  activeConn: int,
-  inactConn: int,
+  /** forward, weight and the connection counts are null in the --stats and --rate listings. */
+  forward: nullable(str),
+  weight: nullable(int),
+  activeConn: nullable(int),
+  inactConn: nullable(int),
+  stats: nullable(ipvsStats),
+  rate: nullable(ipvsRate),
   raw,
 });
 export type IpvsService = Infer<typeof ipvsService>;

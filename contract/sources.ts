@@ -39,15 +39,26 @@ const timerRearmed = (prev: number | null, next: number | null): boolean => prev
 /**
  * A conntrack timer re-armed by a packet means traffic still flows on that
  * tuple: this is how a stale NAT entry to a removed pod shows itself (the
- * client keeps sending). A UDP client sending several times a second holds
- * its timer at the maximum, so for UDP and other stateless protocols a timer
- * that held still counts too. TCP timers are re-armed to a state's fixed
- * value and visibly go up (a retransmitted SYN, data on an idle flow); a held
- * TCP timer is just two samples close together.
+ * client keeps sending). Timers print whole seconds and nodes are sampled
+ * about once a second, so one pair of samples cannot tell a timer held at its
+ * maximum by a client sending every 200 ms (120, 119, 120, 119 …) from one
+ * counting down. It is measured against a reference instead (the timer and
+ * the time the entry was last reported): an idle timer loses as many seconds
+ * as have passed; a re-armed one loses at least 2 fewer. Healthy ESTABLISHED
+ * TCP flows re-arm their 5-day timer with every packet and are left out, or
+ * every busy flow would be sent every other second. This is the one
+ * definition: the agent's cache reports `refreshed` by it, and detectors take
+ * a `refreshed` conntrack transition to mean exactly this.
  */
-export function conntrackTimerRearmed(prev: number | null, next: number | null, entry: { proto: string }): boolean {
-  if (prev === null || next === null) return false;
-  return entry.proto === 'tcp' ? next > prev : next >= prev;
+export function conntrackRearmedSince(refTimeout: number | null, refTime: number, timeout: number | null, now: number, establishedTcp: boolean): boolean {
+  if (refTimeout === null || timeout === null || establishedTcp) return false;
+  const elapsed = (now - refTime) / 1000;
+  return elapsed - (refTimeout - timeout) >= 2;
+}
+
+/** The same rule for two records a sample interval apart, when no reference time is kept (records diffed whole). */
+export function conntrackTimerRearmed(prev: number | null, next: number | null, entry: { proto: string; state: string | null }, elapsedMs = 1_000): boolean {
+  return conntrackRearmedSince(prev, 0, next, elapsedMs, entry.proto === 'tcp' && entry.state === 'ESTABLISHED');
 }
 
 const countersMoved = (p: { packets: number | null; bytes: number | null }, n: { packets: number | null; bytes: number | null }) =>
@@ -87,9 +98,10 @@ const ipvs: SourceSpec<R.IpvsRecord> = {
     return false;
   },
   // Connection counts matter for draining (weight 0 with InActConn, k8s#81775)
-  // but are not a change of configuration.
+  // but are not a change of configuration; nor are traffic counters (--stats, --rate).
   refreshed: (a, b) =>
-    a.kind === 'destination' && b.kind === 'destination' && (a.activeConn !== b.activeConn || a.inactConn !== b.inactConn),
+    (a.kind === 'destination' && b.kind === 'destination' && (a.activeConn !== b.activeConn || a.inactConn !== b.inactConn)) ||
+    (a.kind === b.kind && (!sameJson(a.stats, b.stats) || !sameJson(a.rate, b.rate))),
 };
 
 const ipvsConn: SourceSpec<R.IpvsConnection> = {

@@ -5,9 +5,19 @@
 //     -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
 //   TCP  10.96.0.1:443 rr persistent 10800
 //     -> 10.0.0.5:6443                Masq    1      3          0
-// Lines are read by whitespace, since pasted copies lose the padding. The
-// `--stats`, `--rate`, `--thresholds` and `--persistent-conn` listings print
-// other columns: their lines are reported, never read as the default one.
+// Lines are read by whitespace, since pasted copies lose the padding.
+// `--stats` and `--rate` print five counters where the scheduler and the
+// forward method, weight and connection counts would be:
+//   Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
+//     -> RemoteAddress:Port
+//   TCP  10.96.0.1:443                      12      120       96    10080    18522
+//     -> 10.0.0.5:6443                      12      120       96    10080    18522
+// (`"%-33s"` name then print_largenum() columns; `"  -> %-28s"` for a
+// destination, whose --rate CPS/InPPS/OutPPS are plain `%8u`). They give the
+// same records with `stats` or `rate` set and the absent fields null. The
+// title line says which listing follows; `--thresholds`, `--persistent-conn`
+// and `--tun-info` print other columns and are reported, never read as the
+// default listing.
 import { canonicalIp, splitHostPort } from '../../contract/address.ts';
 import type { IpvsDestination, IpvsRecord, IpvsService } from '../../contract/records.ts';
 import { ipvsServiceKey, type ParseResult, type Problem } from '../../contract/sources.ts';
@@ -44,13 +54,43 @@ function listingOf(title: readonly string[]): Listing | null {
   }
 }
 
-const UNSUPPORTED: Record<Exclude<Listing, 'default'>, string> = {
-  stats: '`ipvsadm -Ln --stats` listing (traffic counters, no scheduler, forward method or weight)',
-  rate: '`ipvsadm -Ln --rate` listing (rates, no scheduler, forward method or weight)',
+const UNSUPPORTED: Record<Exclude<Listing, 'default' | 'stats' | 'rate'>, string> = {
   thresholds: '`ipvsadm -Ln --thresholds` listing (no forward method or weight)',
   'persistent-conn': '`ipvsadm -Ln --persistent-conn` listing (no forward method)',
   'tun-info': '`ipvsadm -Ln --tun-info` listing (an extra TunnelInfo column)',
 };
+
+/**
+ * One print_largenum() column: `%9llu` below 1e8, else the value divided by
+ * 1e3, 1e6, 1e9 or 1e12 and suffixed K, M, G or T (remainder dropped). The
+ * value returned for a suffixed column is its lower bound.
+ */
+const LARGENUM = /^(\d+)([KMGT]?)$/;
+const LARGENUM_UNIT: Readonly<Record<string, number>> = { '': 1, K: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+const looksNumeric = (t: string): boolean => LARGENUM.test(t);
+
+/** The five counters at tokens[from…]; an error when there are not exactly five numbers. */
+function readCounters(tokens: readonly string[], from: number, listing: 'stats' | 'rate'): number[] | { error: string } {
+  const columns = tokens.slice(from);
+  const names = listing === 'stats' ? 'Conns InPkts OutPkts InBytes OutBytes' : 'CPS InPPS OutPPS InBPS OutBPS';
+  const values: number[] = [];
+  for (const c of columns.slice(0, 5)) {
+    const m = LARGENUM.exec(c);
+    // A scheduler or forward method here is a default-listing line under this title.
+    if (m === null) return { error: `${JSON.stringify(c)} where a --${listing} counter belongs (${names})` };
+    values.push(Number(m[1]) * (LARGENUM_UNIT[m[2] ?? ''] ?? 1));
+  }
+  if (values.length < 5) return { error: `${values.length} counters where --${listing} prints 5 (${names}): a cut line?` };
+  if (columns.length > 5) return { error: `unexpected ${JSON.stringify(columns.slice(5).join(' '))} after ${names.split(' ').at(-1) ?? ''}` };
+  return values;
+}
+
+function countersOf(values: readonly number[], listing: 'stats' | 'rate'): Pick<IpvsService, 'stats' | 'rate'> {
+  const [a = 0, b = 0, c = 0, d = 0, e = 0] = values;
+  return listing === 'stats'
+    ? { stats: { conns: a, inPkts: b, outPkts: c, inBytes: d, outBytes: e }, rate: null }
+    : { stats: null, rate: { cps: a, inPPS: b, outPPS: c, inBPS: d, outBPS: e } };
+}
 
 /** Address and port of `addr:port` / `[v6]:port`; either is null when ipvsadm printed a name there. */
 function endpoint(text: string): { address: string | null; port: number | null } {
@@ -65,43 +105,51 @@ function endpoint(text: string): { address: string | null; port: number | null }
 
 type ServiceRead = { service: IpvsService; numeric: boolean } | { error: string };
 
-/**
- * `%s %s` name and scheduler, then the suffix of print_service_entry():
- * ` (flag,…)` scheduler flags (1.31), ` persistent N`, ` mask M`, ` pe NAME`,
- * ` ops`. The name is `TCP  addr:port` (1.26 prints every non-TCP service
- * as UDP), `SCTP addr:port` (1.31), `FWM  N` or `FWM  N IPv6`.
- */
-function readService(line: string, tokens: readonly string[]): ServiceRead {
+interface ServiceName {
+  readonly proto: IpvsService['proto'];
+  readonly address: string | null;
+  readonly port: number | null;
+  readonly fwmark: number | null;
+  readonly flags: string[];
+  readonly numeric: boolean;
+  /** Index of the first token after the name. */
+  readonly next: number;
+}
+
+/** The name print_service_entry() prints first: `TCP  addr:port` (1.26 prints every non-TCP service as UDP), `SCTP addr:port` (1.31), `FWM  N` or `FWM  N IPv6`. */
+function readServiceName(tokens: readonly string[]): ServiceName | { error: string } {
   const [proto = '', name] = tokens;
   const kind = proto === 'FWM' ? 'FWM' : isServiceProto(proto) ? proto : null;
   if (kind === null) return { error: `${JSON.stringify(proto)} is not a service protocol` };
   if (name === undefined) return { error: 'service line cut short' };
-  let k = 2;
-  let address: string | null = null;
-  let port: number | null = null;
-  let fwmark: number | null = null;
   const flags: string[] = [];
-  let numeric = true;
-  if (proto === 'FWM') {
+  if (kind === 'FWM') {
     if (!DECIMAL.test(name)) return { error: `FWM service with a mark that is not a number: ${JSON.stringify(name)}` };
-    fwmark = Number(name);
-    if (tokens[k] === 'IPv6') {
-      // Kept as a flag: a v4 and a v6 service may share a mark.
-      flags.push('IPv6');
-      k++;
-    }
-  } else {
-    const ep = endpoint(name);
-    address = ep.address;
-    port = ep.port;
-    numeric = address !== null && port !== null;
+    // Kept as a flag: a v4 and a v6 service may share a mark.
+    const v6 = tokens[2] === 'IPv6';
+    if (v6) flags.push('IPv6');
+    return { proto: kind, address: null, port: null, fwmark: Number(name), flags, numeric: true, next: v6 ? 3 : 2 };
   }
+  const ep = endpoint(name);
+  return { proto: kind, address: ep.address, port: ep.port, fwmark: null, flags, numeric: ep.address !== null && ep.port !== null, next: 2 };
+}
+
+/**
+ * The name, then the scheduler and the suffix of print_service_entry():
+ * ` (flag,…)` scheduler flags (1.31), ` persistent N`, ` mask M`, ` pe NAME`,
+ * ` ops`.
+ */
+function readService(line: string, tokens: readonly string[]): ServiceRead {
+  const named = readServiceName(tokens);
+  if ('error' in named) return named;
+  const { proto: kind, address, port, fwmark, flags, numeric } = named;
+  let k = named.next;
   const scheduler = tokens[k++];
   if (scheduler === undefined) return { error: 'service line has no scheduler (cut short?)' };
   if (!SCHEDULER.test(scheduler)) {
     return {
-      error: DECIMAL.test(scheduler) || /^\d+[KMGT]$/.test(scheduler)
-        ? 'numbers where the scheduler belongs: a --stats or --rate listing, which this parser does not read'
+      error: looksNumeric(scheduler)
+        ? 'numbers where the scheduler belongs: a --stats or --rate line without its title line above it, which says which counters these are'
         : `${JSON.stringify(scheduler)} is not a scheduler name`,
     };
   }
@@ -131,7 +179,22 @@ function readService(line: string, tokens: readonly string[]): ServiceRead {
     scheduler,
     flags,
     persistentSeconds,
+    stats: null,
+    rate: null,
     raw: line,
+  };
+  return { service, numeric };
+}
+
+/** A --stats or --rate service line: the name, then five counters. */
+function readCountersService(line: string, tokens: readonly string[], listing: 'stats' | 'rate'): ServiceRead {
+  const named = readServiceName(tokens);
+  if ('error' in named) return named;
+  const counters = readCounters(tokens, named.next, listing);
+  if ('error' in counters) return counters;
+  const { proto, address, port, fwmark, flags, numeric } = named;
+  const service: IpvsService = {
+    kind: 'service', proto, address, port, fwmark, scheduler: null, flags, persistentSeconds: null, ...countersOf(counters, listing), raw: line,
   };
   return { service, numeric };
 }
@@ -144,8 +207,8 @@ function readDestination(line: string, tokens: readonly string[], service: strin
   const [, name = '', forward = '', weight = '', active = '', inact = ''] = tokens;
   if (!FORWARD.has(forward)) {
     return {
-      error: DECIMAL.test(forward) || /^\d+[KMGT]$/.test(forward)
-        ? 'numbers where the forward method belongs: a --stats, --rate, --thresholds or --persistent-conn listing, which this parser does not read'
+      error: looksNumeric(forward)
+        ? 'numbers where the forward method belongs: a --stats, --rate, --thresholds or --persistent-conn line without its title line above it'
         : `${JSON.stringify(forward)} is not a forward method (Masq, Local, Tunnel, Route)`,
     };
   }
@@ -165,7 +228,25 @@ function readDestination(line: string, tokens: readonly string[], service: strin
       weight: Number(weight),
       activeConn: Number(active),
       inactConn: Number(inact),
+      stats: null,
+      rate: null,
       raw: line,
+    },
+    numeric: ep.address !== null && ep.port !== null,
+  };
+}
+
+/** `  -> %-28s` and five counters (--stats, --rate). */
+function readCountersDestination(line: string, tokens: readonly string[], service: string, listing: 'stats' | 'rate'): DestinationRead {
+  const name = tokens[1];
+  if (name === undefined) return { error: 'destination line cut short' };
+  const counters = readCounters(tokens, 2, listing);
+  if ('error' in counters) return counters;
+  const ep = endpoint(name);
+  return {
+    destination: {
+      kind: 'destination', service, address: ep.address, port: ep.port,
+      forward: null, weight: null, activeConn: null, inactConn: null, ...countersOf(counters, listing), raw: line,
     },
     numeric: ep.address !== null && ep.port !== null,
   };
@@ -203,13 +284,13 @@ export function parseIpvs(text: string): ParseResult<IpvsRecord> {
     }
 
     if (first === '->') {
-      if (listing !== 'default') {
+      if (listing !== 'default' && listing !== 'stats' && listing !== 'rate') {
         problem(UNSUPPORTED[listing]);
         continue;
       }
       // The line's own shape first: a --stats line under an unreadable
       // --stats service line should say so, not blame the service.
-      const read = readDestination(line, tokens, current ?? '');
+      const read = listing === 'default' ? readDestination(line, tokens, current ?? '') : readCountersDestination(line, tokens, current ?? '', listing);
       if ('error' in read) {
         problem(read.error);
         continue;
@@ -225,11 +306,11 @@ export function parseIpvs(text: string): ParseResult<IpvsRecord> {
 
     if (isServiceProto(first) || first === 'FWM') {
       current = null;
-      if (listing !== 'default') {
+      if (listing !== 'default' && listing !== 'stats' && listing !== 'rate') {
         problem(UNSUPPORTED[listing]);
         continue;
       }
-      const read = readService(line, tokens);
+      const read = listing === 'default' ? readService(line, tokens) : readCountersService(line, tokens, listing);
       if ('error' in read) {
         problem(read.error);
         continue;

@@ -18,7 +18,6 @@
 // purpose; a TCP flow into a pod that is really gone shows as unanswered
 // retransmissions, which unanswered-syn and port-reuse report.
 import type { ConntrackEntry } from '../../contract/records.ts';
-import { conntrackTimerRearmed } from '../../contract/sources.ts';
 import { endpointKey } from '../endpoint-history.ts';
 import { iso, type Evidence, type Finding } from '../findings.ts';
 import { serviceAt, type Detector } from './input.ts';
@@ -38,9 +37,8 @@ export const detectStaleNat: Detector = (input) => {
     if (t.source !== 'conntrack' || (t.kind !== 'refreshed' && t.kind !== 'changed')) continue;
     const { before, after: e } = t;
     if (!CONNECTIONLESS.has(e.proto) || !sameReply(before, e)) continue;
-    const rearmed = conntrackTimerRearmed(before.timeout, e.timeout, e);
-    const moved = t.kind === 'changed';
-    if (!rearmed && !moved) continue;
+    // `refreshed` is the contract's re-arm (the agent measures it against its reference, contract/sources.ts); `changed` with the same NAT is state moving.
+    const rearmed = t.kind === 'refreshed';
     if (e.reply.src === e.orig.dst || e.orig.dport === null || e.reply.sport === null) continue;
     const service = serviceAt(input.endpoints.services, e.orig.dst, e.orig.dport, e.proto);
     if (service === undefined) continue;
@@ -62,7 +60,7 @@ export const detectStaleNat: Detector = (input) => {
     ];
     const left = span === undefined || state === 'unknown' ? `is not an endpoint of the Service (not since conntrail began watching at ${iso(removedAt)})` : `left the Service at ${iso(removedAt)}`;
     const what = rearmed
-      ? `its timer went from ${before.timeout ?? '?'} s at ${iso(beforeAt)} to ${e.timeout ?? '?'} s at ${iso(input.time)}, re-armed by new packets`
+      ? `its timer read ${before.timeout ?? '?'} s at ${iso(beforeAt)} and ${e.timeout ?? '?'} s at ${iso(input.time)}, ${Math.round((input.time - beforeAt) / 1000)} s later: re-armed by new packets`
       : `it moved from ${before.state ?? 'no state'} to ${e.state ?? 'no state'}${before.assured !== e.assured ? ' (now ASSURED)' : ''} with the same NAT`;
     findings.push({
       finding: 'stale-nat-to-removed-endpoint',

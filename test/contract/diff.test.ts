@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { applyDiff, diffByKey, indexByKey } from '../../contract/diff.ts';
 import type { ConntrackEntry } from '../../contract/records.ts';
-import { sources } from '../../contract/sources.ts';
+import { conntrackRearmedSince, sources } from '../../contract/sources.ts';
 
 const spec = sources.conntrack;
 
@@ -29,18 +29,23 @@ describe('diffByKey', () => {
     expect(d).toEqual({ added: [], removed: [], changed: [], refreshed: [] });
   });
 
-  it('sends an entry whose timer was re-armed by traffic as refreshed', () => {
-    const d = diffByKey(keyed(entry(1, 'ESTABLISHED', 100)), keyed(entry(1, 'ESTABLISHED', 300)), spec);
-    expect(d.refreshed.map((e) => e.timeout)).toEqual([300]);
+  it('sends an entry whose timer was re-armed by traffic as refreshed (a retransmitted SYN)', () => {
+    const d = diffByKey(keyed(entry(1, 'SYN_SENT', 100)), keyed(entry(1, 'SYN_SENT', 119)), spec);
+    expect(d.refreshed.map((e) => e.timeout)).toEqual([119]);
     expect(d.changed).toEqual([]);
+    // ESTABLISHED TCP re-arms its 5-day timer with every packet: never sent for that alone.
+    expect(diffByKey(keyed(entry(1, 'ESTABLISHED', 100)), keyed(entry(1, 'ESTABLISHED', 300)), spec).refreshed).toEqual([]);
   });
 
-  it('treats a UDP timer held at its maximum across samples as traffic (a client still sending)', () => {
+  it('measures a UDP timer held at its maximum against a reference: traffic once it has held 2 s longer than idle would', () => {
     const udp = (timeout: number): ConntrackEntry => ({ ...entry(53, 'x', timeout), proto: 'udp', protoNum: 17, state: null });
-    expect(diffByKey(keyed(udp(30)), keyed(udp(30)), spec).refreshed).toHaveLength(1);
+    // One second apart, 30 -> 30 cannot be told from rounding; 30 -> 29 is counting down.
+    expect(diffByKey(keyed(udp(30)), keyed(udp(30)), spec).refreshed).toHaveLength(0);
     expect(diffByKey(keyed(udp(30)), keyed(udp(29)), spec).refreshed).toHaveLength(0);
-    // A TCP timer holding still is only two samples taken close together.
-    expect(diffByKey(keyed(entry(1, 'SYN_SENT', 119)), keyed(entry(1, 'SYN_SENT', 119)), spec).refreshed).toHaveLength(0);
+    // Against the reference the agent keeps: held at 30 for 3 s is a client still sending; 27 after 3 s is idle.
+    expect(conntrackRearmedSince(30, 0, 30, 3_000, false)).toBe(true);
+    expect(conntrackRearmedSince(30, 0, 27, 3_000, false)).toBe(false);
+    expect(conntrackRearmedSince(431999, 0, 432000, 3_000, true)).toBe(false);
   });
 
   it('reports a new reply tuple (a different endpoint) as a change', () => {

@@ -116,6 +116,76 @@ describe('parseIpvs on verbatim outputs', () => {
   });
 });
 
+describe('parseIpvs on --stats and --rate listings', () => {
+  it('reads a kube-router --stats listing: counters in place of scheduler, forward method and weight', async () => {
+    const name = 'kube-router-160-stats-session-affinity.txt';
+    const result = parseIpvs(fixture(name));
+    expect(result.problems).toEqual([]);
+    expectValidRecords(result.records);
+    expect(servicesOf(result.records).map((s) => [s.address, s.port, s.scheduler, s.stats?.conns])).toEqual([
+      ['10.3.0.1', 443, null, 0], ['10.3.0.10', 53, null, 0], ['10.3.0.42', 80, null, 14209],
+    ]);
+    expect(servicesOf(result.records)[2]?.stats).toEqual({ conns: 14209, inPkts: 111769, outPkts: 74613, inBytes: 7207174, outBytes: 8334358 });
+    const web = destinationsOf(result.records).filter((d) => d.service === 'TCP 10.3.0.42:80');
+    expect(web).toHaveLength(8);
+    expect(web.map((d) => d.stats?.conns)).toEqual([2, 2, 2, 3, 3, 3, 3, 3]);
+    expect(web.every((d) => d.forward === null && d.weight === null && d.activeConn === null && d.rate === null)).toBe(true);
+    await expect(JSON.stringify(result, null, 2) + '\n').toMatchFileSnapshot(golden(name));
+  });
+
+  it('reads K and M counters as their lower bounds in a --stats listing pasted without padding', async () => {
+    const name = 'reibang-lvs-dr-stats-km-suffix.txt';
+    const result = parseIpvs(fixture(name));
+    expect(result.problems).toEqual([{ line: 1, text: '[root@my-LVS01 ~]# ipvsadm -Ln --stats', reason: 'not an ipvsadm -Ln line' }]);
+    expectValidRecords(result.records);
+    expect(servicesOf(result.records).map((s) => s.stats)).toEqual([
+      { conns: 113786, inPkts: 19495479, outPkts: 0, inBytes: 2_110_000_000, outBytes: 0 },
+    ]);
+    expect(destinationsOf(result.records).map((d) => [d.address, d.stats?.conns, d.stats?.inBytes])).toEqual([
+      ['10.100.5.86', 12883, 181_747_000], ['10.100.5.87', 40269, 1_105_000_000], ['10.100.5.88', 40240, 804_275_000],
+    ]);
+    await expect(JSON.stringify(result, null, 2) + '\n').toMatchFileSnapshot(golden(name));
+  });
+
+  it('reads a --rate listing', async () => {
+    const name = 'reibang-lvs-dr-rate.txt';
+    const result = parseIpvs(fixture(name));
+    expect(result.problems.map((p) => p.line)).toEqual([1]);
+    expectValidRecords(result.records);
+    expect(servicesOf(result.records).map((s) => [s.address, s.port, s.rate, s.stats])).toEqual([
+      ['10.100.5.98', 6030, { cps: 0, inPPS: 2, outPPS: 0, inBPS: 193, outBPS: 0 }, null],
+    ]);
+    expect(destinationsOf(result.records).map((d) => [d.service, d.address, d.rate?.inPPS, d.rate?.inBPS])).toEqual([
+      ['TCP 10.100.5.98:6030', '10.100.5.86', 0, 54], ['TCP 10.100.5.98:6030', '10.100.5.87', 1, 65], ['TCP 10.100.5.98:6030', '10.100.5.88', 1, 73],
+    ]);
+    await expect(JSON.stringify(result, null, 2) + '\n').toMatchFileSnapshot(golden(name));
+  });
+
+  const STATS = 'Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n  -> RemoteAddress:Port\n';
+  // print_largenum(): `%9llu` below 1e8, then /1e3 K, /1e6 M, /1e9 G, /1e12 T.
+  it.each([
+    ['99999999', 99_999_999],
+    ['100000K', 100_000_000],
+    ['999999K', 999_999_000],
+    ['1000M', 1_000_000_000],
+    ['99999M', 99_999_000_000],
+    ['100G', 100_000_000_000],
+    ['100T', 100_000_000_000_000],
+  ])('reads the print_largenum() column %s as %d', (column, value) => {
+    const { records, problems } = parseIpvs(`${STATS}TCP  10.0.0.1:80                    ${column}        0        0        0        0\n`);
+    expect(problems).toEqual([]);
+    expect(servicesOf(records)[0]?.stats?.conns).toBe(value);
+  });
+
+  it('reads a --stats firewall-mark service and its destination', () => {
+    const { records, problems } = parseIpvs(`${STATS}FWM  100 IPv6                             7       70       70     4200     4200\n  -> [fd00::5]:80                        7       70       70     4200     4200\n`);
+    expect(problems).toEqual([]);
+    expect(records.map((r) => (r.kind === 'service' ? [r.proto, r.fwmark, r.flags, r.stats?.conns] : [r.service, r.address, r.port, r.stats?.outBytes]))).toEqual([
+      ['FWM', 100, ['IPv6'], 7], ['FWM 100', 'fd00::5', 80, 4200],
+    ]);
+  });
+});
+
 describe('parseIpvs service lines', () => {
   it.each<[string, string, Partial<IpvsService>]>([
     ['kube-proxy ClientIP affinity', 'TCP  10.96.0.1:443 rr persistent 10800', { persistentSeconds: 10800, flags: [] }],
@@ -172,16 +242,16 @@ describe('parseIpvs problems', () => {
       /numbers where the forward method belongs/,
     ],
     [
-      'a --stats listing',
-      'IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n  -> RemoteAddress:Port\nTCP  10.0.0.1:80                       5       20       10    1200K      800\n  -> 10.0.0.2:80                       5       20       10    1200K      800',
-      [4, 5],
-      /--stats/,
+      'a default-listing line under a --stats title',
+      'Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n  -> RemoteAddress:Port\nTCP  10.0.0.1:80 rr',
+      [3],
+      /"rr" where a --stats counter belongs \(Conns InPkts OutPkts InBytes OutBytes\)/,
     ],
     [
-      'a --rate listing',
-      'Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n  -> RemoteAddress:Port\nTCP  10.0.0.1:80                        0        0        0        0        0\n  -> 10.0.0.2:80                        0        0        0        0        0',
-      [3, 4],
-      /--rate/,
+      'a --rate line cut short',
+      'Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n  -> RemoteAddress:Port\nTCP  10.0.0.1:80                        0        0        0',
+      [3],
+      /3 counters where --rate prints 5 \(CPS InPPS OutPPS InBPS OutBPS\): a cut line\?/,
     ],
     [
       'a --thresholds listing',
@@ -202,9 +272,18 @@ describe('parseIpvs problems', () => {
   });
 
   it('reads the default listing again after an unsupported one', () => {
-    const stats = 'Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n  -> RemoteAddress:Port\nTCP  10.0.0.1:80  1 1 1 1 1\n';
-    const { records, problems } = parseIpvs(`${stats}${TITLE}TCP  10.0.0.1:80 rr\n  -> 10.0.0.2:80 Masq 1 0 0\n`);
+    const thresholds = 'Prot LocalAddress:Port            Uthreshold Lthreshold ActiveConn InActConn\n  -> RemoteAddress:Port\nTCP  10.0.0.1:80 rr\n';
+    const { records, problems } = parseIpvs(`${thresholds}${TITLE}TCP  10.0.0.1:80 rr\n  -> 10.0.0.2:80 Masq 1 0 0\n`);
     expect(problems.map((p) => p.line)).toEqual([3]);
     expect(records.map((r) => r.kind)).toEqual(['service', 'destination']);
+  });
+
+  it('reads a default listing after a --stats one with its own columns', () => {
+    const stats = 'Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n  -> RemoteAddress:Port\nTCP  10.0.0.1:80  1 1 1 1 1\n';
+    const { records, problems } = parseIpvs(`${stats}${TITLE}TCP  10.0.0.1:80 rr\n  -> 10.0.0.2:80 Masq 1 0 0\n`);
+    expect(problems).toEqual([]);
+    expect(records.map((r) => [r.kind, r.stats?.conns ?? null, r.kind === 'service' ? r.scheduler : r.forward])).toEqual([
+      ['service', 1, null], ['service', null, 'rr'], ['destination', null, 'Masq'],
+    ]);
   });
 });

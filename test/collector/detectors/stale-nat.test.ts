@@ -39,12 +39,12 @@ function run(samples: readonly Sample[]): NodeSteps {
 
 describe('stale-nat-to-removed-endpoint', () => {
   it('reports a client still pinned to the removed pod once kube-proxy had two samples and 2 s to clean up', () => {
-    // Rollout at t=2; cleanup skipped; the client keeps sending (its UDP timer held at 30).
+    // Rollout at t=2; cleanup skipped; the client keeps sending: its UDP timer is held at the top (30, 29, 30 …).
     const n = run([
       [0, { iptables: BEFORE, conntrack: udp('10.244.1.3', 30) }],
-      [1, { conntrack: udp('10.244.1.3', 30) }],
+      [1, { conntrack: udp('10.244.1.3', 29) }],
       [2, { iptables: AFTER, conntrack: udp('10.244.1.3', 30) }],
-      [3, { conntrack: udp('10.244.1.3', 30) }],
+      [3, { conntrack: udp('10.244.1.3', 29) }],
       [4, { conntrack: udp('10.244.1.3', 30) }],
     ]);
     const found = n.of('stale-nat-to-removed-endpoint');
@@ -58,7 +58,7 @@ describe('stale-nat-to-removed-endpoint', () => {
     });
     // The evidence quotes the entry at two samples, each with the time it read that way, and the rule that programmed the pod.
     expect(found[0]?.evidence.map((e) => [e.source, e.time])).toEqual([
-      ['conntrack', new Date(at(3)).toISOString()],
+      ['conntrack', new Date(at(2)).toISOString()],
       ['conntrack', new Date(at(4)).toISOString()],
       ['iptables', new Date(at(0)).toISOString()],
     ]);
@@ -126,11 +126,12 @@ describe('stale-nat-to-removed-endpoint', () => {
     const nft = (f: string) => readFileSync(new URL(`../../fixtures/nft/${f}`, import.meta.url), 'utf8');
     const n = run([
       [0, { nft: nft('rollout-before.json'), conntrack: udp('10.244.1.3', 30) }],
-      [1, { nft: nft('rollout-flushed-endpoint-chain.json'), conntrack: udp('10.244.1.3', 30) }],
+      [1, { nft: nft('rollout-flushed-endpoint-chain.json'), conntrack: udp('10.244.1.3', 29) }],
       [2, { conntrack: udp('10.244.1.3', 30) }],
-      [3, { conntrack: udp('10.244.1.3', 30) }],
+      [3, { conntrack: udp('10.244.1.3', 29) }],
+      [4, { conntrack: udp('10.244.1.3', 30) }],
     ]);
     expect(n.detection.services('node-1').find((s) => s.id === 'kube-system/kube-dns:dns')?.endpoints.map((e) => `${e.address}:${e.port}`)).toEqual(['10.244.2.3:53', '10.244.3.3:53']);
-    expect(n.of('stale-nat-to-removed-endpoint')).toEqual([expect.objectContaining({ endpoint: '10.244.1.3:53', time: at(3), evidence: expect.arrayContaining([expect.objectContaining({ source: 'nft' })]) })]);
+    expect(n.of('stale-nat-to-removed-endpoint')).toEqual([expect.objectContaining({ endpoint: '10.244.1.3:53', time: at(4), evidence: expect.arrayContaining([expect.objectContaining({ source: 'nft' })]) })]);
   });
 });
