@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 # chromium: the test that renders a bundle's report.html and looks at it.
 # openssl: throwaway certificates for the TLS and Kubernetes API tests.
-debian_packages=(iptables nftables conntrack ipvsadm ipset iproute2 tcpdump procps chromium openssl)
+# nfacct: the accounting objects kube-proxy's proxier_test.go iptables rulesets name (-m nfacct).
+debian_packages=(iptables nftables conntrack ipvsadm ipset iproute2 tcpdump procps chromium openssl nfacct)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
