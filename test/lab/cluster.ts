@@ -20,7 +20,7 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { Lab } from './netns.ts';
 import { assertInterfaceName } from './netns.ts';
-import { applyIptables, applyNft, probability, type ProxyModel } from './kube-proxy.ts';
+import { applyIpvs, applyIptables, applyNft, ipvsState, probability, type IpvsApplyResult, type ProxyModel } from './kube-proxy.ts';
 import type { LabKubeApi } from './kube-api.ts';
 
 export const ROUTER_NS = 'lb';
@@ -32,7 +32,13 @@ export const LOAD_BALANCER_RANGE = '198.18.100.0/24';
 const ROUTER_BRIDGE = 'vpc0';
 const NODE_UPLINK = 'eth0';
 
-export type ProxyMode = 'iptables' | 'nft';
+/**
+ * kube-proxy's mode on a node. 'ipvs' loads what the IPVS proxier writes
+ * (its ipsets, its iptables rules, the VIPs on kube-ipvs0); the kernel has no
+ * IPVS, so nothing forwards Service traffic on such a node, and the virtual
+ * servers exist only as `ipvsadm -Ln` text (Cluster.ipvs()).
+ */
+export type ProxyMode = 'iptables' | 'nft' | 'ipvs';
 
 export interface NodeSpec {
   /** e.g. `node-1`; also the kube-proxy node name. At most 13 characters (it names the router-side veth). */
@@ -118,6 +124,7 @@ export class Cluster {
   #nextOrdinal = new Map<string, number>();
   #loadBalancers: LoadBalancer[] = [];
   #kubeIpvs0 = new Set<string>();
+  #ipvs = new Map<string, IpvsApplyResult>();
   #api: LabKubeApi | null = null;
 
   /** From now on every applyServices is published to this Kubernetes API first. */
@@ -278,7 +285,8 @@ export class Cluster {
    * What kube-proxy in IPVS mode does with a Service address: a bridge named
    * kube-ipvs0 with no ports, left DOWN with `arp off` (a stand-in for the
    * dummy interface, which this kernel lacks), holding the address as a /32.
-   * The kernel still puts the address in the `local` routing table.
+   * The kernel still puts the address in the `local` routing table. Binding an
+   * address that is already there is a no-op (netlinkHandle.EnsureAddressBind).
    */
   async bindKubeIpvs0(nodeName: string, ip: string): Promise<void> {
     const node = this.node(nodeName);
@@ -287,7 +295,42 @@ export class Cluster {
       await this.lab.ip(node.ns, ['link', 'set', 'kube-ipvs0', 'arp', 'off']);
       this.#kubeIpvs0.add(nodeName);
     }
-    await this.lab.ip(node.ns, ['addr', 'add', `${ip}/32`, 'dev', 'kube-ipvs0']);
+    const res = await this.lab.ip(node.ns, ['addr', 'add', `${ip}/32`, 'dev', 'kube-ipvs0'], { check: false });
+    if (res.code !== 0 && !/File exists|already assigned/.test(res.stderr)) throw new Error(`cannot bind ${ip} on kube-ipvs0 of ${nodeName}: ${res.stderr.trim()}`);
+  }
+
+  /** Removes an address from kube-ipvs0 (netlinkHandle.UnbindAddress). */
+  async unbindKubeIpvs0(nodeName: string, ip: string): Promise<void> {
+    await this.lab.ip(this.node(nodeName).ns, ['addr', 'del', `${ip}/32`, 'dev', 'kube-ipvs0']);
+  }
+
+  /** The IPv4 addresses on kube-ipvs0 (none before it exists). */
+  async kubeIpvs0Addresses(nodeName: string): Promise<string[]> {
+    if (!this.#kubeIpvs0.has(nodeName)) return [];
+    const out = (await this.lab.ip(this.node(nodeName).ns, ['-o', '-4', 'addr', 'show', 'dev', 'kube-ipvs0'])).stdout;
+    return [...out.matchAll(/ inet (\d+\.\d+\.\d+\.\d+)\//g)].map((m) => m[1] ?? '');
+  }
+
+  /** The last IPVS-mode sync on the node: its ipsets, iptables rules and `ipvsadm -Ln` text (undefined for other modes). */
+  ipvs(nodeName: string): IpvsApplyResult | undefined {
+    return this.#ipvs.get(nodeName);
+  }
+
+  // kube-proxy's IPVS sync in its order: bind the VIPs (syncService), sync
+  // the sets, restore iptables, then unbind addresses no Service uses.
+  async #applyIpvs(node: ClusterNode, model: ProxyModel, opts: { clusterCidr?: string }): Promise<void> {
+    const o = { nodeName: node.name, nodeIp: node.ip, ...(opts.clusterCidr !== undefined ? { clusterCidr: opts.clusterCidr } : {}) };
+    const want = ipvsState(model, node.name, node.ip, o).boundAddresses;
+    // The dummy device exists even with no Service (EnsureDummyDevice).
+    if (want.length === 0 && !this.#kubeIpvs0.has(node.name)) {
+      await this.lab.bridge(node.ns, 'kube-ipvs0', { up: false });
+      await this.lab.ip(node.ns, ['link', 'set', 'kube-ipvs0', 'arp', 'off']);
+      this.#kubeIpvs0.add(node.name);
+    }
+    const alreadyBound = await this.kubeIpvs0Addresses(node.name);
+    for (const ip of want) if (!alreadyBound.includes(ip)) await this.bindKubeIpvs0(node.name, ip);
+    this.#ipvs.set(node.name, await applyIpvs(this.lab, node.ns, model, o));
+    for (const ip of alreadyBound) if (!want.includes(ip)) await this.unbindKubeIpvs0(node.name, ip);
   }
 
   /** Renders and applies the model on every node, in each node's proxy mode (what every kube-proxy does after a change). */
@@ -296,6 +339,7 @@ export class Cluster {
     await Promise.all(
       this.nodes.map((n) => {
         const o = { nodeName: n.name, nodeIp: n.ip, ...(opts.clusterCidr !== undefined ? { clusterCidr: opts.clusterCidr } : {}) };
+        if (n.proxyMode === 'ipvs') return this.#applyIpvs(n, model, opts);
         return n.proxyMode === 'nft' ? applyNft(this.lab, n.ns, model, o) : applyIptables(this.lab, n.ns, model, o);
       }),
     );
@@ -322,6 +366,13 @@ export async function buildCluster(lab: Lab, spec: ClusterSpec): Promise<Cluster
     // came in on; it must not tell nodes to take a shortcut.
     'net.ipv4.conf.all.send_redirects': 0,
     'net.ipv4.conf.default.send_redirects': 0,
+    // ARP requests carry the router's own vpc0 address, as a VPC router's do,
+    // never an LB address from lo: a node that holds that LB address (IPVS
+    // mode, kube-ipvs0) treats an ARP request from it as a martian and never
+    // answers, so the health checks would not even leave the router (seed 003
+    // is about the SYNs the node drops, not about ARP).
+    'net.ipv4.conf.all.arp_announce': 2,
+    'net.ipv4.conf.default.arp_announce': 2,
   });
   // When br_netfilter is loaded it is on by default in every namespace: frames
   // bridged between nodes would cross the router's netfilter (half a flow

@@ -66,6 +66,8 @@ const TOOL_PACKAGES: Readonly<Record<string, string>> = {
   nft: 'nftables',
   conntrack: 'conntrack',
   sysctl: 'procps',
+  // IPVS-mode nodes keep kube-proxy's Service addresses in ipsets.
+  ipset: 'ipset',
 };
 
 /**
