@@ -1,6 +1,7 @@
 // What the HTTP API serves about incidents: the list, one incident, and its
 // bundle (or an ad hoc one for the last N minutes), built from the
 // collector's histories on request.
+import { parseDuration } from '../contract/duration.ts';
 import type { Collector } from './collector.ts';
 import { bundleFiles, packBundle, type NodeTimeline } from './bundle.ts';
 import { describeIncident, incidentWindow, Incidents, type Incident } from './incidents.ts';
@@ -86,8 +87,5 @@ export class BundleService {
 }
 
 /** `10m`, `90s`, `2h` → milliseconds. */
-export function parseSince(text: string): number | null {
-  const m = /^(\d+)(s|m|h)$/.exec(text);
-  if (m === null) return null;
-  return Number(m[1]) * (m[2] === 's' ? 1_000 : m[2] === 'm' ? 60_000 : 3_600_000);
-}
+/** `?since=` and `--history`: the shared duration syntax. */
+export const parseSince = parseDuration;

@@ -2,6 +2,7 @@
 // out. The server feeds it from WebSockets; `local` feeds it in-process.
 import type { Logger } from 'pino';
 import { decodeAgentMessage, type AgentMessage, type CaptureRequest, type CaptureTool, type CollectorMessage, type SourceStatus } from '../contract/protocol.ts';
+import { Bounds } from './bounds.ts';
 import { NodeHistory } from './history.ts';
 import { NodeView, type ApplyOutcome, type TimelineEntry, type Transition } from './node-view.ts';
 
@@ -10,6 +11,9 @@ export interface CollectorOptions {
   /** How much timeline each node keeps (the incident window). */
   readonly historyMs?: number;
   readonly now?: () => number;
+  /** Nodes held at most (connected or within the window); a new node beyond it is refused. */
+  readonly maxNodes?: number;
+  readonly bounds?: Bounds;
 }
 
 export interface Session {
@@ -17,7 +21,22 @@ export interface Session {
   node: string | null;
   readonly remote: string;
   send(msg: CollectorMessage): void;
+  /** Ends the connection; in-process sessions have no socket to end. */
+  close?(code: number, reason: string): void;
+  /** False once the connection is known dead: closed, or silent past the liveness limit. In-process sessions count as dead. */
+  alive?(): boolean;
+  /** The only node this connection may speak for, when its credentials say so (a TokenReview's pod binding). */
+  readonly boundNode?: string | null;
 }
+
+/** Why a frame was not applied: a small fixed set, so counters and logs stay bounded. */
+export type RejectReason = 'malformed' | 'before-hello' | 'superseded' | 'implausible-time' | 'replayed-seq' | 'wrong-node' | 'duplicate-node' | 'too-many-nodes' | 'binary';
+
+/** Close codes the collector ends an agent connection with (4000-4999: application-defined). */
+export const CLOSE = { wrongNode: 4403, duplicate: 4409, superseded: 4410, tooMany: 4429, noHello: 4408 } as const;
+
+/** How far a frame's sample time may lie in the future of the collector's clock. */
+const MAX_FUTURE_MS = 10 * 60_000;
 
 /** Lines kept per capture, node and tool. */
 const MAX_CAPTURE_LINES = 50_000;
@@ -34,7 +53,14 @@ export class Collector {
   readonly #historyMs: number;
   readonly #now: () => number;
   readonly #listeners: TimelineListener[] = [];
+  /** The current connection of each node: the only one whose frames are applied and whose close counts. */
   readonly #sessions = new Map<string, Session>();
+  readonly #maxNodes: number;
+  readonly bounds: Bounds;
+  /** Frames not applied, by reason. */
+  readonly rejected = new Map<RejectReason, number>();
+  /** Rejections logged per connection and reason; past a few, only every thousandth is logged. */
+  readonly #rejectLogged = new WeakMap<Session, Map<RejectReason, number>>();
   /** Capture output by capture id, node and tool. */
   readonly captures = new Map<string, Map<string, Map<CaptureTool, { lines: string[]; ended: boolean; error: string | null }>>>();
   /** pcap files by capture id and node. */
@@ -44,6 +70,49 @@ export class Collector {
     this.#log = options.log;
     this.#historyMs = options.historyMs ?? 15 * 60_000;
     this.#now = options.now ?? Date.now;
+    this.#maxNodes = options.maxNodes ?? 5_000;
+    this.bounds = options.bounds ?? new Bounds(options.log, this.#now);
+  }
+
+  /** The connection a node's frames are taken from now, if any. */
+  currentSession(node: string): Session | undefined {
+    return this.#sessions.get(node);
+  }
+
+  /** Counts a frame that was not applied and logs it, at most a few times per connection and reason. */
+  reject(session: Session, reason: RejectReason, detail: Record<string, unknown>): void {
+    this.rejected.set(reason, (this.rejected.get(reason) ?? 0) + 1);
+    const view = session.node === null || this.#sessions.get(session.node) !== session ? undefined : this.nodes.get(session.node);
+    if (view) view.rejectedFrames++;
+    let logged = this.#rejectLogged.get(session);
+    if (logged === undefined) this.#rejectLogged.set(session, (logged = new Map()));
+    const n = (logged.get(reason) ?? 0) + 1;
+    logged.set(reason, n);
+    if (n <= 5 || n % 1000 === 0) this.#log.warn({ node: session.node, remote: session.remote, reason, rejectedOnThisConnection: n, ...detail }, `rejected a frame (${reason})`);
+  }
+
+  /** Drops nodes that have been disconnected for longer than the history window, with their views and timelines. */
+  expire(now = this.#now()): string[] {
+    const dropped: string[] = [];
+    for (const [name, view] of this.nodes) {
+      if (view.connected) continue;
+      const last = view.lastReceivedAt ?? view.connectedAt ?? 0;
+      if (now - last <= this.#historyMs) continue;
+      this.nodes.delete(name);
+      this.#histories.delete(name);
+      this.#sessions.delete(name);
+      this.bounds.forget(name);
+      dropped.push(name);
+    }
+    if (dropped.length > 0) this.#log.info({ nodes: dropped.slice(0, 20), count: dropped.length, historyMs: this.#historyMs }, 'dropped nodes gone longer than the history window');
+    for (const l of this.#expiredListeners) l(dropped);
+    return dropped;
+  }
+
+  readonly #expiredListeners: ((nodes: readonly string[]) => void)[] = [];
+  /** Called with the nodes `expire` dropped, so stages holding per-node state drop theirs. */
+  onExpired(listener: (nodes: readonly string[]) => void): void {
+    this.#expiredListeners.push(listener);
   }
 
   onTimeline(listener: TimelineListener): void {
@@ -58,18 +127,25 @@ export class Collector {
     return this.#histories.get(node);
   }
 
-  /** Handles one text frame from an agent. Bad frames are rejected and logged; state is untouched. */
+  /** Handles one text frame from an agent. Bad frames are rejected, counted and logged; state is untouched. */
   receive(session: Session, text: string): void {
     const decoded = decodeAgentMessage(text);
     if (!decoded.ok) {
-      const view = session.node === null ? undefined : this.nodes.get(session.node);
-      if (view) view.rejectedFrames++;
-      this.#log.warn({ node: session.node, remote: session.remote, error: decoded.error, bytes: text.length }, 'rejected a malformed frame');
+      this.reject(session, 'malformed', { error: decoded.error.slice(0, 300), bytes: text.length });
       return;
     }
-    this.accept(session, decoded.msg);
+    const msg = decoded.msg;
+    // Sample times are the agent's clock: a frame far in the future or older
+    // than the window would land outside every slice and confuse ordering.
+    if ('time' in msg) {
+      const now = this.#now();
+      if (msg.time > now + MAX_FUTURE_MS || msg.time < now - this.#historyMs - 3_600_000) {
+        this.reject(session, 'implausible-time', { type: msg.type, time: msg.time, collectorTime: now });
+        return;
+      }
+    }
+    this.accept(session, msg);
   }
-
   /** Asks a connected node's agent for a capture; false when that node is not connected. */
   requestCapture(node: string, req: CaptureRequest): boolean {
     const session = this.#sessions.get(node);
@@ -78,35 +154,81 @@ export class Collector {
     return true;
   }
 
+  /** A connection ended. Only the node's current connection counts: a superseded one closing late changes nothing. */
   disconnect(session: Session, code: number): void {
-    if (session.node === null) return;
-    if (this.#sessions.get(session.node) === session) this.#sessions.delete(session.node);
+    if (session.node === null || this.#sessions.get(session.node) !== session) return;
+    this.#sessions.delete(session.node);
     const view = this.nodes.get(session.node);
     if (view === undefined) return;
     view.onDisconnect();
     this.#log.warn({ node: session.node, remote: session.remote, code }, 'agent disconnected');
   }
 
+  #hello(session: Session, msg: Extract<AgentMessage, { type: 'hello' }>, now: number): void {
+    if (session.boundNode != null && session.boundNode !== msg.node) {
+      this.reject(session, 'wrong-node', { claimed: msg.node, provenNode: session.boundNode });
+      session.close?.(CLOSE.wrongNode, 'this connection may only speak for the node its token was issued on');
+      return;
+    }
+    if (session.node !== null && session.node !== msg.node) {
+      this.reject(session, 'wrong-node', { claimed: msg.node });
+      session.close?.(CLOSE.wrongNode, 'a connection speaks for one node');
+      return;
+    }
+    const current = this.#sessions.get(msg.node);
+    if (current !== undefined && current !== session) {
+      if (current.alive?.() === true) {
+        // Two live agents for one node: keep the one we have; the other retries and gets in once this one is gone.
+        this.reject(session, 'duplicate-node', { claimed: msg.node, currentRemote: current.remote });
+        session.close?.(CLOSE.duplicate, 'this node already has a live connection');
+        return;
+      }
+      this.#log.warn({ node: msg.node, remote: session.remote, previousRemote: current.remote }, 'a new connection replaces a dead one for this node');
+      this.#sessions.delete(msg.node);
+      current.close?.(CLOSE.superseded, 'superseded by a newer connection for this node');
+    }
+    let view = this.nodes.get(msg.node);
+    if (view === undefined) {
+      if (this.nodes.size >= this.#maxNodes) this.expire(now);
+      if (this.nodes.size >= this.#maxNodes) {
+        this.bounds.hit('nodes', 'collector', this.#maxNodes, 'new nodes refused until one leaves the window');
+        this.reject(session, 'too-many-nodes', { claimed: msg.node });
+        session.close?.(CLOSE.tooMany, 'the collector holds as many nodes as it may');
+        return;
+      }
+      view = new NodeView(msg.node, this.bounds);
+      this.nodes.set(msg.node, view);
+    }
+    session.node = msg.node;
+    this.#sessions.set(msg.node, session);
+    view.onConnect(now);
+    view.agentVersion = msg.agentVersion;
+    view.intervalMs = msg.intervalMs;
+    this.#log.info({ node: msg.node, remote: session.remote, agentVersion: msg.agentVersion, intervalMs: msg.intervalMs }, 'agent connected');
+  }
+
   /** Handles one decoded message: what the socket end feeds after decoding, and what in-process agents (local, replay, doctor, bundles) feed directly. */
   accept(session: Session, msg: AgentMessage): void {
     const now = this.#now();
     if (msg.type === 'hello') {
-      session.node = msg.node;
-      this.#sessions.set(msg.node, session);
-      let view = this.nodes.get(msg.node);
-      if (view === undefined) {
-        view = new NodeView(msg.node);
-        this.nodes.set(msg.node, view);
-      }
-      view.onConnect(now);
-      view.agentVersion = msg.agentVersion;
-      view.intervalMs = msg.intervalMs;
-      this.#log.info({ node: msg.node, remote: session.remote, agentVersion: msg.agentVersion, intervalMs: msg.intervalMs }, 'agent connected');
+      this.#hello(session, msg, now);
       return;
     }
-    const view = session.node === null ? undefined : this.nodes.get(session.node);
+    if (session.node === null) {
+      this.reject(session, 'before-hello', { type: msg.type });
+      return;
+    }
+    if (this.#sessions.get(session.node) !== session) {
+      this.reject(session, 'superseded', { type: msg.type });
+      return;
+    }
+    const view = this.nodes.get(session.node);
     if (view === undefined) {
-      this.#log.warn({ remote: session.remote, type: msg.type }, 'rejected a frame sent before hello');
+      this.reject(session, 'before-hello', { type: msg.type });
+      return;
+    }
+    if (msg.type === 'diff' && view.lastSeq !== null && msg.seq <= view.lastSeq && !view.awaitingSnapshot) {
+      this.reject(session, 'replayed-seq', { seq: msg.seq, lastSeq: view.lastSeq });
       return;
     }
     let outcome: ApplyOutcome;
@@ -187,7 +309,9 @@ export class Collector {
   }
 
   #logStatus(node: string, st: SourceStatus): void {
-    const fields = { node, source: st.source, state: st.state, via: st.via, reason: st.reason, records: st.records, problemCount: st.problemCount, problems: st.problems };
+    // Problem lines are the node's own text: cut short so one bad source cannot flood the log.
+    const problems = st.problems.map((p) => ({ line: p.line, reason: p.reason.slice(0, 300), text: p.text.length > 300 ? `${p.text.slice(0, 300)}…` : p.text }));
+    const fields = { node, source: st.source, state: st.state, via: st.via, reason: st.reason, records: st.records, problemCount: st.problemCount, problems };
     if (st.state === 'ok' && st.problemCount === 0) this.#log.info(fields, 'source ok');
     else if (st.state === 'ok') this.#log.warn(fields, 'source has lines it could not read');
     else if (st.state === 'unavailable') this.#log.info(fields, 'source unavailable on this node; skipped');

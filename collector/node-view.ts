@@ -6,6 +6,18 @@ import { applyDiff, diffByKey } from '../contract/diff.ts';
 import type { AgentMessage, SourceChange, SourceStatus } from '../contract/protocol.ts';
 import type { NodeFacts } from '../contract/records.ts';
 import { specOf, type RecordOf, type SourceName } from '../contract/sources.ts';
+import type { Bounds } from './bounds.ts';
+
+/**
+ * Records held per node and source. Conntrack and the IPVS connection table
+ * follow nf_conntrack_max (often 262,144; 1M+ on big nodes); rules, routes and
+ * sets are orders of magnitude smaller on any real node.
+ */
+export function maxRecords(source: SourceName): number {
+  return source === 'conntrack' || source === 'ipvs-conn' ? 2_000_000 : 200_000;
+}
+/** A snapshot whose parts stop coming for this long is dropped, not kept half-built. */
+export const MAX_STAGING_MS = 60_000;
 
 type SnapshotMsg = Extract<AgentMessage, { type: 'snapshot' }>;
 type SnapshotEndMsg = Extract<AgentMessage, { type: 'snapshot-end' }>;
@@ -55,11 +67,31 @@ export class NodeView {
   /** Sample time each record's current value was read at, by source and key. */
   readonly #readAt = new Map<SourceName, Map<string, number>>();
   readonly #status = new Map<string, SourceStatus>();
-  #staging: { seq: number; sources: Map<SourceName, { parts: number; got: Set<number>; records: RecordOf<SourceName>[] }> } | null = null;
+  #staging: { seq: number; startedAt: number; sources: Map<SourceName, { parts: number; got: Set<number>; records: RecordOf<SourceName>[]; over?: boolean }> } | null = null;
   #awaitingSnapshot = true;
+  /** Sources beyond their record bound: not held at all (half a table would mislead detectors), until a snapshot fits again. */
+  readonly #overBound = new Set<SourceName>();
+  readonly #bounds: Bounds | null;
 
-  constructor(name: string) {
+  constructor(name: string, bounds: Bounds | null = null) {
     this.name = name;
+    this.#bounds = bounds;
+  }
+
+  get awaitingSnapshot(): boolean {
+    return this.#awaitingSnapshot;
+  }
+
+  /** Sources dropped for exceeding their record bound. */
+  get overBound(): readonly SourceName[] {
+    return [...this.#overBound];
+  }
+
+  #dropOverBound(source: SourceName, count: number): void {
+    this.#overBound.add(source);
+    this.#state.delete(source);
+    this.#readAt.delete(source);
+    this.#bounds?.hit(`records.${source}`, this.name, maxRecords(source), `${source} is not held for this node (${count} records); detectors skip it until a snapshot fits`);
   }
 
   sources(): SourceName[] {
@@ -108,7 +140,11 @@ export class NodeView {
   }
 
   applySnapshotPart(msg: SnapshotMsg, now: number): ApplyOutcome {
-    if (this.#staging === null || this.#staging.seq !== msg.seq) this.#staging = { seq: msg.seq, sources: new Map() };
+    if (this.#staging !== null && this.#staging.seq === msg.seq && now - this.#staging.startedAt > MAX_STAGING_MS) {
+      this.#bounds?.hit('snapshot.age', this.name, MAX_STAGING_MS, 'a snapshot that stopped arriving was dropped and asked for again');
+      return this.#resync(`snapshot at seq ${msg.seq} took longer than ${MAX_STAGING_MS / 1000} s to arrive`);
+    }
+    if (this.#staging === null || this.#staging.seq !== msg.seq) this.#staging = { seq: msg.seq, startedAt: now, sources: new Map() };
     const sources = this.#staging.sources;
     let s = sources.get(msg.source);
     if (s === undefined) {
@@ -117,7 +153,9 @@ export class NodeView {
     }
     if (s.parts !== msg.parts || s.got.has(msg.part)) return this.#resync(`snapshot of ${msg.source} at seq ${msg.seq} arrived inconsistent (part ${msg.part}/${msg.parts})`);
     s.got.add(msg.part);
-    for (const r of msg.records) s.records.push(r);
+    // Past the bound, parts are counted but not kept: the source will be dropped whole at the end.
+    if (s.records.length + msg.records.length <= maxRecords(msg.source)) for (const r of msg.records) s.records.push(r);
+    else s.over = true;
     this.lastReceivedAt = now;
     return { kind: 'staged' };
   }
@@ -129,7 +167,7 @@ export class NodeView {
       if (staging !== null) return this.#resync(`snapshot end for seq ${msg.seq} without its parts`);
     }
     const changes: SourceChange[] = [];
-    const incoming: Map<SourceName, { parts: number; got: Set<number>; records: RecordOf<SourceName>[] }> = staging?.sources ?? new Map();
+    const incoming: Map<SourceName, { parts: number; got: Set<number>; records: RecordOf<SourceName>[]; over?: boolean }> = staging?.sources ?? new Map();
     for (const [source, s] of incoming) {
       if (s.got.size !== s.parts) return this.#resync(`snapshot of ${source} at seq ${msg.seq} is missing parts (${s.got.size}/${s.parts})`);
     }
@@ -143,6 +181,11 @@ export class NodeView {
       this.#readAt.delete(source);
     }
     for (const [source, s] of incoming) {
+      if (s.over === true) {
+        this.#dropOverBound(source, s.records.length);
+        continue;
+      }
+      this.#overBound.delete(source);
       const spec = specOf(source);
       const map = new Map<string, RecordOf<SourceName>>();
       for (const r of s.records) map.set(spec.keyOf(r), r);
@@ -171,6 +214,7 @@ export class NodeView {
     if (this.lastSeq !== null && msg.seq !== this.lastSeq + 1) return this.#resync(`sequence gap: expected ${this.lastSeq + 1}, got ${msg.seq}`);
     const transitions: Transition[] = [];
     for (const change of msg.changes) {
+      if (this.#overBound.has(change.source)) continue;
       let map = this.#state.get(change.source);
       if (map === undefined) {
         map = new Map();
@@ -188,6 +232,11 @@ export class NodeView {
         return this.#resync(`diff for ${change.source} at seq ${msg.seq} does not fit the state (${mismatched.length} unknown keys, first ${JSON.stringify(mismatched[0])})`);
       for (const key of change.removed) readAt.delete(key);
       for (const list of [change.added, change.changed, change.refreshed]) for (const r of list) readAt.set(spec.keyOf(r), msg.time);
+      if (map.size > maxRecords(change.source)) {
+        // What this step did to the source is not detected on either: the source is gone as a whole.
+        for (let i = transitions.length - 1; i >= 0; i--) if (transitions[i]?.source === change.source) transitions.splice(i, 1);
+        this.#dropOverBound(change.source, map.size);
+      }
     }
     for (const st of msg.status) this.#status.set(st.source, st);
     this.lastSeq = msg.seq;

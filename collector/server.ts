@@ -9,10 +9,19 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { encode, SUBPROTOCOL } from '../contract/protocol.ts';
+import { DURATION_HINT, parseDuration } from '../contract/duration.ts';
+import { encode, isNodeName, SUBPROTOCOL } from '../contract/protocol.ts';
 import { isSourceName } from '../contract/sources.ts';
-import { parseSince, type BundleService } from './bundle-service.ts';
-import type { Collector, Session } from './collector.ts';
+import type { BundleService } from './bundle-service.ts';
+import { CLOSE, type Collector, type Session } from './collector.ts';
+
+/** An agent that has not said hello by then is not an agent. */
+export const HELLO_TIMEOUT_MS = 10_000;
+/** Pings go out this often; a connection silent (no frame, no pong) for LIVENESS_MS is dead, half-open or not. */
+export const PING_INTERVAL_MS = 10_000;
+export const LIVENESS_MS = 30_000;
+/** Records streamed per write while answering a records request, between waits for the socket to drain. */
+const STREAM_BATCH = 500;
 
 export interface ServerOptions {
   readonly collector: Collector;
@@ -24,6 +33,10 @@ export interface ServerOptions {
   readonly bundles?: BundleService;
   /** The Services each node's rules program, as the detectors see them (GET /api/nodes/:node/services). */
   readonly services?: (node: string) => readonly object[] | null;
+  /** Ping interval and liveness limit, shortened by tests. */
+  readonly pingIntervalMs?: number;
+  readonly livenessMs?: number;
+  readonly helloTimeoutMs?: number;
 }
 
 export interface ListenTarget {
@@ -51,6 +64,15 @@ export class CollectorServer {
     this.#o = options;
     this.#tokenDigest = options.token === null ? null : digest(options.token);
     this.#http = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }) : createHttpServer();
+    // A client that never finishes its request line and headers is closed, authenticated or not.
+    this.#http.headersTimeout = 10_000;
+    this.#http.requestTimeout = 30_000;
+    this.#http.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+      this.#counts.badRequests++;
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      else socket.destroy();
+      void err;
+    });
     this.#wss = new WebSocketServer({
       noServer: true,
       maxPayload: options.maxPayload ?? 64 * 1024 * 1024,
@@ -82,24 +104,30 @@ export class CollectorServer {
     });
   }
 
+  readonly #counts = { badRequests: 0 };
+
+  /** Requests answered 400 before routing (a request line or header Node could not parse). */
+  get badRequests(): number {
+    return this.#counts.badRequests;
+  }
+
   #authorised(req: IncomingMessage): boolean {
     if (this.#tokenDigest === null) return true;
-    const header = req.headers.authorization ?? '';
-    const m = /^Bearer (.+)$/.exec(header);
-    if (m === null || m[1] === undefined) return false;
-    return timingSafeEqual(digest(m[1]), this.#tokenDigest);
+    const token = bearerToken(req.headers.authorization);
+    return token !== null && timingSafeEqual(digest(token), this.#tokenDigest);
   }
 
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const remote = `${req.socket.remoteAddress ?? 'unix'}:${req.socket.remotePort ?? ''}`;
     if (!this.#authorised(req)) {
-      this.#o.log.warn({ remote, path: req.url, reason: req.headers.authorization ? 'wrong token' : 'no token' }, 'refused an agent connection');
+      // Never the URL: a token put in a query string would land in the log.
+      this.#o.log.warn({ remote, reason: req.headers.authorization ? 'wrong token' : 'no token' }, 'refused an agent connection');
       socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       return;
     }
     const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim());
     if (!offered.includes(SUBPROTOCOL)) {
-      this.#o.log.warn({ remote, offered }, `refused an agent connection: it does not speak ${SUBPROTOCOL}`);
+      this.#o.log.warn({ remote, offeredCount: offered.length }, `refused an agent connection: it does not speak ${SUBPROTOCOL}`);
       socket.end('HTTP/1.1 426 Upgrade Required\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       return;
     }
@@ -108,43 +136,82 @@ export class CollectorServer {
 
   #onAgent(ws: WebSocket, remote: string): void {
     const collector = this.#o.collector;
+    const liveness = this.#o.livenessMs ?? LIVENESS_MS;
+    let heardAt = Date.now();
     const session: Session = {
       node: null,
       remote,
       send: (msg) => {
         if (ws.readyState === ws.OPEN) ws.send(encode(msg));
       },
+      close: (code, reason) => {
+        if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close(code, reason);
+        // A dead peer never completes the closing handshake.
+        setTimeout(() => ws.terminate(), 2_000).unref();
+      },
+      alive: () => ws.readyState === ws.OPEN && Date.now() - heardAt < liveness,
     };
-    ws.on('message', (data, isBinary) => {
-      if (isBinary) {
-        this.#o.log.warn({ remote, node: session.node }, 'rejected a binary frame');
+    const helloTimer = setTimeout(() => {
+      if (session.node !== null) return;
+      this.#o.log.warn({ remote }, 'closed an agent connection that sent no hello');
+      session.close?.(CLOSE.noHello, 'no hello');
+    }, this.#o.helloTimeoutMs ?? HELLO_TIMEOUT_MS);
+    helloTimer.unref();
+    const pinger = setInterval(() => {
+      if (Date.now() - heardAt >= liveness) {
+        this.#o.log.warn({ remote, node: session.node, silentMs: Date.now() - heardAt }, 'agent connection silent past the liveness limit; closing it');
+        ws.terminate();
         return;
       }
-      collector.receive(session, data.toString());
+      if (ws.readyState === ws.OPEN) ws.ping();
+    }, this.#o.pingIntervalMs ?? PING_INTERVAL_MS);
+    pinger.unref();
+    ws.on('pong', () => {
+      heardAt = Date.now();
+    });
+    ws.on('message', (data, isBinary) => {
+      heardAt = Date.now();
+      if (isBinary) {
+        collector.reject(session, 'binary', {});
+        return;
+      }
+      const text = (Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? Buffer.from(data) : data).toString();
+      collector.receive(session, text);
     });
     ws.on('error', (err) => this.#o.log.warn({ remote, node: session.node, err: err.message }, 'agent socket error'));
-    ws.on('close', (code) => collector.disconnect(session, code));
+    ws.on('close', (code) => {
+      clearTimeout(helloTimer);
+      clearInterval(pinger);
+      collector.disconnect(session, code);
+    });
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
-    const url = new URL(req.url ?? '/', 'http://collector');
-    if (url.pathname === '/healthz') return sendJson(res, 200, { ok: true });
+    const target = parseTarget(req.url);
+    if (!target.ok) {
+      this.#counts.badRequests++;
+      return sendJson(res, 400, { error: target.error });
+    }
+    const { parts, query } = target;
+    if (parts.length === 1 && parts[0] === 'healthz') return sendJson(res, 200, { ok: true });
     if (!this.#authorised(req)) {
-      this.#o.log.warn({ remote: `${req.socket.remoteAddress ?? 'unix'}:${req.socket.remotePort ?? ''}`, path: url.pathname, reason: req.headers.authorization ? 'wrong token' : 'no token' }, 'refused an API request without a valid token');
+      this.#o.log.warn({ remote: `${req.socket.remoteAddress ?? 'unix'}:${req.socket.remotePort ?? ''}`, route: routeOf(parts), reason: req.headers.authorization ? 'wrong token' : 'no token' }, 'refused an API request without a valid token');
       return sendJson(res, 401, { error: 'unauthorized' });
     }
     if (req.method !== 'GET') return sendJson(res, 405, { error: 'method not allowed' });
-    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
     if (parts[0] !== 'api') return sendJson(res, 404, { error: 'not found' });
     if (parts[1] === 'nodes' && parts.length === 2) return sendJson(res, 200, this.#nodes());
-    if (parts[1] === 'nodes' && parts.length === 4 && parts[3] === 'services' && this.#o.services !== undefined) {
-      const services = this.#o.collector.nodes.has(parts[2] ?? '') ? this.#o.services(parts[2] ?? '') : null;
+    const node = parts[1] === 'nodes' ? parts[2] : undefined;
+    if (node !== undefined && !isNodeName(node)) return sendJson(res, 400, { error: 'not a node name (lower-case DNS-1123 subdomain, at most 253 characters)' });
+    if (node !== undefined && parts.length === 4 && parts[3] === 'services' && this.#o.services !== undefined) {
+      const services = this.#o.collector.nodes.has(node) ? this.#o.services(node) : null;
       return services === null ? sendJson(res, 404, { error: 'no such node' }) : sendJson(res, 200, services);
     }
     const bundles = this.#o.bundles;
     if (bundles !== undefined && parts[1] === 'incidents') {
       if (parts.length === 2) return sendJson(res, 200, bundles.list());
       const id = parts[2] ?? '';
+      if (!/^[A-Za-z0-9._-]{1,80}$/.test(id)) return sendJson(res, 400, { error: 'not an incident id' });
       if (parts.length === 3) {
         const d = bundles.describe(id);
         return d === undefined ? sendJson(res, 404, { error: `no incident ${JSON.stringify(id)}` }) : sendJson(res, 200, d);
@@ -158,17 +225,24 @@ export class CollectorServer {
       }
     }
     if (bundles !== undefined && parts[1] === 'bundle' && parts.length === 2) {
-      const since = parseSince(url.searchParams.get('since') ?? '10m');
-      if (since === null) return sendJson(res, 400, { error: 'since: expected a duration like 90s, 10m or 2h' });
+      const since = parseDuration(query.get('since') ?? '10m');
+      if (since === null) return sendJson(res, 400, { error: `since: expected ${DURATION_HINT}` });
       void bundles.recentBundle(since, Date.now()).then((buf) => sendTarball(res, 'conntrail-bundle.tar.gz', buf), (err: unknown) => this.#bundleFailed(res, err));
       return;
     }
-    if (parts[1] === 'nodes' && parts.length === 4) {
-      const view = this.#o.collector.nodes.get(parts[2] ?? '');
-      if (view === undefined) return sendJson(res, 404, { error: `no node ${JSON.stringify(parts[2])}` });
+    if (node !== undefined && parts.length === 4) {
+      const view = this.#o.collector.nodes.get(node);
+      if (view === undefined) return sendJson(res, 404, { error: `no node ${JSON.stringify(node)}` });
       const source = parts[3];
-      if (!isSourceName(source)) return sendJson(res, 404, { error: `no source ${JSON.stringify(source)}` });
-      return sendJson(res, 200, { node: view.name, source, status: view.status(source) ?? null, records: view.records(source) });
+      if (!isSourceName(source)) return sendJson(res, 404, { error: 'no such source' });
+      // A million conntrack records do not fit one string: stream them, waiting for the socket between batches.
+      const records = [...view.recordMap(source).values()];
+      const ndjson = query.get('format') === 'ndjson' || (req.headers.accept ?? '').includes('application/x-ndjson');
+      void streamRecords(res, { node: view.name, source, status: view.status(source) ?? null }, records, ndjson).catch((err: unknown) => {
+        this.#o.log.warn({ node: view.name, source, err: err instanceof Error ? err.message : String(err) }, 'records answer ended early');
+        res.destroy();
+      });
+      return;
     }
     return sendJson(res, 404, { error: 'not found' });
   }
@@ -180,20 +254,103 @@ export class CollectorServer {
 
   #nodes(): unknown {
     const now = Date.now();
-    return [...this.#o.collector.nodes.values()].map((v) => ({
-      node: v.name,
-      connected: v.connected,
-      agentVersion: v.agentVersion,
-      kernel: v.facts?.kernel ?? null,
-      lastSeq: v.lastSeq,
-      lastSampleTime: v.lastSampleTime === null ? null : new Date(v.lastSampleTime).toISOString(),
-      /** How far the node's picture lags the wall clock. */
-      lagMs: v.lastSampleTime === null ? null : now - v.lastSampleTime,
-      rejectedFrames: v.rejectedFrames,
-      resyncs: v.resyncs,
-      sources: v.statuses().map((s) => ({ ...s, records: isSourceName(s.source) ? v.recordMap(s.source).size : 0 })),
-    }));
+    const c = this.#o.collector;
+    return {
+      nodes: [...c.nodes.values()].map((v) => ({
+        node: v.name,
+        connected: v.connected,
+        agentVersion: v.agentVersion,
+        kernel: v.facts?.kernel ?? null,
+        lastSeq: v.lastSeq,
+        lastSampleTime: v.lastSampleTime === null ? null : new Date(v.lastSampleTime).toISOString(),
+        /** How far the node's picture lags the wall clock. */
+        lagMs: v.lastSampleTime === null ? null : now - v.lastSampleTime,
+        rejectedFrames: v.rejectedFrames,
+        resyncs: v.resyncs,
+        sourcesOverBound: v.overBound,
+        bounds: c.bounds.list(v.name),
+        sources: v.statuses().map((s) => ({ ...s, records: isSourceName(s.source) ? v.recordMap(s.source).size : 0 })),
+      })),
+      collector: {
+        nodes: c.nodes.size,
+        rejectedFrames: Object.fromEntries(c.rejected),
+        badRequests: this.#counts.badRequests,
+        bounds: c.bounds.list('collector'),
+        memory: process.memoryUsage(),
+      },
+    };
   }
+}
+
+/** The token of an `Authorization: Bearer …` header; the scheme is case-insensitive (RFC 7235). */
+export function bearerToken(header: string | undefined): string | null {
+  const m = /^bearer[ \t]+(\S+)[ \t]*$/i.exec(header ?? '');
+  return m?.[1] ?? null;
+}
+
+type Target = { readonly ok: true; readonly parts: readonly string[]; readonly query: URLSearchParams } | { readonly ok: false; readonly error: string };
+
+/**
+ * The request target as path segments and query, or why not. Only origin-form
+ * targets (`/path?query`) are served; every decoding step that can fail is
+ * caught here, so no request line reaches a throw.
+ */
+export function parseTarget(raw: string | undefined): Target {
+  if (raw === undefined || !raw.startsWith('/') || raw.startsWith('//')) return { ok: false, error: 'request target: expected an absolute path (/api/…)' };
+  if (raw.length > 8192) return { ok: false, error: 'request target longer than 8192 characters' };
+  const q = raw.indexOf('?');
+  const path = q < 0 ? raw : raw.slice(0, q);
+  const parts: string[] = [];
+  for (const seg of path.split('/')) {
+    if (seg === '') continue;
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(seg);
+    } catch {
+      return { ok: false, error: 'request target: bad percent-escape in the path' };
+    }
+    parts.push(decoded);
+  }
+  let query: URLSearchParams;
+  try {
+    query = new URLSearchParams(q < 0 ? '' : raw.slice(q + 1));
+  } catch {
+    return { ok: false, error: 'request target: unreadable query' };
+  }
+  return { ok: true, parts, query };
+}
+
+/** A route for the log: fixed words kept, anything from the client replaced. */
+function routeOf(parts: readonly string[]): string {
+  const known = new Set(['api', 'nodes', 'incidents', 'bundle', 'services', 'healthz']);
+  return `/${parts.slice(0, 4).map((p) => (known.has(p) || isSourceName(p) ? p : ':x')).join('/')}`;
+}
+
+async function streamRecords(res: ServerResponse, head: Record<string, unknown>, records: readonly unknown[], ndjson: boolean): Promise<void> {
+  res.writeHead(200, { 'content-type': ndjson ? 'application/x-ndjson' : 'application/json' });
+  const write = async (text: string): Promise<void> => {
+    if (res.destroyed) throw new Error('client went away');
+    if (!res.write(text)) await new Promise<void>((resolve, reject) => {
+      const done = () => {
+        res.off('close', gone);
+        resolve();
+      };
+      const gone = () => {
+        res.off('drain', done);
+        reject(new Error('client went away'));
+      };
+      res.once('drain', done);
+      res.once('close', gone);
+    });
+  };
+  if (ndjson) await write(`${JSON.stringify(head)}\n`);
+  else await write(`${JSON.stringify(head).slice(0, -1)},"records":[`);
+  for (let i = 0; i < records.length; i += STREAM_BATCH) {
+    const batch = records.slice(i, i + STREAM_BATCH).map((r) => JSON.stringify(r));
+    await write(ndjson ? `${batch.join('\n')}\n` : `${i === 0 ? '' : ','}${batch.join(',')}`);
+  }
+  if (!ndjson) await write(']}');
+  res.end();
 }
 
 function digest(s: string): Buffer {

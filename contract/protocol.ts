@@ -3,7 +3,7 @@
 // collector that do not share a version fail at the upgrade, not mid-stream.
 // Every frame is JSON text; the collector decodes it from `unknown` here and
 // nowhere else.
-import { array, int, literal, nullable, num, object, str, type Decoded, type Infer } from './schema.ts';
+import { array, boundedStr, int, literal, nullable, num, object, str, type Decoded, type Infer, type Schema } from './schema.ts';
 import { isSourceName, problem, sources, type Problem, type RecordOf, type SourceName } from './sources.ts';
 import { nodeFacts, type NodeFacts } from './records.ts';
 import { canonicalIp } from './address.ts';
@@ -16,12 +16,52 @@ export const SNAPSHOT_CHUNK = 5_000;
 /** Problem lines carried per source status; the rest are counted. */
 export const MAX_PROBLEM_SAMPLES = 20;
 
+/** Parts one source's snapshot may come in: 10,000 × SNAPSHOT_CHUNK records is far beyond any node's conntrack table. */
+export const MAX_SNAPSHOT_PARTS = 10_000;
+/** Times are epoch milliseconds between 2000 and 2100: anything else is a broken clock or a forged frame (and would not even make a Date). */
+export const MIN_TIME = Date.UTC(2000, 0, 1);
+export const MAX_TIME = Date.UTC(2100, 0, 1);
+
+/** Epoch milliseconds in [MIN_TIME, MAX_TIME]. */
+export const time: Schema<number> = {
+  describe: 'epoch milliseconds',
+  decode: (v, p) =>
+    typeof v === 'number' && Number.isFinite(v) && v >= MIN_TIME && v <= MAX_TIME
+      ? { ok: true, value: v }
+      : { ok: false, error: `${p || '<root>'}: expected epoch milliseconds between 2000 and 2100, got ${typeof v === 'number' ? String(v) : typeof v}` },
+};
+
+const seqNumber: Schema<number> = {
+  describe: 'sequence number',
+  decode: (v, p) => (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? { ok: true, value: v } : { ok: false, error: `${p || '<root>'}: expected a sequence number (integer ≥ 0)` }),
+};
+
+/**
+ * A Kubernetes node name (a DNS-1123 subdomain, at most 253 characters). The
+ * collector names log fields, API paths and bundle entries after it, so
+ * nothing else may pass as one.
+ */
+export function isNodeName(v: unknown): v is string {
+  return typeof v === 'string' && v.length > 0 && v.length <= 253 && /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/.test(v);
+}
+export const nodeName: Schema<string> = {
+  describe: 'node name',
+  decode: (v, p) =>
+    isNodeName(v) ? { ok: true, value: v } : { ok: false, error: `${p || '<root>'}: not a Kubernetes node name (lower-case DNS-1123 subdomain, at most 253 characters)` },
+};
+
+/** Capture ids name files in bundles; the collector makes them, the agent echoes them. */
+const captureId: Schema<string> = {
+  describe: 'capture id',
+  decode: (v, p) => (typeof v === 'string' && /^[A-Za-z0-9._-]{1,80}$/.test(v) && v !== '.' && v !== '..' ? { ok: true, value: v } : { ok: false, error: `${p || '<root>'}: expected a capture id ([A-Za-z0-9._-]{1,80})` }),
+};
+
 export const sourceStatus = object({
-  source: str,
+  source: boundedStr(64),
   state: literal('ok', 'unavailable', 'failed'),
   /** What was read: `/proc/net/nf_conntrack`, `iptables-nft-save -c`, … */
-  via: nullable(str),
-  reason: nullable(str),
+  via: nullable(boundedStr(1024)),
+  reason: nullable(boundedStr(4096)),
   records: int,
   problemCount: int,
   problems: array(problem, MAX_PROBLEM_SAMPLES),
@@ -80,17 +120,21 @@ export const MAX_PCAP_BYTES = 8 * 1024 * 1024;
 
 export type AgentMessageType = AgentMessage['type'];
 
-const hello = object({ v: literal(1), type: literal('hello'), node: str, agentVersion: str, intervalMs: num, startedAt: num });
+const intervalMs: Schema<number> = {
+  describe: 'sample interval',
+  decode: (v, p) => (typeof v === 'number' && Number.isFinite(v) && v >= 10 && v <= 3_600_000 ? { ok: true, value: v } : { ok: false, error: `${p || '<root>'}: expected a sample interval of 10 ms to 1 h` }),
+};
+const hello = object({ v: literal(1), type: literal('hello'), node: nodeName, agentVersion: boundedStr(128), intervalMs, startedAt: time });
 const facts = object({ v: literal(1), type: literal('facts'), facts: nodeFacts });
-const snapshotHead = object({ v: literal(1), type: literal('snapshot'), seq: int, time: num, source: str, part: int, parts: int });
-const snapshotEnd = object({ v: literal(1), type: literal('snapshot-end'), seq: int, time: num, status: array(sourceStatus) });
-const diffHead = object({ v: literal(1), type: literal('diff'), seq: int, time: num, status: array(sourceStatus) });
-const resync = object({ v: literal(1), type: literal('resync'), reason: str });
-const captureRequest = object({ v: literal(1), type: literal('capture'), id: str, durationMs: int, hosts: array(str, 16), ports: array(int, 16) });
+const snapshotHead = object({ v: literal(1), type: literal('snapshot'), seq: seqNumber, time, source: boundedStr(64), part: int, parts: int });
+const snapshotEnd = object({ v: literal(1), type: literal('snapshot-end'), seq: seqNumber, time, status: array(sourceStatus, 64) });
+const diffHead = object({ v: literal(1), type: literal('diff'), seq: seqNumber, time, status: array(sourceStatus, 64) });
+const resync = object({ v: literal(1), type: literal('resync'), reason: boundedStr(4096) });
+const captureRequest = object({ v: literal(1), type: literal('capture'), id: str, durationMs: int, hosts: array(boundedStr(64), 16), ports: array(int, 16) });
 const captureTool = literal('tcpdump', 'conntrack-events');
-const captureLines = object({ v: literal(1), type: literal('capture-lines'), id: str, tool: captureTool, lines: array(str, 10_000) });
-const capturePcap = object({ v: literal(1), type: literal('capture-pcap'), id: str, base64: str });
-const captureEnd = object({ v: literal(1), type: literal('capture-end'), id: str, tool: captureTool, error: nullable(str) });
+const captureLines = object({ v: literal(1), type: literal('capture-lines'), id: captureId, tool: captureTool, lines: array(boundedStr(64 * 1024), 10_000) });
+const capturePcap = object({ v: literal(1), type: literal('capture-pcap'), id: captureId, base64: boundedStr(Math.ceil(MAX_PCAP_BYTES / 3) * 4) });
+const captureEnd = object({ v: literal(1), type: literal('capture-end'), id: captureId, tool: captureTool, error: nullable(boundedStr(4096)) });
 
 export type DecodeResult<T> = { readonly ok: true; readonly msg: T } | { readonly ok: false; readonly error: string };
 
@@ -148,7 +192,9 @@ export function decodeAgentMessage(text: string): DecodeResult<AgentMessage> {
       if (!head.ok) return fromDecoded(head);
       const source = head.value.source;
       if (!isSourceName(source)) return { ok: false, error: `source: unknown source ${JSON.stringify(source)}` };
+      if (head.value.parts < 1 || head.value.parts > MAX_SNAPSHOT_PARTS) return { ok: false, error: `parts: expected 1..${MAX_SNAPSHOT_PARTS}, got ${head.value.parts}` };
       if (head.value.part < 0 || head.value.part >= head.value.parts) return { ok: false, error: `part ${head.value.part} out of ${head.value.parts}` };
+      if (!Array.isArray(o.records) || o.records.length > SNAPSHOT_CHUNK) return { ok: false, error: `records: expected an array of at most ${SNAPSHOT_CHUNK}` };
       const records = decodeRecords(source, o.records, 'records');
       if (!records.ok) return fromDecoded(records);
       return { ok: true, msg: { ...head.value, source, records: records.value } };
@@ -156,7 +202,8 @@ export function decodeAgentMessage(text: string): DecodeResult<AgentMessage> {
     case 'diff': {
       const head = diffHead.decode(o, '');
       if (!head.ok) return fromDecoded(head);
-      if (!Array.isArray(o.changes)) return { ok: false, error: 'changes: expected array' };
+      // One change per source at most; anything longer is not from an agent.
+      if (!Array.isArray(o.changes) || o.changes.length > 64) return { ok: false, error: 'changes: expected an array of at most 64 source changes' };
       const changes: SourceChange[] = [];
       for (let i = 0; i < o.changes.length; i++) {
         const c = decodeChange(o.changes[i], `changes[${i}]`);

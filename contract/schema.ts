@@ -24,10 +24,18 @@ function describeValue(v: unknown): string {
   return typeof v;
 }
 
-export const str: Schema<string> = {
-  describe: 'string',
-  decode: (v, p) => (typeof v === 'string' ? ok(v) : fail(p, 'string', v)),
-};
+/** No field of any record comes near this; a longer string is an attack or a bug, and would end up in logs and heaps. */
+export const MAX_STRING = 1024 * 1024;
+
+/** A string of at most `max` UTF-16 units. */
+export function boundedStr(max: number): Schema<string> {
+  return {
+    describe: `string (at most ${max} characters)`,
+    decode: (v, p) => (typeof v !== 'string' ? fail(p, 'string', v) : v.length > max ? { ok: false, error: `${p || '<root>'}: string longer than ${max} characters` } : ok(v)),
+  };
+}
+
+export const str: Schema<string> = boundedStr(MAX_STRING);
 
 export const num: Schema<number> = {
   describe: 'number',

@@ -84,11 +84,36 @@ describe('collector authentication', { timeout: 20_000 }, () => {
     }
     const refusals = c.log.lines.filter((l) => l.msg === 'refused an API request without a valid token');
     expect(refusals.map((r) => r.reason)).toEqual(['no token', 'wrong token']);
-    expect(refusals[0]).toMatchObject({ path: path.split('?')[0], remote: expect.stringMatching(/^127\.0\.0\.1:\d+$/) });
+    // The route is logged with the client's own words (node names, ids) masked: nothing a client sends becomes log content.
+    expect(refusals[0]).toMatchObject({ route: (path.split('?')[0] ?? '').replace('node-a', ':x').replace('inc-1', ':x'), remote: expect.stringMatching(/^127\.0\.0\.1:\d+$/) });
     expect(JSON.stringify(c.log.lines)).not.toContain('not-it');
     // With the token the same path is served (or says what is missing), so the 401 was the token's doing.
     const ok = await fetch(`http://127.0.0.1:${c.port}${path}`, { headers: { authorization: `Bearer ${TOKEN}` } });
     expect(ok.status).not.toBe(401);
+  });
+
+  it('accepts the bearer scheme in any case (RFC 7235), and nothing else', async () => {
+    const c = await collector();
+    for (const scheme of ['bearer', 'BEARER', 'Bearer']) {
+      const res = await fetch(`http://127.0.0.1:${c.port}/api/nodes`, { headers: { authorization: `${scheme} ${TOKEN}` } });
+      expect(res.status, scheme).toBe(200);
+    }
+    const basic = await fetch(`http://127.0.0.1:${c.port}/api/nodes`, { headers: { authorization: `Basic ${TOKEN}` } });
+    expect(basic.status).toBe(401);
+  });
+
+  it('never logs a token put in a query string, on the API or on an agent upgrade', async () => {
+    const c = await collector();
+    const res = await fetch(`http://127.0.0.1:${c.port}/api/nodes?token=${TOKEN}-in-query`);
+    expect(res.status).toBe(401);
+    const ws = new WebSocket(`ws://127.0.0.1:${c.port}/?access_token=${TOKEN}-in-upgrade`, SUBPROTOCOL);
+    await new Promise<void>((resolve) => {
+      ws.on('error', () => resolve());
+      ws.on('close', () => resolve());
+    });
+    expect(c.log.find('refused an agent connection')).toMatchObject({ reason: 'no token' });
+    expect(JSON.stringify(c.log.lines)).not.toContain('-in-query');
+    expect(JSON.stringify(c.log.lines)).not.toContain('-in-upgrade');
   });
 
   it('answers /healthz without a token', async () => {

@@ -133,7 +133,7 @@ describe('collector and agent over WebSocket', () => {
     const r = await rig();
     const nodes = await waitFor('node listing', async () => {
       const { body } = await api(r.port, '/api/nodes');
-      const list = body as { node: string; kernel: string | null; lagMs: number | null; sources: { source: string; state: string; records: number; reason: string | null }[] }[];
+      const list = (body as { nodes: { node: string; kernel: string | null; lagMs: number | null; sources: { source: string; state: string; records: number; reason: string | null }[] }[] }).nodes;
       return list[0]?.sources.length ? list : null;
     });
     const n = nodes[0];
@@ -174,13 +174,14 @@ describe('collector and agent over WebSocket', () => {
     const received: string[] = [];
     ws.on('message', (d) => received.push(d.toString()));
     await new Promise((res) => ws.once('open', res));
-    ws.send(JSON.stringify({ v: 1, type: 'hello', node: 'forged', agentVersion: 'x', intervalMs: 1000, startedAt: 0 }));
-    ws.send(JSON.stringify({ v: 1, type: 'snapshot-end', seq: 5, time: 1, status: [] }));
-    ws.send('{"v":1,"type":"diff","seq":6,"time":2,"changes":[{"source":"conntrack","added":[{"bogus":true}]}],"status":[]}');
-    await waitFor('rejection log', () => r.collectorLog.find('rejected a malformed frame'));
-    expect(r.collectorLog.find('rejected a malformed frame')).toMatchObject({ node: 'forged', error: expect.stringMatching(/changes\[0\]\.added\[0\]/) });
+    const now = Date.now();
+    ws.send(JSON.stringify({ v: 1, type: 'hello', node: 'forged', agentVersion: 'x', intervalMs: 1000, startedAt: now }));
+    ws.send(JSON.stringify({ v: 1, type: 'snapshot-end', seq: 5, time: now + 1, status: [] }));
+    ws.send(`{"v":1,"type":"diff","seq":6,"time":${now + 2},"changes":[{"source":"conntrack","added":[{"bogus":true}]}],"status":[]}`);
+    await waitFor('rejection log', () => r.collectorLog.find('rejected a frame (malformed)'));
+    expect(r.collectorLog.find('rejected a frame (malformed)')).toMatchObject({ node: 'forged', reason: 'malformed', error: expect.stringMatching(/changes\[0\]\.added\[0\]/) });
     expect(r.collector.nodes.get('forged')?.lastSeq).toBe(5);
-    ws.send(JSON.stringify({ v: 1, type: 'diff', seq: 9, time: 3, changes: [], status: [] }));
+    ws.send(JSON.stringify({ v: 1, type: 'diff', seq: 9, time: now + 3, changes: [], status: [] }));
     await waitFor('resync request', () => received.find((m) => m.includes('"resync"')));
     expect(JSON.parse(received.find((m) => m.includes('resync')) ?? '{}')).toMatchObject({ type: 'resync', reason: 'sequence gap: expected 6, got 9' });
     ws.close();

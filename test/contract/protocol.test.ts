@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { decodeAgentMessage, encode, type AgentMessage } from '../../contract/protocol.ts';
 
+const T = Date.parse('2026-12-01T10:00:00Z');
 const sysctlRecord = { name: 'net.ipv4.vs.conn_reuse_mode', value: '0', raw: 'net.ipv4.vs.conn_reuse_mode = 0' };
 const diff: AgentMessage = {
   v: 1, type: 'diff', seq: 7, time: 1_700_000_000_000,
@@ -21,8 +22,21 @@ describe('decodeAgentMessage', () => {
     ['an unknown type', JSON.stringify({ v: 1, type: 'bogus' }), /unknown message type "bogus"/],
     ['an unknown source', JSON.stringify({ ...diff, changes: [{ source: 'etc-passwd', added: [], removed: [], changed: [], refreshed: [] }] }), /unknown source "etc-passwd"/],
     ['a record of the wrong shape', JSON.stringify({ ...diff, changes: [{ source: 'sysctl', added: [{ name: 1 }], removed: [], changed: [], refreshed: [] }] }), /changes\[0\]\.added\[0\]\.name: expected string/],
-    ['a string seq', JSON.stringify({ ...diff, seq: '7' }), /seq: expected integer/],
-    ['a snapshot part out of range', JSON.stringify({ v: 1, type: 'snapshot', seq: 1, time: 1, source: 'sysctl', part: 3, parts: 2, records: [] }), /part 3 out of 2/],
+    ['a string seq', JSON.stringify({ ...diff, seq: '7' }), /seq: expected a sequence number/],
+    ['a negative seq', JSON.stringify({ ...diff, seq: -1 }), /seq: expected a sequence number/],
+    ['a snapshot part out of range', JSON.stringify({ v: 1, type: 'snapshot', seq: 1, time: T, source: 'sysctl', part: 3, parts: 2, records: [] }), /part 3 out of 2/],
+    ['a snapshot of a billion parts', JSON.stringify({ v: 1, type: 'snapshot', seq: 1, time: T, source: 'sysctl', part: 0, parts: 1e9, records: [] }), /parts: expected 1\.\.10000/],
+    // Regression: `time: 1e308` passed the schema and every later GET /api/nodes crashed on `Invalid time value`.
+    ['a snapshot-end at time 1e308', JSON.stringify({ v: 1, type: 'snapshot-end', seq: 1, time: 1e308, status: [] }), /time: expected epoch milliseconds between 2000 and 2100/],
+    ['a diff at time 0', JSON.stringify({ ...diff, time: 0 }), /time: expected epoch milliseconds/],
+    // Regression: the node name went unchecked into bundle paths (`timeline/<node>.jsonl`).
+    ['a hello as a path', JSON.stringify({ v: 1, type: 'hello', node: '../../../x/pwned', agentVersion: '1', intervalMs: 1000, startedAt: T }), /node: not a Kubernetes node name/],
+    ['a hello with an upper-case node name', JSON.stringify({ v: 1, type: 'hello', node: 'Node-1', agentVersion: '1', intervalMs: 1000, startedAt: T }), /node: not a Kubernetes node name/],
+    ['a hello with a 254-character node name', JSON.stringify({ v: 1, type: 'hello', node: 'a'.repeat(254), agentVersion: '1', intervalMs: 1000, startedAt: T }), /node: not a Kubernetes node name/],
+    ['a hello with a megabyte agent version', JSON.stringify({ v: 1, type: 'hello', node: 'n1', agentVersion: 'x'.repeat(1 << 20), intervalMs: 1000, startedAt: T }), /agentVersion: string longer than 128/],
+    ['a hello with a zero interval', JSON.stringify({ v: 1, type: 'hello', node: 'n1', agentVersion: '1', intervalMs: 0, startedAt: T }), /intervalMs: expected a sample interval/],
+    ['capture lines for a path-like id', JSON.stringify({ v: 1, type: 'capture-lines', id: '../x', tool: 'tcpdump', lines: [] }), /id: expected a capture id/],
+    ['a diff with a thousand changes', JSON.stringify({ ...diff, changes: Array.from({ length: 1000 }, () => diff.changes[0]) }), /at most 64 source changes/],
   ])('rejects %s with a specific error', (_name, text, error) => {
     const r = decodeAgentMessage(text);
     expect(r.ok).toBe(false);
@@ -30,8 +44,8 @@ describe('decodeAgentMessage', () => {
   });
 
   it('drops unknown fields so a newer agent can add some', () => {
-    const r = decodeAgentMessage(JSON.stringify({ v: 1, type: 'hello', node: 'n1', agentVersion: '9', intervalMs: 1000, startedAt: 1, extra: { a: 1 } }));
-    expect(r.ok && r.msg).toEqual({ v: 1, type: 'hello', node: 'n1', agentVersion: '9', intervalMs: 1000, startedAt: 1 });
+    const r = decodeAgentMessage(JSON.stringify({ v: 1, type: 'hello', node: 'n1', agentVersion: '9', intervalMs: 1000, startedAt: T, extra: { a: 1 } }));
+    expect(r.ok && r.msg).toEqual({ v: 1, type: 'hello', node: 'n1', agentVersion: '9', intervalMs: 1000, startedAt: T });
   });
 });
 

@@ -103,7 +103,7 @@ afterAll(async () => {
 describe('agent and collector on a live lab cluster', { timeout: 90_000 }, () => {
   it('both agents connect and the collector reports every source of each node', async () => {
     const nodes = await waitFor('two nodes with sources', async () => {
-      const list = await api<{ node: string; connected: boolean; sources: { source: string; state: string; records: number }[] }[]>('/api/nodes');
+      const { nodes: list } = await api<{ nodes: { node: string; connected: boolean; sources: { source: string; state: string; records: number }[] }[] }>('/api/nodes');
       return list.length === 2 && list.every((n) => n.connected && n.sources.length >= 10) ? list : null;
     }, 20_000);
     for (const n of nodes) {

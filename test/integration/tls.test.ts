@@ -70,7 +70,7 @@ describe('TLS between agents, the collector and the CLI', { timeout: 60_000 }, (
 
     const nodes = await httpsGet(port, '/api/nodes', certs.ca, TOKEN);
     expect(nodes.status).toBe(200);
-    expect((JSON.parse(nodes.body) as { node: string }[]).map((n) => n.node)).toEqual(['tls-node']);
+    expect((JSON.parse(nodes.body) as { nodes: { node: string }[] }).nodes.map((n) => n.node)).toEqual(['tls-node']);
     expect(await httpsGet(port, '/api/nodes', certs.ca, null)).toEqual({ status: 401, body: '{"error":"unauthorized"}' });
 
     const incidents = await run(process.execPath, [cli, 'incidents', '--collector', `https://127.0.0.1:${port}`, '--ca', join(dir, 'ca.pem'), '--token-file', join(dir, 'token'), '--json']);
