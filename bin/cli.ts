@@ -41,7 +41,8 @@ usage:
   conntrail local [--interval 1s] [--listen HOST:PORT]   this node: agent, collector, detectors, incidents and the API in one process
   conntrail services [STEP_DIR] [--json]   the Services kube-proxy programmed on this node (or in saved outputs)
   conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
-  conntrail replay DIR                recorded outputs (DIR/<node>/<time>/<file>) through the agent and the detectors
+  conntrail replay DIR [--kube KUBE_DIR]   recorded outputs (DIR/<node>/<time>/<file>) through the agent and the detectors,
+                                      with the Kubernetes API as recorded in KUBE_DIR/<time>/<file>.json
   conntrail incidents --collector URL [--token-file F] [--ca F]
   conntrail bundle --collector URL (--incident ID | --since 10m) -o FILE [--token-file F] [--ca F]
   conntrail logs [FILE|-] [--color|--no-color]   renders the collector's JSON log for people (kubectl logs -f … | conntrail logs)
@@ -353,15 +354,15 @@ async function runParse(args: readonly string[]): Promise<number> {
 }
 
 async function runReplay(args: readonly string[]): Promise<number> {
-  const { positionals } = parseArgs({ args: [...args], allowPositionals: true, options: {} });
+  const { positionals, values } = parseArgs({ args: [...args], allowPositionals: true, options: { kube: { type: 'string' } } });
   const [dir, ...extra] = positionals;
-  if (dir === undefined || extra.length > 0) throw new UsageError('replay: DIR');
+  if (dir === undefined || extra.length > 0) throw new UsageError('replay: DIR [--kube KUBE_DIR]');
   // The collector's own chatter (agent connected, snapshot applied) is noise here; findings are the output.
   const log = logger('collector', process.env.LOG_LEVEL ?? 'warn');
   try {
     const { replay } = await import('./replay.ts');
     const { findingLogger } = await import('../collector/finding-log.ts');
-    const lines = await replay(dir, log, findingLogger(log));
+    const lines = await replay(dir, log, findingLogger(log), values.kube === undefined ? {} : { kube: values.kube });
     return lines.some((l) => l.severity === 'error') ? 1 : 0;
   } catch (err) {
     if (isConntrailError(err, 'BAD_INPUT')) {

@@ -8,12 +8,23 @@
 // not recorded at a step keeps its last recorded content (an IPVS table that
 // did not change need not be recorded again); a file never recorded makes
 // that source unavailable, exactly as on a node without it.
+//
+// What the Kubernetes API said comes from a second directory, `--kube
+// KUBE_DIR` (KUBE_DIR/<time>/<file>.json: lists and watch events as kubectl
+// or the API print them; bin/replay-kube.ts has the format). It is separate
+// because it is recorded separately (kubectl, not the node) and so one node
+// recording can be replayed against several API states without copying it.
+// Its events go into the collector's KubeCatalog interleaved with the node
+// steps by time, each before any step at or after its time, so every step
+// sees the API as it was then; without it the pipeline has no API, as a
+// collector with --no-kubernetes.
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { NodeState } from '../agent/node-state.ts';
 import { createRecordedIO } from '../agent/recorded-io.ts';
 import { createSamplers } from '../agent/samplers.ts';
+import { recordedFiles, SYSCTL_RECORDED } from '../agent/sources/registry.ts';
 import { parseSysctl } from '../agent/sources/sysctl.ts';
 import type { FindingLine } from '../collector/aggregate.ts';
 import { createPipeline } from '../collector/pipeline.ts';
@@ -21,30 +32,13 @@ import { ConntrailError } from '../contract/errors.ts';
 import { bundleKubeEvents, bundleTimelines, deriveFindings, readBundle } from '../collector/bundle.ts';
 import { nodeFacts, type NodeFacts } from '../contract/records.ts';
 import { InProcessAgent } from './in-process.ts';
+import { readKubeRecording, stampTime } from './replay-kube.ts';
+import { KubeCatalog } from '../collector/kube/catalog.ts';
 
-/** Recorded file name → the command line or path the samplers ask HostIO for. */
-export const RECORDED_FILES: Readonly<Record<string, string>> = {
-  'iptables-save.txt': 'iptables-nft-save -c',
-  'iptables-legacy-save.txt': 'iptables-legacy-save -c',
-  'ip6tables-save.txt': 'ip6tables-nft-save -c',
-  'ip6tables-legacy-save.txt': 'ip6tables-legacy-save -c',
-  'nft.json': 'nft -j list ruleset',
-  'ipvsadm-Ln.txt': 'ipvsadm -Ln',
-  'ipvsadm-Lnc.txt': 'ipvsadm -Lnc',
-  'ipset-save.txt': 'ipset save',
-  'nf_conntrack.txt': '/proc/net/nf_conntrack',
-  'conntrack-L.txt': 'conntrack -L -o extended',
-  'ip-route.txt': 'ip -4 route show table all',
-  'ip-6-route.txt': 'ip -6 route show table all',
-  'ip-addr.txt': 'ip -o addr show',
-  'ip-link.txt': 'ip -o link show',
-  'ip-rule.txt': 'ip -4 rule show',
-  'ip-6-rule.txt': 'ip -6 rule show',
-  'stat-nf_conntrack.txt': '/proc/net/stat/nf_conntrack',
-  'stat-rt_cache.txt': '/proc/net/stat/rt_cache',
-};
+/** Recorded file name → the command line or path the samplers ask HostIO for: each source's reads as agent/sources/registry.ts declares them. */
+export const RECORDED_FILES: Readonly<Record<string, string>> = recordedFiles();
 /** `sysctl -a` text; each line becomes the /proc/sys file the agent reads. */
-const SYSCTL_FILE = 'sysctl.txt';
+const SYSCTL_FILE = SYSCTL_RECORDED;
 /** Node facts as JSON (the systeminformation picture: kernel, hostname …). */
 const FACTS_FILE = 'facts.json';
 
@@ -67,7 +61,7 @@ export function readTimeline(dir: string): Map<string, ReplayStep[]> {
     if (!statSync(nodeDir).isDirectory()) continue;
     const steps: ReplayStep[] = [];
     for (const stamp of readdirSync(nodeDir)) {
-      const time = /^\d+$/.test(stamp) ? Number(stamp) : Date.parse(stamp);
+      const time = stampTime(stamp);
       if (Number.isNaN(time)) throw new ConntrailError('BAD_INPUT', `${join(nodeDir, stamp)}: not a time (ISO 8601 or epoch milliseconds)`);
       const files = new Map<string, string>();
       for (const f of readdirSync(join(nodeDir, stamp))) {
@@ -100,9 +94,15 @@ function recordingOf(files: ReadonlyMap<string, string>): Map<string, string> {
   return rec;
 }
 
+export interface ReplayOptions {
+  /** A recorded Kubernetes API directory (KUBE_DIR/<time>/<file>.json); none: the replay has no API. */
+  readonly kube?: string;
+}
+
 /** Replays a timeline directory or an incident bundle (.tar.gz or unpacked); returns the finding lines in the order the collector would log them. */
-export async function replay(dir: string, log: Logger, sink?: (line: FindingLine) => void): Promise<FindingLine[]> {
+export async function replay(dir: string, log: Logger, sink?: (line: FindingLine) => void, options: ReplayOptions = {}): Promise<FindingLine[]> {
   if (isBundle(dir)) {
+    if (options.kube !== undefined) throw new ConntrailError('BAD_INPUT', `${dir}: a bundle replays with the API record it carries (kubernetes.jsonl); --kube is for timeline directories`);
     const { files } = await readBundle(dir).catch((err: Error) => {
       throw new ConntrailError('BAD_INPUT', `${dir}: not a readable conntrail bundle (${err.message})`, { cause: err });
     });
@@ -111,11 +111,15 @@ export async function replay(dir: string, log: Logger, sink?: (line: FindingLine
     return findings;
   }
   const timeline = readTimeline(dir);
+  // Read before anything runs, so a bad API file fails the replay before any finding is printed.
+  const kubeEvents = options.kube === undefined ? [] : readKubeRecording(options.kube);
+  const kube = options.kube === undefined ? null : new KubeCatalog();
   const lines: FindingLine[] = [];
   let clock = 0;
   const { collector, detection } = createPipeline({
     log,
     now: () => clock,
+    kube,
     onFinding: (line) => {
       lines.push(line);
       sink?.(line);
@@ -124,8 +128,11 @@ export async function replay(dir: string, log: Logger, sink?: (line: FindingLine
   // Interleave nodes by time, as a collector receives them.
   const events = [...timeline].flatMap(([node, steps]) => steps.map((step) => ({ node, step }))).sort((a, b) => a.step.time - b.step.time);
   const agents = new Map<string, { agent: InProcessAgent; carried: Map<string, string> }>();
+  let applied = 0;
   for (const { node, step } of events) {
     clock = step.time;
+    // The catalog answers "as of T" either way; applying as time passes also moves its revision when the API changed, so the Service model is rebuilt at the step that first sees the change.
+    for (let e = kubeEvents[applied]; kube !== null && e !== undefined && e.time <= step.time; e = kubeEvents[++applied]) kube.apply(e);
     let a = agents.get(node);
     if (a === undefined) {
       const carried = new Map<string, string>();
