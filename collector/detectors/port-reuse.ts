@@ -50,6 +50,34 @@ function reuseOf(t: DetectorInput['transitions'][number]): Reuse | null {
   return null;
 }
 
+function adviceFor(input: DetectorInput, ipvs: boolean, reuseMode: string | null, reuse: Reuse): string {
+  const portRange = 'widen net.ipv4.ip_local_port_range on busy clients to make reuse rarer.';
+  // Without IPVS, conn_reuse_mode decides nothing: conntrack itself kept the TIME_WAIT entry's NAT for the new SYN instead of letting the rules pick again.
+  if (!ipvs)
+    return (
+      `This Service is not programmed by IPVS: a SYN on a tuple whose conntrack entry is in TIME_WAIT normally gets a new entry, load-balanced by the rules anew, but this entry kept its old NAT. ` +
+      `Delete the entries still NATed to the departed endpoint on ${input.node}: \`conntrack -D -p ${reuse.tuple.proto} --orig-dst ${reuse.tuple.dst} --dst-nat ${reuse.endpoint.address}\`, and ${portRange}`
+    );
+  const meanwhile = `Meanwhile set net.ipv4.vs.expire_nodest_conn=1 so entries to removed real servers are dropped, and ${portRange}`;
+  // Mode 1 reschedules a SYN that finds a TIME_WAIT entry: the sysctl read here cannot be what kept the destination.
+  if (reuseMode === '1')
+    return (
+      'IPVS kept the old connection entry and its destination for a new SYN on the same client tuple, yet net.ipv4.vs.conn_reuse_mode reads 1 here, under which IPVS reschedules such a SYN (the reuse of kubernetes/kubernetes#81775 is mode 0\'s): ' +
+      'check what sets the sysctl and when (kube-proxy in IPVS mode writes it at start-up). ' +
+      meanwhile
+    );
+  const kernelFixed = kernelAtLeast(input.kernel, 5, 9);
+  return (
+    `The new connection was not load-balanced: with net.ipv4.vs.conn_reuse_mode=${reuseMode ?? '?'} IPVS reuses a TIME_WAIT entry for a SYN on the same client tuple and keeps its old destination (kubernetes/kubernetes#81775). ` +
+    (kernelFixed === false
+      ? `This kernel (${input.kernel}) is older than 5.9 by version string, so kube-proxy (even >= 1.22, kubernetes/kubernetes#102122) sets conn_reuse_mode=0 on it, patched or not: upgrade the node kernel to >= 5.9, or run kube-proxy in iptables or nftables mode. `
+      : kernelFixed === true
+        ? `On kernels >= 5.9 (this one is ${input.kernel}) set net.ipv4.vs.conn_reuse_mode=1: kube-proxy >= 1.22 leaves it alone there (kubernetes/kubernetes#102122), so something else set 0. `
+        : 'The kernel version was not read: on kernels >= 5.9 set net.ipv4.vs.conn_reuse_mode=1 (kube-proxy >= 1.22 leaves it alone there, kubernetes/kubernetes#102122); on older ones kube-proxy forces 0, so upgrade the kernel or run kube-proxy in iptables or nftables mode. ') +
+    meanwhile
+  );
+}
+
 export const detectPortReuse: Detector = (input) => {
   // IPVS (SYN_RECV) and conntrack (SYN_SENT) both show the same reuse: one finding per tuple.
   const byTuple = new Map<string, Reuse[]>();
@@ -71,9 +99,10 @@ export const detectPortReuse: Detector = (input) => {
     // Reuse towards a live endpoint is ordinary TCP; only a departed or draining one is a failure.
     if (state === 'serving' || (state === 'unknown' && programmed)) continue;
     const severity = state === 'terminating' ? 'warning' : 'error';
-    const reuseMode = sysctlLine(input, 'net.ipv4.vs.conn_reuse_mode');
+    const ipvs = service.mode === 'ipvs' || group.some((r) => r.source === 'ipvs-conn');
+    // Only IPVS reads conn_reuse_mode: on an iptables or nftables Service the line would be beside the point.
+    const reuseMode = ipvs ? sysctlLine(input, 'net.ipv4.vs.conn_reuse_mode') : undefined;
     const span = input.endpoints.span(service.id, endpoint);
-    const kernelFixed = kernelAtLeast(input.kernel, 5, 9);
     const evidence: Evidence[] = group.flatMap((r) => [
       { source: r.source, node: input.node, time: iso(r.beforeAt), raw: r.beforeRaw },
       { source: r.source, node: input.node, time: iso(input.time), raw: r.afterRaw },
@@ -90,14 +119,7 @@ export const detectPortReuse: Detector = (input) => {
       endpoint,
       summary: `${reuse.tuple.src}:${reuse.tuple.sport} reused its source port towards ${reuse.tuple.dst}:${reuse.tuple.dport} while the old connection was in TIME_WAIT; the new SYN went to ${endpoint}, which ${left}`,
       evidence,
-      advice:
-        `The new connection was not load-balanced: with net.ipv4.vs.conn_reuse_mode=${reuseMode?.value ?? '?'} IPVS reuses a TIME_WAIT entry for a SYN on the same client tuple and keeps its old destination (kubernetes/kubernetes#81775). ` +
-        (kernelFixed === false
-          ? `This kernel (${input.kernel}) is older than 5.9 by version string, so kube-proxy (even >= 1.22, kubernetes/kubernetes#102122) sets conn_reuse_mode=0 on it, patched or not: upgrade the node kernel to >= 5.9, or run kube-proxy in iptables or nftables mode. `
-          : kernelFixed === true
-            ? `On kernels >= 5.9 (this one is ${input.kernel}) set net.ipv4.vs.conn_reuse_mode=1: kube-proxy >= 1.22 leaves it alone there (kubernetes/kubernetes#102122), so something else set 0. `
-            : 'The kernel version was not read: on kernels >= 5.9 set net.ipv4.vs.conn_reuse_mode=1 (kube-proxy >= 1.22 leaves it alone there, kubernetes/kubernetes#102122); on older ones kube-proxy forces 0, so upgrade the kernel or run kube-proxy in iptables or nftables mode. ') +
-        'Meanwhile set net.ipv4.vs.expire_nodest_conn=1 so entries to removed real servers are dropped, and widen net.ipv4.ip_local_port_range on busy clients to make reuse rarer.',
+      advice: adviceFor(input, ipvs, reuseMode?.value ?? null, reuse),
       time: input.time,
       details: { connReuseMode: reuseMode?.value ?? null, kernel: input.kernel, seenIn: group.map((r) => r.source).join(','), endpointState: state },
     });
