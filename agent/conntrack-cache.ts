@@ -5,16 +5,20 @@
 // byte arena, and per entry a few
 // numbers in typed-array columns (where its line sits, where its timer sits,
 // hashes, the timer reference); even the hash indexes are typed arrays, with
-// their chains threaded through columns. A line whose bytes outside the
-// timer equal the kept line is the same entry in the same state and is not
-// parsed again; only new or changed lines are. Full records are made from
-// the kept lines only when they are sent (a diff's few changed entries, or a
-// snapshot chunk by chunk), and a read's diff only when it is asked for.
+// their chains threaded through columns. A line whose bytes equal the kept
+// line outside its volatile numbers (the timer, and with nf_conntrack_acct
+// or timestamps the counters, delta-time and use=, which move every second
+// on a busy flow) is the same entry in the same state and is not parsed
+// again. Any other line is parsed, and whether it changed is the contract's
+// sameState, never the bytes: a line can differ in ways the contract does
+// not count as a change. Full records are made from the kept lines only when
+// they are sent (a diff's few changed entries, or a snapshot chunk by
+// chunk), and a read's diff only when it is asked for.
 import type { ConntrackEntry } from '../contract/records.ts';
 import type { Diff } from '../contract/diff.ts';
 import { conntrackRearmedSince, sources, type Problem, type SourceSpec } from '../contract/sources.ts';
 import { isConntrackToolsMessage, parseConntrackLine } from './sources/conntrack.ts';
-import { pack, samePacked, unpack } from './conntrack-packing.ts';
+import { pack, samePacked, samePackedOutsideVolatile, unpack, volatileKeyEnd } from './conntrack-packing.ts';
 
 /** A conntrack entry as handed out for sending. */
 export interface CompactEntry {
@@ -26,20 +30,25 @@ export interface CompactEntry {
   readonly proto: string;
 }
 
-/** Identity and state of compact entries: the same as the contract's, read from the line. */
+/**
+ * Identity and state of compact entries: the contract's, on the records
+ * their lines parse to. The cache's own diff follows the same rules (and
+ * measures re-arms against a reference, which a pair of entries cannot).
+ */
 export const compactConntrackSpec: SourceSpec<CompactEntry> = {
   schema: { describe: 'compact conntrack entry', decode: () => ({ ok: false, error: 'compact entries never cross the wire' }) },
   keyOf: (e) => e.key,
-  sameState: (a, b) => withoutTimer(a.raw) === withoutTimer(b.raw),
-  // The cache reports only re-armed timers as refreshed.
-  refreshed: () => true,
+  sameState: (a, b) => {
+    const [pa, pb] = [expandConntrack(a), expandConntrack(b)];
+    return pa !== null && pb !== null ? contract.sameState(pa, pb) : a.raw === b.raw;
+  },
+  refreshed: (a, b) => {
+    const [pa, pb] = [expandConntrack(a), expandConntrack(b)];
+    return pa !== null && pb !== null && contract.refreshed !== undefined && contract.refreshed(pa, pb);
+  },
 };
 
-/** The contract's re-arm rule (contract/sources.ts conntrackRearmedSince), for an entry as the cache keeps it. */
-export function rearmedSince(refTimeout: number | null, refTime: number, timeout: number | null, now: number, entry: { readonly proto: string; readonly raw: string }): boolean {
-  return conntrackRearmedSince(refTimeout, refTime, timeout, now, entry.proto === 'tcp' && entry.raw.includes(' ESTABLISHED '));
-}
-
+const contract = sources.conntrack;
 const rearmed = conntrackRearmedSince;
 
 /** The full record of a kept entry, for the wire. */
@@ -87,7 +96,7 @@ export interface ConntrackLineCache {
   reset(): void;
 }
 
-const keyOf = sources.conntrack.keyOf;
+const keyOf = contract.keyOf;
 /** No slot (end of a hash chain), or no timer reference, in Int32 columns. */
 const NONE = -1;
 /** No timer in the line, in the Uint16 timer columns. */
@@ -475,11 +484,11 @@ export function createConntrackLineCache(): ConntrackLineCache {
     const problems: Problem[] = [];
     let lineNo = 0;
 
-    /** The kept slot whose line equals these bytes outside the timer and that this read has not seen yet; NONE if none. */
+    /** The kept slot whose line equals these bytes outside its volatile numbers and that this read has not seen yet; NONE if none. */
     const findLine = (b: Buffer, start: number, end: number, tStart: number, tEnd: number, hash: number): number => {
       if (byLine.length === 0) return NONE;
       for (let s = byLine[hash & (byLine.length - 1)] ?? NONE; s !== NONE; s = cols.nextByLine[s] ?? NONE)
-        if (cols.lineHash[s] === hash && cols.seen[s] !== read && sameOutsideTimer(b, start, end, tStart, tEnd, s)) return s;
+        if (cols.lineHash[s] === hash && cols.seen[s] !== read && sameOutsideVolatile(b, start, end, tStart, tEnd, s)) return s;
       return NONE;
     };
 
@@ -497,7 +506,7 @@ export function createConntrackLineCache(): ConntrackLineCache {
         const timeout = hasTimer ? scratch.value : null;
         const tStart = hasTimer ? scratch.start - lineStart : NO_TIMER;
         const tEnd = hasTimer ? scratch.end - lineStart : NO_TIMER;
-        const hash = hasTimer ? hashBytes(bytes, lineStart + tEnd, end, hashBytes(bytes, lineStart, lineStart + tStart, 0x811c9dc5)) : hashBytes(bytes, lineStart, end, 0x811c9dc5);
+        const hash = hasTimer ? hashOutsideVolatile(bytes, lineStart + tEnd, end, hashBytes(bytes, lineStart, lineStart + tStart, 0x811c9dc5)) : hashOutsideVolatile(bytes, lineStart, end, 0x811c9dc5);
         const hit = findLine(bytes, lineStart, end, tStart, tEnd, hash);
         if (hit !== NONE) {
           cols.seen[hit] = read;
@@ -539,10 +548,12 @@ export function createConntrackLineCache(): ConntrackLineCache {
           added.push(slot);
         } else {
           const beforeRef = cols.refTimeout[before] ?? NONE;
-          if (!sameOutsideTimer(bytes, lineStart, end, tStart, tEnd, before)) changed.push(slot);
+          // Whether it changed is the contract's to say, on both lines parsed.
+          const kept = parseConntrackLine(lineOf(before));
+          if ('error' in kept || !contract.sameState(kept, parsed)) changed.push(slot);
           else if (rearmed(beforeRef === NONE ? null : beforeRef, cols.refTime[before] ?? 0, parsed.timeout, now, ((cols.flags[slot] ?? 0) & ESTABLISHED) !== 0)) refreshed.push(slot);
           else {
-            // The same entry, found by key after a hash collision: its reference for re-arms carries over.
+            // The same entry in the same state (its line differs in what the contract ignores, or its hash collided): its reference for re-arms carries over.
             cols.refTimeout[slot] = beforeRef;
             cols.refTime[slot] = cols.refTime[before] ?? now;
           }
@@ -579,8 +590,14 @@ export function createConntrackLineCache(): ConntrackLineCache {
     return { feed, finish };
   };
 
-  /** The line's bytes equal the kept line's everywhere but the timer digits. */
-  function sameOutsideTimer(b: Buffer, start: number, end: number, tStart: number, tEnd: number, slot: number): boolean {
+  /**
+   * The line's bytes equal the kept line's everywhere but its volatile
+   * numbers: the timer digits, and the digits after ` packets=`, ` bytes=`,
+   * ` delta-time=` and ` use=`. None of those is in a record's state, so
+   * equal lines are the same state by the contract's sameState too. A kept
+   * line that is not packed is compared whole (the slow path then decides).
+   */
+  function sameOutsideVolatile(b: Buffer, start: number, end: number, tStart: number, tEnd: number, slot: number): boolean {
     const off = cols.offset[slot] ?? 0;
     const kept = arena.block(off);
     const pos = off & (BLOCK - 1);
@@ -589,15 +606,20 @@ export function createConntrackLineCache(): ConntrackLineCache {
     const keptStart = cols.timerStart[slot] ?? NO_TIMER;
     const verbatim = ((cols.flags[slot] ?? 0) & VERBATIM) !== 0;
     if (tStart === NO_TIMER) {
-      if (keptStart !== NO_TIMER || end - start !== keptLineLength) return false;
-      return verbatim ? b.compare(kept, pos, keptEnd, start, end) === 0 : samePacked(kept, pos, keptEnd, b, start, end);
+      if (keptStart !== NO_TIMER) return false;
+      return verbatim ? end - start === keptLineLength && b.compare(kept, pos, keptEnd, start, end) === 0 : samePackedOutsideVolatile(kept, pos, keptEnd, b, start, end);
     }
     const keptTimerLength = (cols.timerEnd[slot] ?? NO_TIMER) - keptStart;
-    if (keptStart !== tStart || keptLineLength - keptTimerLength !== end - start - (tEnd - tStart)) return false;
-    // The same length before the timer (checked above) and after it.
+    if (keptStart !== tStart) return false;
     const timerAt = pos + (cols.packedTimer[slot] ?? 0);
-    if (verbatim) return b.compare(kept, pos, timerAt, start, start + tStart) === 0 && b.compare(kept, timerAt + keptTimerLength, keptEnd, start + tEnd, end) === 0;
-    return samePacked(kept, pos, timerAt, b, start, start + tStart) && samePacked(kept, timerAt + keptTimerLength, keptEnd, b, start + tEnd, end);
+    if (verbatim)
+      return (
+        keptLineLength - keptTimerLength === end - start - (tEnd - tStart) &&
+        b.compare(kept, pos, timerAt, start, start + tStart) === 0 &&
+        b.compare(kept, timerAt + keptTimerLength, keptEnd, start + tEnd, end) === 0
+      );
+    // Before the timer come only the l3/l4 columns: nothing volatile.
+    return samePacked(kept, pos, timerAt, b, start, start + tStart) && samePackedOutsideVolatile(kept, timerAt + keptTimerLength, keptEnd, b, start + tEnd, end);
   }
 
   return {
@@ -628,16 +650,29 @@ function hashBytes(b: Uint8Array, from: number, to: number, seed: number): numbe
   return h & 0x3fffffff;
 }
 
+/** hashBytes, with the digits after the volatile keys (VOLATILE_KEYS) left out: a line hashes the same as its counters move. */
+function hashOutsideVolatile(b: Uint8Array, from: number, to: number, seed: number): number {
+  let h = seed;
+  let i = from;
+  while (i < to) {
+    const c = b[i] ?? 0;
+    h = Math.imul(h ^ c, 16777619);
+    i++;
+    if (c !== 32) continue;
+    const keyEnd = volatileKeyEnd(b, i, to);
+    if (keyEnd < 0) continue;
+    for (; i < keyEnd; i++) h = Math.imul(h ^ (b[i] ?? 0), 16777619);
+    while (i < to && (b[i] ?? 0) >= 48 && (b[i] ?? 0) <= 57) i++;
+  }
+  return h & 0x3fffffff;
+}
+
 function hashString(s: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619);
   return h & 0x3fffffff;
 }
 
-function withoutTimer(raw: string): string {
-  const cut = timerSpan(raw);
-  return cut === null ? raw : raw.slice(0, cut.start) + raw.slice(cut.end);
-}
 export function timerSpan(line: string): { start: number; end: number; value: number } | null {
   const bytes = new Uint8Array(line.length);
   for (let i = 0; i < line.length; i++) bytes[i] = line.charCodeAt(i) & 0xff;

@@ -176,3 +176,68 @@ export function samePacked(packed: Uint8Array, from: number, to: number, text: U
   }
   return t === textTo;
 }
+
+/**
+ * The keys whose numbers move while an entry keeps its state: the counters
+ * (nf_conntrack_acct=1, both directions), the entry's age (delta-time=,
+ * nf_conntrack_timestamp=1) and its reference count (use=). The contract's
+ * sameState reads none of them, so lines that differ only in their digits
+ * are the same state and need not be parsed.
+ */
+const VOLATILE_KEYS: readonly Uint8Array[] = ['packets=', 'bytes=', 'delta-time=', 'use='].map((k) => Buffer.from(k, 'latin1'));
+
+/** Where the value starts when `b[at, to)` starts with a volatile key (`at` just after a space), or -1. */
+export function volatileKeyEnd(b: Uint8Array, at: number, to: number): number {
+  const c = b[at];
+  if (c !== 112 /* p */ && c !== 98 /* b */ && c !== 100 /* d */ && c !== 117 /* u */) return -1;
+  for (const k of VOLATILE_KEYS) {
+    if (k[0] !== c || at + k.length > to) continue;
+    let i = 1;
+    while (i < k.length && b[at + i] === k[i]) i++;
+    if (i === k.length) return at + i;
+  }
+  return -1;
+}
+
+/** For each word: the length of its volatile key (` packets=`, ` use=` of ` use=1` …), or 0 when it holds none. */
+const VOLATILE_WORD_KEY = new Uint8Array(WORD_BYTES.length);
+for (const [i, w] of WORD_BYTES.entries()) {
+  if (w[0] !== 32) continue;
+  const end = volatileKeyEnd(w, 1, w.length);
+  // The rest of the word, if any, must be the start of the value (` use=1`).
+  if (end >= 0 && w.subarray(end).every((d) => d >= 48 && d <= 57)) VOLATILE_WORD_KEY[i] = end;
+}
+
+const isDigit = (c: number | undefined): boolean => c !== undefined && c >= 48 && c <= 57;
+
+/**
+ * samePacked, except that the digits after a volatile key may differ (and
+ * differ in length). Only keys packed as words are masked: a key kept as
+ * plain bytes is compared as it is, so a line that does not match here is
+ * only parsed, never taken for another.
+ */
+export function samePackedOutsideVolatile(packed: Uint8Array, from: number, to: number, text: Uint8Array, textFrom: number, textTo: number): boolean {
+  let t = textFrom;
+  let i = from;
+  while (i < to) {
+    const c = packed[i] ?? 0;
+    i++;
+    if (c < WORD) {
+      if (t >= textTo || text[t] !== c) return false;
+      t++;
+      continue;
+    }
+    const w = c - WORD;
+    const s = STARTS[w] ?? 0;
+    const key = VOLATILE_WORD_KEY[w] ?? 0;
+    const n = key === 0 ? (LENGTHS[w] ?? 0) : key;
+    if (t + n > textTo) return false;
+    for (let k = 0; k < n; k++) if (text[t + k] !== FLAT[s + k]) return false;
+    t += n;
+    if (key === 0) continue;
+    // The value: the word's own digits (` use=1`) and those after it, against the text's digits.
+    while (i < to && isDigit(packed[i])) i++;
+    while (t < textTo && isDigit(text[t])) t++;
+  }
+  return t === textTo;
+}
