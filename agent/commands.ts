@@ -1,22 +1,30 @@
 // Every external command conntrail runs on a node, and why. The container
 // image must install each of them (test/deploy/dockerfile.test.ts checks the
-// Dockerfile against this list, and this list against the call sites).
+// Dockerfile against this list, and this list against the call sites). The
+// sources' commands are read off the registry; capture's are its own.
+import { allReads } from './sources/registry.ts';
+
 export interface NodeCommand {
   readonly name: string;
   readonly why: string;
 }
 
-export const NODE_COMMANDS: readonly NodeCommand[] = [
-  { name: 'iptables-nft-save', why: 'kube-proxy iptables rules on the nft backend' },
-  { name: 'iptables-legacy-save', why: 'kube-proxy iptables rules on the legacy backend' },
-  { name: 'iptables-save', why: 'iptables rules where the backend-specific names are missing' },
-  { name: 'ip6tables-nft-save', why: 'kube-proxy ip6tables rules (dual-stack and IPv6 clusters) on the nft backend' },
-  { name: 'ip6tables-legacy-save', why: 'kube-proxy ip6tables rules on the legacy backend' },
-  { name: 'ip6tables-save', why: 'ip6tables rules where the backend-specific names are missing' },
-  { name: 'nft', why: "kube-proxy's nftables mode" },
-  { name: 'ipvsadm', why: 'IPVS virtual servers and the connection table' },
-  { name: 'ipset', why: "the sets kube-proxy's IPVS mode classifies traffic with (KUBE-CLUSTER-IP, KUBE-LOAD-BALANCER-LOCAL …)" },
-  { name: 'conntrack', why: 'conntrack -L where /proc/net/nf_conntrack is absent, conntrack -E during a capture' },
-  { name: 'ip', why: 'routes (all tables), addresses, links and rules' },
+/** What agent/capture.ts runs while an incident is open. */
+const CAPTURE_COMMANDS: readonly NodeCommand[] = [
   { name: 'tcpdump', why: "capture of an incident's packets" },
+  { name: 'conntrack', why: 'conntrack -E during a capture' },
 ];
+
+function nodeCommands(): NodeCommand[] {
+  const whys = new Map<string, string[]>();
+  const add = (name: string, why: string): void => {
+    const list = whys.get(name) ?? [];
+    if (!list.includes(why)) list.push(why);
+    whys.set(name, list);
+  };
+  for (const { read } of allReads()) if (read.kind === 'command' && read.argv[0] !== undefined) add(read.argv[0], read.why);
+  for (const c of CAPTURE_COMMANDS) add(c.name, c.why);
+  return [...whys].map(([name, list]) => ({ name, why: list.join('; ') }));
+}
+
+export const NODE_COMMANDS: readonly NodeCommand[] = nodeCommands();

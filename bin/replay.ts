@@ -24,6 +24,7 @@ import type { Logger } from 'pino';
 import { NodeState } from '../agent/node-state.ts';
 import { createRecordedIO } from '../agent/recorded-io.ts';
 import { createSamplers } from '../agent/samplers.ts';
+import { recordedFiles, SYSCTL_RECORDED } from '../agent/sources/registry.ts';
 import { parseSysctl } from '../agent/sources/sysctl.ts';
 import type { FindingLine } from '../collector/aggregate.ts';
 import { createPipeline } from '../collector/pipeline.ts';
@@ -34,29 +35,10 @@ import { InProcessAgent } from './in-process.ts';
 import { readKubeRecording, stampTime } from './replay-kube.ts';
 import { KubeCatalog } from '../collector/kube/catalog.ts';
 
-/** Recorded file name → the command line or path the samplers ask HostIO for. */
-export const RECORDED_FILES: Readonly<Record<string, string>> = {
-  'iptables-save.txt': 'iptables-nft-save -c',
-  'iptables-legacy-save.txt': 'iptables-legacy-save -c',
-  'ip6tables-save.txt': 'ip6tables-nft-save -c',
-  'ip6tables-legacy-save.txt': 'ip6tables-legacy-save -c',
-  'nft.json': 'nft -j list ruleset',
-  'ipvsadm-Ln.txt': 'ipvsadm -Ln',
-  'ipvsadm-Lnc.txt': 'ipvsadm -Lnc',
-  'ipset-save.txt': 'ipset save',
-  'nf_conntrack.txt': '/proc/net/nf_conntrack',
-  'conntrack-L.txt': 'conntrack -L -o extended',
-  'ip-route.txt': 'ip -4 route show table all',
-  'ip-6-route.txt': 'ip -6 route show table all',
-  'ip-addr.txt': 'ip -o addr show',
-  'ip-link.txt': 'ip -o link show',
-  'ip-rule.txt': 'ip -4 rule show',
-  'ip-6-rule.txt': 'ip -6 rule show',
-  'stat-nf_conntrack.txt': '/proc/net/stat/nf_conntrack',
-  'stat-rt_cache.txt': '/proc/net/stat/rt_cache',
-};
+/** Recorded file name → the command line or path the samplers ask HostIO for: each source's reads as agent/sources/registry.ts declares them. */
+export const RECORDED_FILES: Readonly<Record<string, string>> = recordedFiles();
 /** `sysctl -a` text; each line becomes the /proc/sys file the agent reads. */
-const SYSCTL_FILE = 'sysctl.txt';
+const SYSCTL_FILE = SYSCTL_RECORDED;
 /** Node facts as JSON (the systeminformation picture: kernel, hostname …). */
 const FACTS_FILE = 'facts.json';
 

@@ -56,15 +56,15 @@ function debianPackageOf(command: string): string {
 
 /**
  * Command names at the places the agent runs something: argv arrays that start
- * with a command and a flag, the argv of a `command(source, argv, …)` sampler
+ * with a command and a flag, the argv of a registry `run(argv, …)` read
  * (`ipset save` has a subcommand, not a flag), and capture's `cmd:`.
  */
 function commandsAtCallSites(): Set<string> {
   const found = new Set<string>();
-  for (const file of ['agent/samplers.ts', 'agent/capture.ts']) {
+  for (const file of ['agent/sources/registry.ts', 'agent/sampling.ts', 'agent/samplers.ts', 'agent/capture.ts']) {
     const text = readFileSync(`${root}${file}`, 'utf8');
     for (const m of text.matchAll(/\[\s*'([a-z][a-z0-9-]*)'\s*,\s*'-/g)) found.add(m[1] ?? '');
-    for (const m of text.matchAll(/\bcommand\(\s*'[a-z-]+'\s*,\s*\[\s*'([a-z][a-z0-9-]*)'/g)) found.add(m[1] ?? '');
+    for (const m of text.matchAll(/\brun\(\s*\[\s*'([a-z][a-z0-9-]*)'/g)) found.add(m[1] ?? '');
     for (const m of text.matchAll(/\bcmd:\s*'([a-z][a-z0-9-]*)'/g)) found.add(m[1] ?? '');
   }
   return found;
