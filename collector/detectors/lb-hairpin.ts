@@ -57,6 +57,9 @@ export const detectLbHairpin: Detector = (input) => {
           const key = `${toLb.zone}|${toLb.proto}|${toLb.orig.src}|${toLb.orig.sport}|${nodeIp}|${port}|`;
           const back = conntrack.get(key);
           if (back === undefined || back.reply.src === back.orig.dst || back.reply.sport === null || seen.has(key)) continue;
+          // A reflected SYN's answer goes to a socket that never asked for it and is reset: it never gets to ESTABLISHED.
+          // An established one is the pod's own connection to the NodePort, from a port it also used elsewhere.
+          if (back.assured || back.state === 'ESTABLISHED') continue;
           seen.add(key);
           const endpoint = endpointKey({ address: back.reply.src, port: back.reply.sport });
           const api = lbFromApi(input, svc.id, toLb.orig.dst, toLb.orig.dport, toLb.proto);
@@ -67,7 +70,11 @@ export const detectLbHairpin: Detector = (input) => {
             service: svc.id,
             tuple: { proto: toLb.proto, src: toLb.orig.src, sport: toLb.orig.sport, dst: toLb.orig.dst, dport: toLb.orig.dport },
             endpoint,
-            summary: `${toLb.orig.src}:${toLb.orig.sport} connected to the load balancer ${toLb.orig.dst}:${toLb.orig.dport}, which sent it back to this node's NodePort ${nodeIp}:${port} with the client address kept; the node answered from ${nodeIp}:${port} (via ${endpoint}), the client never got an answer from the load balancer and the connection times out`,
+            summary:
+              `${toLb.orig.src}:${toLb.orig.sport} connected to the load balancer ${toLb.orig.dst}:${toLb.orig.dport}, which sent it back to this node's NodePort ${nodeIp}:${port} with the client address kept (NATed to ${endpoint}); ` +
+              // Only what the NodePort entry shows: an answer when it has seen replies, the client's reset when it is CLOSE.
+              (back.unreplied ? '' : `the node answered from ${nodeIp}:${port}, not from the load balancer${back.state === 'CLOSE' ? ', and the client reset that answer' : ''}; `) +
+              'its SYN has had no answer from the load balancer',
             evidence: [
               { source: 'conntrack', node: input.node, time: iso(input.time), raw: toLb.raw },
               { source: 'conntrack', node: input.node, time: iso(input.readAt('conntrack', key) ?? input.time), raw: back.raw },
