@@ -6,7 +6,7 @@ import { request as httpsRequest } from 'node:https';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
-import { renderStream, wantColor } from '../collector/log-render.ts';
+import { renderStream, wantColor } from '../collector/api/log-render.ts';
 import { isConntrailError } from '../contract/errors.ts';
 import { isSourceName, sourceNames } from '../contract/sources.ts';
 
@@ -21,12 +21,12 @@ const agentModules = async () => ({
   ...(await import('../agent/samplers.ts')),
 });
 const collectorModules = async () => ({
-  ...(await import('../collector/bundle-service.ts')),
+  ...(await import('../collector/incidents/bundle-service.ts')),
   ...(await import('../collector/pipeline.ts')),
-  ...(await import('../collector/server.ts')),
+  ...(await import('../collector/api/server.ts')),
   ...(await import('../collector/kube/cluster-view.ts')),
   ...(await import('../collector/finding-log.ts')),
-  ...(await import('../collector/summary.ts')),
+  ...(await import('../collector/api/summary.ts')),
 });
 
 const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -238,7 +238,7 @@ async function runLocal(args: readonly string[]): Promise<number> {
   const intervalMs = parseInterval(values.interval);
   const { Agent, readNodeFacts, createHostIO, NodeState, createSamplers } = await agentModules();
   const { createPipeline, CollectorServer, parseListen, renderSummary, findingLogger } = await collectorModules();
-  const { renderLogLine } = await import('../collector/log-render.ts');
+  const { renderLogLine } = await import('../collector/api/log-render.ts');
   // pino's child() would repeat the `component` key, not replace it: one logger per component.
   const level = process.env.LOG_LEVEL ?? 'warn';
   const log = logger('collector', level);

@@ -9,7 +9,7 @@ import { createSamplers } from '../agent/samplers.ts';
 import type { FindingLine } from '../collector/aggregate.ts';
 import { createPipeline } from '../collector/pipeline.ts';
 import { kernelAtLeast } from '../collector/detectors/input.ts';
-import type { NodeView } from '../collector/node-view.ts';
+import type { NodeView } from '../collector/state/node-view.ts';
 import type { SourceStatus } from '../contract/protocol.ts';
 import type { Sysctl } from '../contract/records.ts';
 import { InProcessAgent } from './in-process.ts';

@@ -2,7 +2,7 @@
 // messages a socket would carry, decoded (the JSON codec is the wire's, and
 // only the wire's): what `replay` and `doctor` run.
 import type { NodeState } from '../agent/node-state.ts';
-import type { Collector, Session } from '../collector/collector.ts';
+import type { Collector, Session } from '../collector/receive/collector.ts';
 import { SNAPSHOT_CHUNK, type AgentMessage } from '../contract/protocol.ts';
 import type { NodeFacts } from '../contract/records.ts';
 

@@ -12,14 +12,14 @@ import * as tar from 'tar';
 import { SNAPSHOT_CHUNK, type AgentMessage, type SourceChange } from '../contract/protocol.ts';
 import type { NodeFacts } from '../contract/records.ts';
 import type { FindingLine } from './aggregate.ts';
-import type { Session } from './collector.ts';
+import type { Session } from './receive/collector.ts';
 import { createPipeline } from './pipeline.ts';
 import type { EndpointSpan } from './endpoint-history.ts';
 import { iso, tupleText } from './findings.ts';
 import { KubeCatalog, type KubeEvent } from './kube/catalog.ts';
-import type { Incident } from './incidents.ts';
-import type { TimelineEntry } from './node-view.ts';
-import { renderReport } from './report.ts';
+import type { Incident } from './incidents/incidents.ts';
+import type { TimelineEntry } from './state/node-view.ts';
+import { renderReport } from './api/report.ts';
 
 export const BUNDLE_FORMAT = 1;
 

@@ -16,7 +16,7 @@ import type { Finding } from './findings.ts';
 import { EndpointHistory } from './endpoint-history.ts';
 import type { KubeView } from './kube/catalog.ts';
 import { withKubernetes } from './kube/enrich.ts';
-import type { NodeView, Transition } from './node-view.ts';
+import type { NodeView, Transition } from './state/node-view.ts';
 import { PendingSyns } from './pending-syns.ts';
 import { programmedServices, type ApiServices, type ProgrammedService } from './services.ts';
 

@@ -3,7 +3,7 @@
 // seconds. Timers cannot tell this at 1 Hz (a retransmission re-arms the
 // 120 s timer within the same second it was sampled in), ages can.
 import type { ConntrackEntry } from '../contract/records.ts';
-import type { Transition } from './node-view.ts';
+import type { Transition } from './state/node-view.ts';
 
 export interface PendingSyn {
   readonly since: number;

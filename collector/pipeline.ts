@@ -4,10 +4,10 @@
 // it here, so a finding means the same thing wherever it was made.
 import type { Logger } from 'pino';
 import type { FindingLine } from './aggregate.ts';
-import { BundleService } from './bundle-service.ts';
-import { Collector } from './collector.ts';
+import { BundleService } from './incidents/bundle-service.ts';
+import { Collector } from './receive/collector.ts';
 import { Detection } from './detection.ts';
-import type { Incident } from './incidents.ts';
+import type { Incident } from './incidents/incidents.ts';
 import type { KubeCatalog, KubeView } from './kube/catalog.ts';
 import { describeServices } from './services.ts';
 
@@ -41,7 +41,7 @@ export interface Pipeline {
 
 export function createPipeline(o: PipelineOptions): Pipeline {
   const collector = new Collector({ log: o.log, ...(o.historyMs === undefined ? {} : { historyMs: o.historyMs }), ...(o.now === undefined ? {} : { now: o.now }) });
-  const bundles = new BundleService(collector, o.version ?? 'dev', o.catalog ?? null);
+  const bundles = new BundleService(collector, o.log, { version: o.version ?? 'dev', kube: o.catalog ?? null, ...(o.historyMs === undefined ? {} : { windowMs: o.historyMs }), ...(o.now === undefined ? {} : { now: o.now }) });
   const captureMs = o.captureMs ?? 0;
   const detection = new Detection(
     (line) => {

@@ -9,17 +9,13 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { DURATION_HINT, parseDuration } from '../contract/duration.ts';
-import { encode, isNodeName, SUBPROTOCOL } from '../contract/protocol.ts';
-import { isSourceName } from '../contract/sources.ts';
-import type { BundleService } from './bundle-service.ts';
-import { CLOSE, type Collector, type Session } from './collector.ts';
+import { DURATION_HINT, parseDuration } from '../../contract/duration.ts';
+import { isNodeName, SUBPROTOCOL } from '../../contract/protocol.ts';
+import { isSourceName } from '../../contract/sources.ts';
+import type { BundleService } from '../incidents/bundle-service.ts';
+import { serveAgent } from '../receive/agent-socket.ts';
+import type { Collector } from '../receive/collector.ts';
 
-/** An agent that has not said hello by then is not an agent. */
-export const HELLO_TIMEOUT_MS = 10_000;
-/** Pings go out this often; a connection silent (no frame, no pong) for LIVENESS_MS is dead, half-open or not. */
-export const PING_INTERVAL_MS = 10_000;
-export const LIVENESS_MS = 30_000;
 /** Records streamed per write while answering a records request, between waits for the socket to drain. */
 const STREAM_BATCH = 500;
 
@@ -135,54 +131,10 @@ export class CollectorServer {
   }
 
   #onAgent(ws: WebSocket, remote: string): void {
-    const collector = this.#o.collector;
-    const liveness = this.#o.livenessMs ?? LIVENESS_MS;
-    let heardAt = Date.now();
-    const session: Session = {
-      node: null,
-      remote,
-      send: (msg) => {
-        if (ws.readyState === ws.OPEN) ws.send(encode(msg));
-      },
-      close: (code, reason) => {
-        if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close(code, reason);
-        // A dead peer never completes the closing handshake.
-        setTimeout(() => ws.terminate(), 2_000).unref();
-      },
-      alive: () => ws.readyState === ws.OPEN && Date.now() - heardAt < liveness,
-    };
-    const helloTimer = setTimeout(() => {
-      if (session.node !== null) return;
-      this.#o.log.warn({ remote }, 'closed an agent connection that sent no hello');
-      session.close?.(CLOSE.noHello, 'no hello');
-    }, this.#o.helloTimeoutMs ?? HELLO_TIMEOUT_MS);
-    helloTimer.unref();
-    const pinger = setInterval(() => {
-      if (Date.now() - heardAt >= liveness) {
-        this.#o.log.warn({ remote, node: session.node, silentMs: Date.now() - heardAt }, 'agent connection silent past the liveness limit; closing it');
-        ws.terminate();
-        return;
-      }
-      if (ws.readyState === ws.OPEN) ws.ping();
-    }, this.#o.pingIntervalMs ?? PING_INTERVAL_MS);
-    pinger.unref();
-    ws.on('pong', () => {
-      heardAt = Date.now();
-    });
-    ws.on('message', (data, isBinary) => {
-      heardAt = Date.now();
-      if (isBinary) {
-        collector.reject(session, 'binary', {});
-        return;
-      }
-      const text = (Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? Buffer.from(data) : data).toString();
-      collector.receive(session, text);
-    });
-    ws.on('error', (err) => this.#o.log.warn({ remote, node: session.node, err: err.message }, 'agent socket error'));
-    ws.on('close', (code) => {
-      clearTimeout(helloTimer);
-      clearInterval(pinger);
-      collector.disconnect(session, code);
+    serveAgent(ws, remote, this.#o.collector, this.#o.log, {
+      ...(this.#o.pingIntervalMs === undefined ? {} : { pingIntervalMs: this.#o.pingIntervalMs }),
+      ...(this.#o.livenessMs === undefined ? {} : { livenessMs: this.#o.livenessMs }),
+      ...(this.#o.helloTimeoutMs === undefined ? {} : { helloTimeoutMs: this.#o.helloTimeoutMs }),
     });
   }
 

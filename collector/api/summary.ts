@@ -1,8 +1,8 @@
 // The readable live summary `conntrail local` prints: one block per node,
 // one line per source. Counts come from the node's live state: a source's
 // status is sent only when it changes, so its `records` is as of then.
-import { isSourceName } from '../contract/sources.ts';
-import type { Collector } from './collector.ts';
+import { isSourceName } from '../../contract/sources.ts';
+import type { Collector } from '../receive/collector.ts';
 
 export function renderSummary(collector: Collector, now: number): string {
   const lines: string[] = [];

@@ -9,7 +9,7 @@ import type { EndpointTimeline } from '../endpoint-history.ts';
 import type { KubeView } from '../kube/catalog.ts';
 import type { PendingSyn } from '../pending-syns.ts';
 import type { Finding } from '../findings.ts';
-import type { Transition } from '../node-view.ts';
+import type { Transition } from '../state/node-view.ts';
 import type { ProgrammedService } from '../services.ts';
 
 export interface NodeIndex {

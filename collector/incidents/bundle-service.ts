@@ -1,22 +1,45 @@
 // What the HTTP API serves about incidents: the list, one incident, and its
 // bundle (or an ad hoc one for the last N minutes), built from the
 // collector's histories on request.
-import { parseDuration } from '../contract/duration.ts';
-import type { Collector } from './collector.ts';
-import { bundleFiles, packBundle, type NodeTimeline } from './bundle.ts';
+import { parseDuration } from '../../contract/duration.ts';
+import type { Logger } from 'pino';
+import type { Collector } from '../receive/collector.ts';
+import { Captures } from './captures.ts';
+import { bundleFiles, packBundle, type NodeTimeline } from '../bundle.ts';
 import { describeIncident, incidentWindow, Incidents, type Incident } from './incidents.ts';
-import type { KubeCatalog, KubeEvent } from './kube/catalog.ts';
+import type { KubeCatalog, KubeEvent } from '../kube/catalog.ts';
+
+export interface BundleServiceOptions {
+  readonly version: string;
+  readonly kube?: KubeCatalog | null;
+  /** How long incidents and captures are kept: the history window. */
+  readonly windowMs?: number;
+  readonly now?: () => number;
+}
 
 export class BundleService {
-  readonly incidents = new Incidents();
+  readonly incidents: Incidents;
+  readonly captures: Captures;
   readonly #collector: Collector;
   readonly #version: string;
   readonly #kube: KubeCatalog | null;
+  readonly #now: () => number;
+  readonly #log: Logger;
 
-  constructor(collector: Collector, version: string, kube: KubeCatalog | null = null) {
+  constructor(collector: Collector, log: Logger, options: BundleServiceOptions) {
     this.#collector = collector;
-    this.#version = version;
-    this.#kube = kube;
+    this.#log = log;
+    this.#version = options.version;
+    this.#kube = options.kube ?? null;
+    this.#now = options.now ?? Date.now;
+    const windowMs = options.windowMs ?? 15 * 60_000;
+    this.incidents = new Incidents(windowMs, collector.bounds);
+    this.captures = new Captures(windowMs, collector.bounds);
+    collector.onCapture((node, msg) => {
+      const outcome = this.captures.take(node, msg);
+      if (!outcome.kept) this.#log.warn({ node, id: msg.id }, `ignored ${outcome.reason}`);
+      else if (outcome.note !== null) this.#log.info({ node, id: msg.id, ...(msg.type === 'capture-pcap' ? {} : { tool: msg.tool }) }, `capture ${outcome.note}`);
+    });
   }
 
   /** The API's state at `from`, then every change up to `to`; null without API access. */
@@ -61,8 +84,7 @@ export class BundleService {
         ports.add(Number(ep[2]));
       }
     }
-    this.#collector.captures.set(incident.id, new Map());
-    this.#collector.pcaps.set(incident.id, new Map());
+    this.captures.open(incident.id, this.#now());
     const req = { v: 1, type: 'capture', id: incident.id, durationMs, hosts: [...hosts].slice(0, 16), ports: [...ports].slice(0, 16) } as const;
     return [...incident.nodes].filter((node) => this.#collector.requestCapture(node, req));
   }
@@ -79,13 +101,11 @@ export class BundleService {
   }
 
   async #pack(from: number, to: number, incident: Incident | null, nodes: readonly string[] | null): Promise<Buffer> {
-    const captures = incident === null ? new Map() : (this.#collector.captures.get(incident.id) ?? new Map());
-    const pcaps = incident === null ? new Map() : (this.#collector.pcaps.get(incident.id) ?? new Map());
+    const { lines: captures, pcaps } = incident === null ? { lines: new Map(), pcaps: new Map() } : this.captures.of(incident.id);
     const files = bundleFiles({ from, to, timelines: this.timelines(from, to, nodes), incident, version: this.#version, captures, pcaps, kubernetes: this.kubeEvents(from, to) });
     return packBundle(files, `conntrail-${incident?.id ?? new Date(to).toISOString().replace(/[-:.]/g, '')}`);
   }
 }
 
-/** `10m`, `90s`, `2h` → milliseconds. */
 /** `?since=` and `--history`: the shared duration syntax. */
 export const parseSince = parseDuration;

@@ -1,10 +1,10 @@
 // The collector's core, free of sockets: frames in, node views and timelines
 // out. The server feeds it from WebSockets; `local` feeds it in-process.
 import type { Logger } from 'pino';
-import { decodeAgentMessage, type AgentMessage, type CaptureRequest, type CaptureTool, type CollectorMessage, type SourceStatus } from '../contract/protocol.ts';
-import { Bounds } from './bounds.ts';
-import { NodeHistory } from './history.ts';
-import { NodeView, type ApplyOutcome, type TimelineEntry, type Transition } from './node-view.ts';
+import { decodeAgentMessage, type AgentMessage, type CaptureRequest, type CollectorMessage, type SourceStatus } from '../../contract/protocol.ts';
+import { Bounds } from '../state/bounds.ts';
+import { NodeHistory } from '../state/history.ts';
+import { NodeView, type ApplyOutcome, type TimelineEntry, type Transition } from '../state/node-view.ts';
 
 export interface CollectorOptions {
   readonly log: Logger;
@@ -38,8 +38,8 @@ export const CLOSE = { wrongNode: 4403, duplicate: 4409, superseded: 4410, tooMa
 /** How far a frame's sample time may lie in the future of the collector's clock. */
 const MAX_FUTURE_MS = 10 * 60_000;
 
-/** Lines kept per capture, node and tool. */
-const MAX_CAPTURE_LINES = 50_000;
+/** Where capture frames go: the incidents stage, which asked for them. */
+export type CaptureSink = (node: string, msg: Extract<AgentMessage, { type: 'capture-lines' | 'capture-end' | 'capture-pcap' }>) => void;
 
 /** 15 minutes at 1 Hz, with room for faster agents. */
 const MAX_TIMELINE_ENTRIES = 4_000;
@@ -61,10 +61,7 @@ export class Collector {
   readonly rejected = new Map<RejectReason, number>();
   /** Rejections logged per connection and reason; past a few, only every thousandth is logged. */
   readonly #rejectLogged = new WeakMap<Session, Map<RejectReason, number>>();
-  /** Capture output by capture id, node and tool. */
-  readonly captures = new Map<string, Map<string, Map<CaptureTool, { lines: string[]; ended: boolean; error: string | null }>>>();
-  /** pcap files by capture id and node. */
-  readonly pcaps = new Map<string, Map<string, Buffer>>();
+  #captureSink: CaptureSink | null = null;
 
   constructor(options: CollectorOptions) {
     this.#log = options.log;
@@ -113,6 +110,11 @@ export class Collector {
   /** Called with the nodes `expire` dropped, so stages holding per-node state drop theirs. */
   onExpired(listener: (nodes: readonly string[]) => void): void {
     this.#expiredListeners.push(listener);
+  }
+
+  /** Hands capture frames to the stage that keeps them. */
+  onCapture(sink: CaptureSink): void {
+    this.#captureSink = sink;
   }
 
   onTimeline(listener: TimelineListener): void {
@@ -237,36 +239,15 @@ export class Collector {
         view.facts = msg.facts;
         this.#log.info({ node: view.name, kernel: msg.facts.kernel, os: msg.facts.os }, 'node facts');
         return;
-      case 'capture-pcap': {
-        const byNode = this.pcaps.get(msg.id);
-        if (byNode === undefined) {
-          this.#log.warn({ node: view.name, id: msg.id }, 'ignored a pcap nobody asked for');
-          return;
-        }
-        const pcap = Buffer.from(msg.base64, 'base64');
-        byNode.set(view.name, pcap);
-        this.#log.info({ node: view.name, id: msg.id, bytes: pcap.length }, 'capture pcap received');
-        return;
-      }
+      case 'capture-pcap':
       case 'capture-lines':
       case 'capture-end': {
-        const byNode = this.captures.get(msg.id);
-        // Only captures this collector asked for are kept.
-        if (byNode === undefined) {
+        // Captures belong to the incidents stage; without one listening, nobody asked for any.
+        if (this.#captureSink === null) {
           this.#log.warn({ node: view.name, id: msg.id }, 'ignored capture output nobody asked for');
           return;
         }
-        let byTool = byNode.get(view.name);
-        if (byTool === undefined) byNode.set(view.name, (byTool = new Map()));
-        let c = byTool.get(msg.tool);
-        if (c === undefined) byTool.set(msg.tool, (c = { lines: [], ended: false, error: null }));
-        if (msg.type === 'capture-lines') {
-          if (c.lines.length < MAX_CAPTURE_LINES) c.lines.push(...msg.lines.slice(0, MAX_CAPTURE_LINES - c.lines.length));
-        } else {
-          c.ended = true;
-          c.error = msg.error;
-          this.#log.info({ node: view.name, id: msg.id, tool: msg.tool, lines: c.lines.length, error: msg.error }, 'capture finished');
-        }
+        this.#captureSink(view.name, msg);
         return;
       }
       case 'snapshot':

@@ -2,9 +2,9 @@
 // window, plus the state just before the oldest kept step (steps that age out
 // are folded into it). Any slice of the window can then start with a full
 // snapshot, which is what a bundle needs to be replayed on its own.
-import { applyDiff } from '../contract/diff.ts';
-import type { SourceChange } from '../contract/protocol.ts';
-import { specOf, type RecordOf, type SourceName } from '../contract/sources.ts';
+import { applyDiff } from '../../contract/diff.ts';
+import type { SourceChange } from '../../contract/protocol.ts';
+import { specOf, type RecordOf, type SourceName } from '../../contract/sources.ts';
 import type { TimelineEntry } from './node-view.ts';
 
 type State = Map<SourceName, Map<string, RecordOf<SourceName>>>;

@@ -2,10 +2,10 @@
 // by diffs applied in sequence. A gap in the sequence or a diff that does not
 // fit the state means the two ends disagree: the view stops applying and asks
 // for a resync; what it had stays readable until the new snapshot lands.
-import { applyDiff, diffByKey } from '../contract/diff.ts';
-import type { AgentMessage, SourceChange, SourceStatus } from '../contract/protocol.ts';
-import type { NodeFacts } from '../contract/records.ts';
-import { specOf, type RecordOf, type SourceName } from '../contract/sources.ts';
+import { applyDiff, diffByKey } from '../../contract/diff.ts';
+import type { AgentMessage, SourceChange, SourceStatus } from '../../contract/protocol.ts';
+import type { NodeFacts } from '../../contract/records.ts';
+import { specOf, type RecordOf, type SourceName } from '../../contract/sources.ts';
 import type { Bounds } from './bounds.ts';
 
 /**

@@ -8,8 +8,8 @@ import { livez, readyz, startHealthServer } from '../../agent/health.ts';
 import { NodeState } from '../../agent/node-state.ts';
 import { createRecordedIO } from '../../agent/recorded-io.ts';
 import { createSamplers } from '../../agent/samplers.ts';
-import { Collector } from '../../collector/collector.ts';
-import { CollectorServer } from '../../collector/server.ts';
+import { Collector } from '../../collector/receive/collector.ts';
+import { CollectorServer } from '../../collector/api/server.ts';
 import { captureLog, waitFor } from '../helpers/capture-log.ts';
 
 const cleanups: (() => Promise<void>)[] = [];

@@ -7,9 +7,9 @@ import { Agent } from '../../agent/agent.ts';
 import { NodeState } from '../../agent/node-state.ts';
 import { createRecordedIO } from '../../agent/recorded-io.ts';
 import { createSamplers } from '../../agent/samplers.ts';
-import { BundleService } from '../../collector/bundle-service.ts';
-import { Collector } from '../../collector/collector.ts';
-import { CollectorServer } from '../../collector/server.ts';
+import { BundleService } from '../../collector/incidents/bundle-service.ts';
+import { Collector } from '../../collector/receive/collector.ts';
+import { CollectorServer } from '../../collector/api/server.ts';
 import { SUBPROTOCOL } from '../../contract/protocol.ts';
 import { captureLog, waitFor } from '../helpers/capture-log.ts';
 
@@ -22,7 +22,7 @@ afterEach(async () => {
 async function collector() {
   const log = captureLog();
   const c = new Collector({ log: log.log });
-  const server = new CollectorServer({ collector: c, log: log.log, token: TOKEN, bundles: new BundleService(c, 'test') });
+  const server = new CollectorServer({ collector: c, log: log.log, token: TOKEN, bundles: new BundleService(c, log.log, { version: 'test' }) });
   const addr = await server.listen({ host: '127.0.0.1', port: 0 });
   if (typeof addr === 'string') throw new Error('tcp expected');
   cleanups.push(() => server.close());

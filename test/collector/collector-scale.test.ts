@@ -3,7 +3,7 @@
 // stack: a whole table's transitions once overflowed it through push(...spread).
 import { describe, expect, it } from 'vitest';
 import { parseConntrack } from '../../agent/sources/conntrack.ts';
-import { Collector, type Session } from '../../collector/collector.ts';
+import { Collector, type Session } from '../../collector/receive/collector.ts';
 import { encode, SNAPSHOT_CHUNK } from '../../contract/protocol.ts';
 import { captureLog } from '../helpers/capture-log.ts';
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { NodeHistory } from '../../collector/history.ts';
-import type { TimelineEntry } from '../../collector/node-view.ts';
+import { NodeHistory } from '../../collector/state/history.ts';
+import type { TimelineEntry } from '../../collector/state/node-view.ts';
 
 const rec = (name: string, value: string) => ({ name, value, raw: `${name} = ${value}` });
 const snapshot = (time: number): TimelineEntry => ({ seq: 1, time, kind: 'snapshot', changes: [{ source: 'sysctl', added: [rec('a', '1'), rec('b', '1')], removed: [], changed: [], refreshed: [] }] });

@@ -3,7 +3,7 @@
 // that is not a JSON object passed through as it came.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { renderLogLine, wantColor } from '../../collector/log-render.ts';
+import { renderLogLine, wantColor } from '../../collector/api/log-render.ts';
 
 const lines = readFileSync(new URL('../fixtures/logs/lab-collector.jsonl', import.meta.url), 'utf8').trim().split('\n');
 const [hairpin, , listed, staleNat] = lines as [string, string, string, string];

@@ -5,7 +5,7 @@
 import { pino } from 'pino';
 import { parsers } from '../../agent/parsers.ts';
 import type { FindingLine } from '../../collector/aggregate.ts';
-import { Collector, type Session } from '../../collector/collector.ts';
+import { Collector, type Session } from '../../collector/receive/collector.ts';
 import { Detection } from '../../collector/detection.ts';
 import type { KubeView } from '../../collector/kube/catalog.ts';
 import { diffByKey, indexByKey } from '../../contract/diff.ts';

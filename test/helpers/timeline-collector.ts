@@ -5,8 +5,8 @@ import { createRecordedIO } from '../../agent/recorded-io.ts';
 import { createSamplers } from '../../agent/samplers.ts';
 import { InProcessAgent } from '../../bin/in-process.ts';
 import { readTimeline } from '../../bin/replay.ts';
-import { BundleService } from '../../collector/bundle-service.ts';
-import { Collector } from '../../collector/collector.ts';
+import { BundleService } from '../../collector/incidents/bundle-service.ts';
+import { Collector } from '../../collector/receive/collector.ts';
 import { Detection } from '../../collector/detection.ts';
 import { captureLog } from './capture-log.ts';
 
@@ -15,7 +15,7 @@ export async function collectorThrough(dir: string): Promise<{ service: BundleSe
   const { log } = captureLog();
   let clock = 0;
   const collector = new Collector({ log, now: () => clock });
-  const service = new BundleService(collector, 'test');
+  const service = new BundleService(collector, log, { version: 'test' });
   new Detection((line) => service.incidents.add(line)).watch(collector);
   for (const [node, steps] of readTimeline(dir)) {
     const files = new Map<string, string>();

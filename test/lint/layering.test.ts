@@ -28,7 +28,7 @@ describe('layering (no-restricted-imports)', () => {
   });
 
   it('refuses collector/ in agent/, from a subfolder too', async () => {
-    const messages = await restricted('agent/sources/x.ts', "import type { Collector } from '../../collector/collector.ts';\nexport type C = Collector;\n");
+    const messages = await restricted('agent/sources/x.ts', "import type { Collector } from '../../collector/receive/collector.ts';\nexport type C = Collector;\n");
     expect(messages).toEqual([expect.stringContaining('agent/ must not import from collector/')]);
   });
 
