@@ -47,13 +47,6 @@ export function stampTime(stamp: string): number {
 
 const bad = (where: string, why: string): ConntrailError => new ConntrailError('BAD_INPUT', `${where}: ${why}`);
 
-/** 1-based line of offset `at`, for pointing into a file. */
-const lineAt = (text: string, at: number): number => {
-  let line = 1;
-  for (let i = 0; i < at; i++) if (text.charCodeAt(i) === 10) line++;
-  return line;
-};
-
 /**
  * The top-level JSON objects of a file, one after another: kubectl prints
  * watch events as indented JSON back to back, the API as one per line, and
@@ -63,11 +56,15 @@ const lineAt = (text: string, at: number): number => {
 export function jsonObjects(text: string, path: string): { value: unknown; line: number }[] {
   const out: { value: unknown; line: number }[] = [];
   let i = 0;
+  // 1-based line of `start`, counted on as the scan goes (a watch stream can be long).
+  let line = 1;
+  let counted = 0;
   for (;;) {
     while (i < text.length && /\s/.test(text.charAt(i))) i++;
     if (i >= text.length) break;
     const start = i;
-    if (text.charAt(i) !== '{') throw bad(`${path}:${lineAt(text, start)}`, `expected a JSON object (a List, a watch event or a Kubernetes object), found ${JSON.stringify(text.slice(i, i + 20))}`);
+    for (; counted < start; counted++) if (text.charCodeAt(counted) === 10) line++;
+    if (text.charAt(i) !== '{') throw bad(`${path}:${line}`, `expected a JSON object (a List, a watch event or a Kubernetes object), found ${JSON.stringify(text.slice(i, i + 20))}`);
     let depth = 0;
     let inString = false;
     let escaped = false;
@@ -89,14 +86,14 @@ export function jsonObjects(text: string, path: string): { value: unknown; line:
         }
       }
     }
-    if (depth !== 0) throw bad(`${path}:${lineAt(text, start)}`, 'JSON object not closed before the end of the file');
+    if (depth !== 0) throw bad(`${path}:${line}`, 'JSON object not closed before the end of the file');
     let value: unknown;
     try {
       value = JSON.parse(text.slice(start, i));
     } catch (err) {
-      throw bad(`${path}:${lineAt(text, start)}`, `not JSON (${(err as Error).message})`);
+      throw bad(`${path}:${line}`, `not JSON (${(err as Error).message})`);
     }
-    out.push({ value, line: lineAt(text, start) });
+    out.push({ value, line });
   }
   if (out.length === 0) throw bad(path, 'empty: expected a List, watch events or a Kubernetes object');
   return out;
@@ -183,33 +180,37 @@ class Recording {
   }
 }
 
+/** A file-system call whose failure (permissions, a dangling link) is the recording's fault, said as BAD_INPUT naming the path. */
+function fsAt<T>(path: string, what: string, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    throw new ConntrailError('BAD_INPUT', `${path}: cannot ${what} (${(err as Error).message})`, { cause: err });
+  }
+}
+
 /** Reads a recorded API directory into KubeEvents, oldest first (events of one time keep file and file order). */
 export function readKubeRecording(dir: string): KubeEvent[] {
-  let names: string[];
-  try {
-    if (!statSync(dir).isDirectory()) throw new Error('not a directory');
-    names = readdirSync(dir);
-  } catch (err) {
-    throw new ConntrailError('BAD_INPUT', `${dir}: not a directory of recorded Kubernetes API data (${(err as Error).message})`, { cause: err });
-  }
+  if (!fsAt(dir, 'read this recorded Kubernetes API directory', () => statSync(dir)).isDirectory()) throw bad(dir, 'not a directory of recorded Kubernetes API data');
   const steps: { time: number; dir: string }[] = [];
-  for (const stamp of names) {
+  for (const stamp of fsAt(dir, 'list it', () => readdirSync(dir))) {
     const stepDir = join(dir, stamp);
     const time = stampTime(stamp);
     if (Number.isNaN(time)) throw bad(stepDir, 'not a time (ISO 8601 or epoch milliseconds): an API recording holds only <time>/<file>.json');
-    if (!statSync(stepDir).isDirectory()) throw bad(stepDir, 'not a directory: an API recording holds <time>/<file>.json');
+    if (!fsAt(stepDir, 'read it', () => statSync(stepDir)).isDirectory()) throw bad(stepDir, 'not a directory: an API recording holds <time>/<file>.json');
     steps.push({ time, dir: stepDir });
   }
   if (steps.length === 0) throw bad(dir, 'holds no <time> directories');
   steps.sort((a, b) => a.time - b.time || a.dir.localeCompare(b.dir));
   const recording = new Recording();
   for (const step of steps) {
-    const files = readdirSync(step.dir).sort();
+    const files = fsAt(step.dir, 'list it', () => readdirSync(step.dir)).sort();
     if (files.length === 0) throw bad(step.dir, 'holds no recorded API file');
     for (const f of files) {
       const path = join(step.dir, f);
-      if (!/\.jsonl?$/.test(f) || !statSync(path).isFile()) throw bad(path, 'not a .json or .jsonl file (record the API with `kubectl … -o json`)');
-      for (const { value, line } of jsonObjects(readFileSync(path, 'utf8'), path)) recording.add(value, `${path}:${line}`, step.time);
+      if (!/\.jsonl?$/.test(f) || !fsAt(path, 'read it', () => statSync(path)).isFile()) throw bad(path, 'not a .json or .jsonl file (record the API with `kubectl … -o json`)');
+      const text = fsAt(path, 'read it', () => readFileSync(path, 'utf8'));
+      for (const { value, line } of jsonObjects(text, path)) recording.add(value, `${path}:${line}`, step.time);
     }
   }
   return recording.events;

@@ -2,7 +2,7 @@
 // kubectl's and the API's own JSON read into the KubeEvents the collector's
 // catalog takes, and every unreadable recording refused with the file named.
 import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -145,16 +145,22 @@ describe('reading a recorded Kubernetes API directory', () => {
     ['a file that is not .json', { [`${T}/x.yaml`]: 'kind: List' }, `${T}/x.yaml`, /not a \.json or \.jsonl file/],
     ['a directory that is not a time', { 'README/x.json': '{}' }, 'README', /not a time/],
     ['a file beside the time directories', { 'notes.txt': 'hi' }, 'notes.txt', /not a time/],
+    ['a dangling link', { [`${T}/gone.json`]: '' }, `${T}/gone.json`, /cannot read it \(ENOENT/],
     ['a directory inside a time directory', { [`${T}/more/x.json`]: '{}' }, `${T}/more`, /not a \.json or \.jsonl file/],
-  ])('refuses %s with BAD_INPUT naming where', (_what, files, where, why) => {
+  ])('refuses %s with BAD_INPUT naming where', (what, files, where, why) => {
     const dir = recording(files);
+    if (what === 'a dangling link') {
+      rmSync(join(dir, where));
+      symlinkSync(join(dir, 'nowhere.json'), join(dir, where));
+    }
     const message = badInput(() => readKubeRecording(dir));
     expect(message.startsWith(`${join(dir, where)}: `) || message.startsWith(`${join(dir, where)} `)).toBe(true);
     expect(message).toMatch(why);
   });
 
   it('refuses a missing directory, one with no time in it, and an empty time', () => {
-    expect(badInput(() => readKubeRecording(join(scratch, 'nowhere')))).toContain(join(scratch, 'nowhere'));
+    expect(badInput(() => readKubeRecording(join(scratch, 'nowhere')))).toMatch(`${join(scratch, 'nowhere')}: cannot read this recorded Kubernetes API directory (ENOENT`);
+    expect(badInput(() => readKubeRecording(join(API_LB_LOCAL, LIST_FILE)))).toBe(`${join(API_LB_LOCAL, LIST_FILE)}: not a directory of recorded Kubernetes API data`);
     const empty = recording({});
     expect(badInput(() => readKubeRecording(empty))).toBe(`${empty}: holds no <time> directories`);
     mkdirSync(join(empty, '2026-12-01T20:09:00Z'));
