@@ -6,7 +6,12 @@ import type { ConntrackEntry } from '../contract/records.ts';
 import type { Transition } from './state/node-view.ts';
 
 export interface PendingSyn {
+  /** The entry's conntrack key (for the time its current line was read). */
+  readonly key: string;
   readonly since: number;
+  /** The entry as first read unanswered, at `since`: the start of the wait a finding quotes. */
+  readonly first: ConntrackEntry;
+  /** The entry as last read. */
   readonly entry: ConntrackEntry;
 }
 
@@ -19,7 +24,7 @@ export class PendingSyns {
       const after = t.after;
       if (after !== undefined && after.state === 'SYN_SENT' && after.unreplied) {
         const p = this.#pending.get(t.key);
-        this.#pending.set(t.key, { since: p?.since ?? time, entry: after });
+        this.#pending.set(t.key, { key: t.key, since: p?.since ?? time, first: p?.first ?? after, entry: after });
       } else {
         this.#pending.delete(t.key);
       }

@@ -2,7 +2,7 @@
 // that stays unanswered across samples, attributed to the endpoint it was
 // NATed to. The engine drops it where a more specific finding on the same
 // client explains it.
-import { iso, type Finding } from '../findings.ts';
+import { iso, type Evidence, type Finding } from '../findings.ts';
 import { serviceAt, type Detector } from './input.ts';
 
 /** A SYN-ACK takes milliseconds; two samples without one is a client retransmitting into the void. */
@@ -21,6 +21,10 @@ export const detectUnansweredSyn: Detector = (input) => {
     const natted = e.reply.src !== e.orig.dst;
     const endpoint = natted && e.reply.sport !== null ? `${e.reply.src}:${e.reply.sport}` : null;
     const waited = Math.round((input.time - p.since) / 1000);
+    // Each line at the sample it was read in: unanswered when first seen, and as last re-read (a retransmission re-arming it).
+    const lastAt = input.readAt('conntrack', p.key) ?? p.since;
+    const evidence: Evidence[] = [{ source: 'conntrack', node: input.node, time: iso(p.since), raw: p.first.raw }];
+    if (lastAt > p.since && p.entry.raw !== p.first.raw) evidence.push({ source: 'conntrack', node: input.node, time: iso(lastAt), raw: p.entry.raw });
     findings.push({
       finding: 'unanswered-syn',
       severity: 'warning',
@@ -29,7 +33,7 @@ export const detectUnansweredSyn: Detector = (input) => {
       tuple: { proto: e.proto, src: e.orig.src, sport: e.orig.sport, dst: e.orig.dst, dport: e.orig.dport },
       endpoint,
       summary: `${e.orig.src}:${e.orig.sport ?? '-'} has had no answer to its SYN to ${e.orig.dst}:${e.orig.dport}${endpoint ? ` (sent on to ${endpoint})` : ''} for ${waited} s`,
-      evidence: [{ source: 'conntrack', node: input.node, time: iso(input.time), raw: e.raw }],
+      evidence,
       advice: endpoint
         ? `Check that ${endpoint} is alive and reachable from ${input.node} (pod running, its node routing the pod range, no NetworkPolicy dropping it) and that kube-proxy has caught up with its removal; capture on the way: \`tcpdump -nn host ${e.reply.src} and port ${e.reply.sport}\`.`
         : `Nothing on ${input.node} NATed this SYN: check the Service has endpoints and kube-proxy has programmed them here.`,
