@@ -241,17 +241,24 @@ async function runLocal(args: readonly string[]): Promise<number> {
   const { renderLogLine } = await import('../collector/api/log-render.ts');
   // pino's child() would repeat the `component` key, not replace it: one logger per component.
   const level = process.env.LOG_LEVEL ?? 'warn';
-  const log = logger('collector', level);
   const tty = process.stdout.isTTY === true;
   const color = wantColor(undefined, process.stdout);
+  // This is a person's screen: the collector's and the agent's own lines are rendered as `conntrail logs` renders them too.
+  const log = logger('collector', level, { color });
   // Findings go through the same pino line the collector writes, then through the logs renderer.
   const rendered: string[] = [];
+  // A finding is drawn as soon as it is made, not at the next tick's redraw.
+  let drawSoon: NodeJS.Immediate | null = null;
   const findingsOut = pino({ base: { component: 'collector' }, timestamp: pino.stdTimeFunctions.isoTime }, {
     write(line: string) {
       const text = renderLogLine(line.replace(/\n$/, ''), { color });
       if (tty) {
         rendered.push(text);
         if (rendered.length > 20) rendered.shift();
+        drawSoon ??= setImmediate(() => {
+          drawSoon = null;
+          draw();
+        });
       } else process.stdout.write(`${text}\n`);
     },
   });
@@ -270,7 +277,7 @@ async function runLocal(args: readonly string[]): Promise<number> {
     token,
     version: VERSION,
     state: new NodeState(createSamplers(), createHostIO()),
-    log: logger('agent', level).child({ node }),
+    log: logger('agent', level, { color }).child({ node }),
     readFacts: readNodeFacts,
   });
   agent.start();
@@ -308,9 +315,12 @@ async function runLocal(args: readonly string[]): Promise<number> {
   await untilSignal();
   clearInterval(timer);
   if (summaryTimer !== null) clearInterval(summaryTimer);
+  if (drawSoon !== null) clearImmediate(drawSoon);
   pipeline.flush(Date.now());
   await agent.stop();
   await server.close();
+  // Under `npm start` the shell reports ^C as its own exit status; this line says conntrail itself shut down cleanly.
+  process.stdout.write(`conntrail local stopped: agent and API ${api} closed\n`);
   return 0;
 }
 
