@@ -15,6 +15,7 @@ import { buildCluster } from '../lab/cluster.ts';
 import { runClient, startServer } from '../lab/traffic.ts';
 import { cleanRollout, lbHairpin, lbHealthCheckDropped, udpRolloutStaleConntrack } from '../lab/scenarios.ts';
 import { cli, startConntrail, type Conntrail } from './harness.ts';
+import { GRACE_MS, GRACE_STEPS } from '../../collector/detectors/stale-nat.ts';
 import { KubeApiServer } from '../helpers/kube-api-server.ts';
 import { LabKubeApi } from '../lab/kube-api.ts';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -84,6 +85,30 @@ async function exportIncident(ct: Conntrail, o: { service: string; node: string;
   for (const [path, text] of files) expect(text.includes(ct.token), path).toBe(false);
   expect(readFileSync(file).includes(Buffer.from(ct.token))).toBe(false);
   return files;
+}
+
+/**
+ * Issue 9: a stale NAT entry is provable once the endpoint has been gone for
+ * the detector's grace (GRACE_STEPS samples and GRACE_MS) while the client
+ * keeps sending; the finding must come within 3 s of that, and not before the
+ * detector's own grace is over. The endpoint's departure is the finding's
+ * endpointRemovedAt (the sample that showed the rules without it), and with
+ * the API the EndpointSlice's removal if earlier; both are checked against
+ * the run's clock to be this rollout's. A sample is stamped when it starts,
+ * before it reads the rules: up to a sample before the rollout began.
+ */
+function expectWithinThreeSecondsOfProvable(f: Record<string, unknown>, run: { rolloutStartedAt: number; rolloutAt: number }): void {
+  const observedAt = Date.parse(String(f.observedAt));
+  const details = f.details as { endpointRemovedAt: string; samplesSinceRemoval: number; endpointConditionSince?: string };
+  const removedAt = Date.parse(details.endpointRemovedAt);
+  const left = Math.min(removedAt, details.endpointConditionSince === undefined ? Infinity : Date.parse(details.endpointConditionSince));
+  for (const t of [removedAt, left]) {
+    expect(t).toBeGreaterThanOrEqual(run.rolloutStartedAt - 1_000);
+    expect(t - run.rolloutAt).toBeLessThan(1_500);
+  }
+  expect(details.samplesSinceRemoval).toBeGreaterThanOrEqual(GRACE_STEPS);
+  expect(observedAt - removedAt).toBeGreaterThanOrEqual(GRACE_MS);
+  expect(observedAt - (left + GRACE_MS)).toBeLessThan(3_000);
 }
 
 describe('findings from the namespace lab', { timeout: 90_000 }, () => {
@@ -194,6 +219,7 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     r.ct = ct;
     await kubeSynced(ct);
     let found: Record<string, unknown> | null = null;
+    const rolloutStartedAt = Date.now();
     const result = await s.drive({ pinnedMs: 6_000, onPinned: async () => { found = await ct.finding('stale-nat-to-removed-endpoint', () => true, 6_000); } });
     expect(found).toMatchObject({
       severity: 'error',
@@ -206,6 +232,7 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     expect(found).toMatchObject({ pod: 'kube-system/coredns-a', details: { endpointCondition: 'removed', podNode: 'node-2' } });
     const f = found as unknown as { observedAt: string; advice: string };
     expect(Date.parse(f.observedAt) - result.rolloutAt).toBeLessThan(3_000);
+    expectWithinThreeSecondsOfProvable(found ?? {}, { rolloutStartedAt, rolloutAt: result.rolloutAt });
     expect(f.advice).toContain(`conntrack -D -p udp --orig-dst 198.18.64.53 --dst-nat ${s.facts.oldEndpoint.ip}`);
 
     // Issue 4: the incident it opened, exported; the capture shows the stale NAT on the wire.
@@ -229,6 +256,43 @@ describe('findings from the namespace lab', { timeout: 90_000 }, () => {
     const tcpdump = files.get('capture/node-1/tcpdump.txt') ?? '';
     expect(tcpdump).toMatch(new RegExp(`In +IP ${s.facts.tuple.src.replaceAll('.', '\\.')}\\.${s.facts.tuple.sport} > 198\\.18\\.64\\.53\\.53:`));
     expect(tcpdump).toMatch(new RegExp(`Out +IP ${s.facts.tuple.src.replaceAll('.', '\\.')}\\.${s.facts.tuple.sport} > ${s.facts.oldEndpoint.ip.replaceAll('.', '\\.')}\\.53:`));
+  });
+
+  // kube-proxy's nftables mode: endpoints are the vmap's goto targets, and the removed pod's endpoint chain
+  // stays behind flushed until a later sync deletes it. Without the API the endpoint history comes from those
+  // rules alone; the flushed chain must not count as the endpoint still being there.
+  it.each([
+    ['with the Kubernetes API', true],
+    ['from the nft rules alone', false],
+  ] as const)('stale-nat-to-removed-endpoint in nft mode, %s: the skipped cleanup is found on node-1 with tuple and endpoint within 3 s of provable, and nothing about the other flows', async (_name, withApi) => {
+    const r = lab();
+    const kube = withApi ? await kubeApiFor(r) : null;
+    const s = udpRolloutStaleConntrack(r.lab, { proxyMode: 'nft', ...(kube === null ? {} : { kubeApi: kube.api }) });
+    await s.setup();
+    const ct = await startConntrail(r.lab, s.cluster().nodes.map((n) => n.ns), undefined, kube === null ? {} : { kubeconfig: kube.kubeconfig });
+    r.ct = ct;
+    if (kube !== null) await kubeSynced(ct);
+    let found: Record<string, unknown> | null = null;
+    const rolloutStartedAt = Date.now();
+    const result = await s.drive({ pinnedMs: 6_000, onPinned: async () => { found = await ct.finding('stale-nat-to-removed-endpoint', () => true, 6_000); } });
+    // The late cleanup moved the client to coredns-b: its new entry, and everything else, is watched a while longer.
+    expect(result.cleanup).toMatchObject({ kubeProxy: 'skipped', ran: true, late: true });
+    expect(result.attempts.some((a) => a.status === 'ok' && a.pod === s.facts.newEndpoint.pod && a.at >= (result.cleanupAt ?? Infinity))).toBe(true);
+    await new Promise((res) => setTimeout(res, 3_000));
+    const tuple = { proto: 'udp', src: s.facts.tuple.src, sport: s.facts.tuple.sport, dst: '198.18.64.53', dport: 53 };
+    expect(found).toMatchObject({ severity: 'error', node: 'node-1', tuple, endpoint: `${s.facts.oldEndpoint.ip}:53` });
+    if (withApi) expect(found).toMatchObject({ service: 'kube-system/kube-dns:dns', pod: 'kube-system/coredns-a', details: { endpointCondition: 'removed' } });
+    expectWithinThreeSecondsOfProvable(found ?? {}, { rolloutStartedAt, rolloutAt: result.rolloutAt });
+    // The evidence: the entry's two lines, still NATed to the removed pod, and the nft rule it left.
+    const evidence = (found as unknown as { evidence: { source: string; raw: string }[] }).evidence;
+    expect(evidence.filter((e) => e.source === 'conntrack').map((e) => e.raw).every((l) => l.includes(`src=${s.facts.oldEndpoint.ip} dst=${s.facts.tuple.src} sport=53 dport=${s.facts.tuple.sport}`))).toBe(true);
+    expect(evidence.some((e) => e.source === 'nft')).toBe(true);
+    // Every finding is about that flow and that endpoint: none about the client's new flow to coredns-b, on any node.
+    const findings = ct.findings();
+    expect(findings.filter((l) => l.severity === 'error').map((l) => [l.finding, l.node, l.tuple, l.endpoint])).toEqual(
+      findings.filter((l) => l.finding === 'stale-nat-to-removed-endpoint').map(() => ['stale-nat-to-removed-endpoint', 'node-1', tuple, `${s.facts.oldEndpoint.ip}:53`]),
+    );
+    expect(findings.filter((l) => JSON.stringify(l).includes(s.facts.newEndpoint.ip))).toEqual([]);
   });
 
   it('unanswered-syn: SYNs NATed to a pod that is gone while the rules still send traffic to it', async () => {
