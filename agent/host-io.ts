@@ -3,7 +3,7 @@
 // The agent never writes: nothing here can change iptables, IPVS, conntrack
 // or sysctls.
 import { execFile } from 'node:child_process';
-import { closeSync, openSync, readdirSync, readSync } from 'node:fs';
+import { closeSync, constants, openSync, readdirSync, readSync } from 'node:fs';
 import { ConntrailError } from '../contract/errors.ts';
 
 export interface CommandOutput {
@@ -30,6 +30,14 @@ export interface HostIO {
   readLinesWith(path: string, consume: (lines: Buffer) => void): Promise<void>;
   /** Lists a directory; [] when it does not exist. */
   listDir(path: string): Promise<readonly string[]>;
+  /**
+   * Reads the kernel log device (/dev/kmsg) from its oldest record to its
+   * end: one record per read(), without blocking and without taking anything
+   * away from other readers. Rejects with SOURCE_UNAVAILABLE when the device
+   * is absent (a container without it mounted) or this process may not read
+   * it (EPERM: no CAP_SYSLOG where kernel.dmesg_restrict=1).
+   */
+  readKmsg(path: string): Promise<string>;
   /** When a reading is taken (ms since the epoch): the wall clock live, the recording's time in replay. */
   now(): number;
 }
@@ -42,6 +50,7 @@ export function createHostIO(): HostIO {
   // and fresh buffers every second would sit as external memory until a GC.
   const reader = createProcReader();
   const lines = createLineReader();
+  const kmsg = createKmsgReader();
   return {
     run(argv, options = {}) {
       const [cmd, ...args] = argv;
@@ -81,6 +90,18 @@ export function createHostIO(): HostIO {
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code === 'ENOENT') return Promise.reject(new ConntrailError('SOURCE_UNAVAILABLE', `${path} does not exist on this node`, { cause: err }));
+        return Promise.reject(new ConntrailError('SOURCE_FAILED', `cannot read ${path}: ${(err as Error).message}`, { cause: err }));
+      }
+    },
+    readKmsg(path) {
+      try {
+        return Promise.resolve(kmsg.read(path));
+      } catch (err) {
+        if (err instanceof ConntrailError) return Promise.reject(err);
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') return Promise.reject(new ConntrailError('SOURCE_UNAVAILABLE', `${path} does not exist here (in a container it must be mounted from the host)`, { cause: err }));
+        if (code === 'EPERM' || code === 'EACCES')
+          return Promise.reject(new ConntrailError('SOURCE_UNAVAILABLE', `cannot read ${path}: ${code} (the kernel log needs CAP_SYSLOG where kernel.dmesg_restrict=1)`, { cause: err }));
         return Promise.reject(new ConntrailError('SOURCE_FAILED', `cannot read ${path}: ${(err as Error).message}`, { cause: err }));
       }
     },
@@ -157,6 +178,57 @@ function createLineReader(): { read(path: string, consume: (lines: Buffer) => vo
       } finally {
         closeSync(fd);
       }
+    },
+  };
+}
+
+/**
+ * The kernel log ring is at most 32 MiB (CONFIG_LOG_BUF_SHIFT <= 25); a read
+ * that goes past it is the ring refilling as fast as it is read.
+ */
+const MAX_KMSG_BYTES = 32 * 1024 * 1024;
+/** A record's text is at most about 1 KiB plus its dictionary; read() fails with EINVAL if the buffer is smaller than the record. */
+const KMSG_RECORD_BYTES = 8 * 1024;
+/** EPIPEs in one read before giving up: each skips records the kernel overwrote under us. */
+const MAX_KMSG_OVERWRITTEN = 100_000;
+
+/**
+ * /dev/kmsg (Documentation/ABI/testing/dev-kmsg): each read() returns exactly
+ * one record; a fresh open starts at the oldest record still in the ring; a
+ * non-blocking read at the end fails with EAGAIN; EPIPE says the record at
+ * our position was overwritten, and the next read goes on from the oldest one
+ * left. Reading takes nothing away from other readers.
+ */
+function createKmsgReader(): { read(path: string): string } {
+  const buf = Buffer.allocUnsafe(KMSG_RECORD_BYTES);
+  return {
+    read(path) {
+      const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+      const parts: string[] = [];
+      let total = 0;
+      let overwritten = 0;
+      try {
+        while (total < MAX_KMSG_BYTES && overwritten < MAX_KMSG_OVERWRITTEN) {
+          let n: number;
+          try {
+            n = readSync(fd, buf, 0, buf.length, null);
+          } catch (err) {
+            const code = (err as NodeJS.ErrnoException).code;
+            if (code === 'EAGAIN') break;
+            if (code === 'EPIPE') {
+              overwritten++;
+              continue;
+            }
+            throw err;
+          }
+          if (n === 0) break;
+          parts.push(buf.toString('latin1', 0, n));
+          total += n;
+        }
+      } finally {
+        closeSync(fd);
+      }
+      return parts.join('');
     },
   };
 }

@@ -26,6 +26,9 @@ export function createRecordedIO(current: () => Recording, now: () => number = D
     readLinesWith(path, consume) {
       return this.readFile(path).then((t) => consume(Buffer.from(t, 'latin1')));
     },
+    readKmsg(path) {
+      return this.readFile(path);
+    },
     listDir(path) {
       const prefix = path.endsWith('/') ? path : `${path}/`;
       const names = new Set<string>();

@@ -251,3 +251,23 @@ export function sysctlPlan(read: SysctlRead, paths: readonly string[], perInterf
     }),
   };
 }
+
+/**
+ * The kernel log, read whole each time (a fresh open starts at the oldest
+ * record; nothing is consumed) and parsed into the martian records it holds.
+ * Its text is not kept as the reading: the ring holds every other kernel
+ * message too, which has no place in a bundle; each kept record holds its own
+ * line.
+ */
+export function kmsgPlan(read: FileRead): Plan<'kmsg'> {
+  return {
+    reads: [read],
+    create: (source, parse) => ({
+      source,
+      async sample(io) {
+        const parsed = parse(await io.readKmsg(read.path));
+        return { source, readings: [{ via: read.path, text: null }], records: parsed.records, problems: parsed.problems };
+      },
+    }),
+  };
+}

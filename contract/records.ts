@@ -286,6 +286,31 @@ export const statRow = object({
 });
 export type StatRow = Infer<typeof statRow>;
 
+// ---- /dev/kmsg -----------------------------------------------------------------
+/**
+ * A kernel log record saying the routing decision dropped a packet as a
+ * martian (net/ipv4/route.c: `martian source %pI4 from %pI4, on dev %s`,
+ * `martian destination %pI4 from %pI4, dev %s`; logged only where
+ * log_martians=1, rate limited). `dst` is the destination after DNAT.
+ */
+export const kmsgMartian = object({
+  /** The kernel's record sequence number: unique per boot, rising. */
+  seq: int,
+  /** Microseconds since boot (CLOCK_MONOTONIC) when the kernel logged it. */
+  usec: int,
+  /** Syslog level (0-7) and facility, from the record's `prio` field. */
+  level: int,
+  facility: int,
+  kind: literal('martian-source', 'martian-destination'),
+  dst: str,
+  src: str,
+  dev: str,
+  /** The link-layer header the kernel logs in the record after it (`ll header: 00000000: …`), hex as printed; null when absent. */
+  llHeader: nullable(str),
+  raw,
+});
+export type KmsgMartian = Infer<typeof kmsgMartian>;
+
 // ---- node facts (systeminformation) ---------------------------------------
 export const nodeFacts = object({
   hostname: str,

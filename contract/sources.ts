@@ -192,6 +192,13 @@ const statRows: SourceSpec<R.StatRow> = {
   refreshed: (a, b) => !sameJson(a.counters, b.counters),
 };
 
+const kmsg: SourceSpec<R.KmsgMartian> = {
+  schema: R.kmsgMartian,
+  // The kernel numbers every record; a record never changes once logged.
+  keyOf: (m) => String(m.seq),
+  sameState: () => true,
+};
+
 export const sources = {
   iptables,
   nft,
@@ -206,6 +213,7 @@ export const sources = {
   sysctl,
   'conntrack-stat': statRows,
   'rt-cache-stat': statRows,
+  kmsg,
 } as const;
 
 export type SourceName = keyof typeof sources;

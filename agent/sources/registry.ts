@@ -8,7 +8,7 @@
 // (the collector needs it without the agent) plus one entry here; the mapped
 // type makes the entry required once the spec exists.
 import { specOf, type ParseResult, type RecordOf, type SourceName, type SourceSpec } from '../../contract/sources.ts';
-import { conntrackPlan, iptablesPlan, nftPlan, perFamily, single, sysctlPlan, unavailableWhen, viaOf, type Parser, type Plan } from '../sampling.ts';
+import { conntrackPlan, iptablesPlan, kmsgPlan, nftPlan, perFamily, single, sysctlPlan, unavailableWhen, viaOf, type Parser, type Plan } from '../sampling.ts';
 import type { CommandRead, FileRead, Read, Sampler, SysctlRead } from '../samplers.ts';
 import { parseAddrs } from './addrs.ts';
 import { parseConntrack } from './conntrack.ts';
@@ -17,6 +17,7 @@ import { parseIpset } from './ipset.ts';
 import { parseIptables } from './iptables.ts';
 import { parseIpvs } from './ipvs.ts';
 import { parseIpvsConn } from './ipvs-conn.ts';
+import { parseKmsg } from './kmsg.ts';
 import { parseLinks } from './links.ts';
 import { parseNft } from './nft.ts';
 import { parseRoutes } from './routes.ts';
@@ -123,6 +124,8 @@ export const registry: Registry = {
   sysctl: declare('sysctl', parseSysctl, sysctlPlan(SYSCTL, SYSCTL_PATHS, PER_INTERFACE)),
   'conntrack-stat': declare('conntrack-stat', parseConntrackStat, single(file('/proc/net/stat/nf_conntrack', 'stat-nf_conntrack.txt'))),
   'rt-cache-stat': declare('rt-cache-stat', parseConntrackStat, single(file('/proc/net/stat/rt_cache', 'stat-rt_cache.txt'))),
+  // Host-wide, not per network namespace; martian lines appear only where log_martians=1.
+  kmsg: declare('kmsg', parseKmsg, kmsgPlan(file('/dev/kmsg', 'kmsg.txt'))),
 };
 
 /** Every read of every source, with the source it belongs to. */

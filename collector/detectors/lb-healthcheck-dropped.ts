@@ -4,14 +4,17 @@
 // from that same address then sends packets whose source is "local" to the
 // kernel, which drops them (accept_local=0) at the routing decision, before
 // conntrack confirms anything. Evidence is indirect: the local route, the
-// sysctl, the kernel's martian-source counter, and NodePort rule counters that
-// rise with no conntrack entry to show for it.
+// sysctl, the kernel's martian-source counter, NodePort rule counters that
+// rise with no conntrack entry to show for it, and, where log_martians=1 and
+// the agent can read the kernel log, the kernel's own `martian source … from
+// <LB address>` lines (the kmsg source; when it cannot read the log the agent
+// reports that source unavailable once, and the other evidence stands alone).
 //
 // Which addresses are LB or external ones comes from the Service model in
 // every mode (iptables comments, nftables external chains, IPVS ipsets, the
 // API); in IPVS mode an address on kube-ipvs0 that the ipsets do not list as
 // a ClusterIP is one too, even when nothing else names it.
-import type { Address, IptablesRule, Route, Sysctl } from '../../contract/records.ts';
+import type { Address, IptablesRule, KmsgMartian, Route, Sysctl } from '../../contract/records.ts';
 import { iso, type Evidence, type Finding } from '../findings.ts';
 import type { ProgrammedService } from '../services.ts';
 import type { Detector, NodeIndex } from './input.ts';
@@ -56,6 +59,32 @@ function candidates(input: NodeIndex, localRoutes: readonly Route[]): Candidate[
   return [...out.values()];
 }
 
+/** Kernel lines quoted per finding: the newest; the count is in details. */
+const MAX_KERNEL_LINES = 5;
+
+/**
+ * Martian-source lines the kernel logged since the last step. A record's
+ * timestamp counts from boot and the collector has no boot time to read it
+ * against, so "new" is "added this step while the source already held
+ * something": the first read of a ring (the node's first step, or a kernel
+ * log the agent has only now become able to read) is history of unknown age,
+ * and lines left by an earlier incident would otherwise read as drops now.
+ * The cost is one line: a martian logged into a ring that held none counts
+ * from the next one (health checks repeat, and in_martian_src rises meanwhile).
+ */
+function newKernelMartians(input: NodeIndex): KmsgMartian[] {
+  const added: KmsgMartian[] = [];
+  let removed = 0;
+  for (const t of input.transitions) {
+    if (t.source !== 'kmsg') continue;
+    if (t.kind === 'added') added.push(t.after);
+    else if (t.kind === 'removed') removed++;
+  }
+  const heldBefore = input.records('kmsg').size - added.length + removed;
+  if (input.prevTime === null || heldBefore <= 0) return [];
+  return added.filter((m) => m.kind === 'martian-source');
+}
+
 export const detectLbHealthcheckDropped: Detector = (input) => {
   const localRoutes = [...input.records('routes').values()].filter((r) => r.table === 'local' && r.type === 'local');
   const found = candidates(input, localRoutes);
@@ -75,6 +104,7 @@ export const detectLbHealthcheckDropped: Detector = (input) => {
     return rise > 0 ? [{ t, rise }] : [];
   });
   const martianRise = martianRises.reduce((n, r) => n + r.rise, 0);
+  const loggedMartians = newKernelMartians(input);
   const conntrack = [...input.records('conntrack').values()];
   const hcPortsFromSets = [...input.records('ipset').values()].flatMap((r) => (r.kind === 'member' && r.set === 'KUBE-HEALTH-CHECK-NODE-PORT' && r.port !== null ? [r.port] : []));
   // IPVS mode counts every NodePort on one set-matching rule: what it counted may be any of the sets' ports.
@@ -98,23 +128,29 @@ export const detectLbHealthcheckDropped: Detector = (input) => {
     const fromLb = conntrack.some((e) => e.orig.src === c.address);
     const confirmedToPorts = conntrack.some((e) => e.orig.dport !== null && nodePorts.has(e.orig.dport));
     const unconfirmed = counterRises.length > 0 && !fromLb && !confirmedToPorts;
-    const dropping = martianRise > 0 || unconfirmed;
+    // The logged destination is the one after DNAT (a pod in iptables mode), so only the source is matched.
+    const logged = loggedMartians.filter((m) => m.src === c.address);
+    const dropping = martianRise > 0 || unconfirmed || logged.length > 0;
     if (!dropping && !configChanged) continue;
     const addr = addrs.find((a: Address) => a.address === c.address);
     const nodeIp = addrs.find((a: Address) => a.family === 'inet' && a.scope === 'global' && a.ifname !== 'kube-ipvs0' && a.ifname !== addr?.ifname)?.address ?? null;
-    const at = (source: 'routes' | 'addrs' | 'sysctl' | 'iptables' | 'rt-cache-stat', key: string): string => iso(input.readAt(source, key) ?? input.time);
+    const at = (source: 'routes' | 'addrs' | 'sysctl' | 'iptables' | 'rt-cache-stat' | 'kmsg', key: string): string => iso(input.readAt(source, key) ?? input.time);
     const evidence: Evidence[] = [{ source: 'routes', node: input.node, time: iso(input.time), raw: c.route.raw }];
     if (addr) evidence.push({ source: 'addrs', node: input.node, time: iso(input.time), raw: addr.raw });
     for (const s of accept.lines) evidence.push({ source: 'sysctl', node: input.node, time: at('sysctl', s.name), raw: s.raw });
     for (const r of counterRises) evidence.push({ source: 'iptables', node: input.node, time: iso(input.time), raw: r.raw });
     for (const { t } of martianRises) evidence.push({ source: 'rt-cache-stat', node: input.node, time: iso(t.beforeAt), raw: t.before.raw }, { source: 'rt-cache-stat', node: input.node, time: iso(input.time), raw: t.after.raw });
+    // The kernel line as read, at the time it was read (its own timestamp is since boot).
+    for (const m of logged.slice(-MAX_KERNEL_LINES)) evidence.push({ source: 'kmsg', node: input.node, time: at('kmsg', String(m.seq)), raw: m.raw });
     const ingress = api?.loadBalancerIngress.find((i) => i.ip === c.address) ?? null;
     const port = hcPort ?? [...nodePorts][0] ?? null;
     const where = `${addr?.ifname ?? 'the local table'}`;
-    const shown =
-      martianRise > 0
-        ? `the kernel counted ${martianRise} more martian-source packets (in_martian_src)`
-        : `NodePort rules counted ${counterRises.length === 1 ? 'packets' : 'packets on several rules'} that no conntrack entry shows`;
+    const shownParts = [
+      ...(logged.length > 0 ? [`the kernel logged ${logged.length === 1 ? 'a' : logged.length} \`martian source … from ${c.address}\` line${logged.length === 1 ? '' : 's'}`] : []),
+      ...(martianRise > 0 ? [`the kernel counted ${martianRise} more martian-source packets (in_martian_src)`] : []),
+      ...(martianRise === 0 && logged.length === 0 ? [`NodePort rules counted ${counterRises.length === 1 ? 'packets' : 'packets on several rules'} that no conntrack entry shows`] : []),
+    ];
+    const shown = shownParts.join(' and ');
     findings.push({
       finding: 'lb-healthcheck-dropped',
       severity: dropping ? 'error' : 'warning',
@@ -137,6 +173,7 @@ export const detectLbHealthcheckDropped: Detector = (input) => {
         healthCheckPort: hcPort,
         counterRises: counterRises.length,
         martianRise,
+        kernelLogLines: logged.length,
         conntrackFromLb: fromLb,
         ...(api === null
           ? {}

@@ -36,6 +36,7 @@ function spying(io: HostIO, asked: string[]): HostIO {
     readFileWith: (p, c) => (asked.push(p), io.readFileWith(p, c)),
     readLinesWith: (p, c) => (asked.push(p), io.readLinesWith(p, c)),
     listDir: (p) => (asked.push(p), io.listDir(p)),
+    readKmsg: (p) => (asked.push(p), io.readKmsg(p)),
   };
 }
 

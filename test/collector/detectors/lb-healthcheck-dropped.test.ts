@@ -35,7 +35,18 @@ const rtCache = (martians: number) =>
   `entries  in_hit   in_slow_tot in_slow_mc in_no_route in_brd   in_martian_dst in_martian_src out_hit  out_slow_tot out_slow_mc gc_total gc_ignored gc_goal_miss gc_dst_overflow in_hlist_search out_hlist_search
 00000008 00000000 00000143    00000000   00000064    00000000 00000000       ${martians.toString(16).padStart(8, '0')}       00000000 000000b6     00000000    00000000 00000000   00000000     00000000        00000000        00000000
 `;
-const node = (o: { ipset?: string; acceptLocal?: 0 | 1; packets?: number; martians?: number; conntrack?: string; addresses?: readonly string[] }): Outputs => ({
+/**
+ * /dev/kmsg records as the kernel writes them (test/fixtures/kmsg/), with this
+ * test's addresses: 192.168.1.10 is the node, 198.18.0.100 the LB address.
+ */
+const martianLine = (seq: number, dst: string, src: string) => `4,${seq},${1507371119 + seq},-;IPv4: martian source ${dst} from ${src}, on dev eth0`;
+const llLine = (seq: number) => `4,${seq},${1507371129 + seq},-;ll header: 00000000: b2 ce e2 be bf 0f 12 88 b4 1d 2c d3 08 00`;
+/** What the ring held before anything in these tests: one old martian from elsewhere, and a link message. */
+const RING = [martianLine(2700, '192.168.1.10', '203.0.113.9'), llLine(2701), '6,2702,1507400000,-;vpc0: port 1(v-node-1) entered forwarding state'];
+const ring = (...more: string[]) => `${[...RING, ...more].join('\n')}\n`;
+const FROM_LB = martianLine(2738, '192.168.1.10', '198.18.0.100');
+
+const node = (o: { ipset?: string; acceptLocal?: 0 | 1; packets?: number; martians?: number; conntrack?: string; addresses?: readonly string[]; kmsg?: string }): Outputs => ({
   ipset: o.ipset ?? ipsetSave,
   addrs: addrs(o.addresses ?? bound),
   routes: routes(o.addresses ?? bound),
@@ -43,6 +54,7 @@ const node = (o: { ipset?: string; acceptLocal?: 0 | 1; packets?: number; martia
   iptables: iptables(o.packets ?? 0),
   'rt-cache-stat': rtCache(o.martians ?? 9),
   conntrack: o.conntrack ?? '',
+  kmsg: o.kmsg ?? ring(),
 });
 
 function run(samples: readonly Outputs[]): NodeSteps {
@@ -79,5 +91,30 @@ describe('lb-healthcheck-dropped in IPVS mode', () => {
     const entry = 'ipv4     2 tcp      6 431999 ESTABLISHED src=203.0.113.7 dst=192.168.1.10 sport=51000 dport=30080 packets=4 bytes=220 src=10.244.1.5 dst=203.0.113.7 sport=8080 dport=51000 packets=3 bytes=168 [ASSURED] mark=0 zone=0 use=2\n';
     const found = run([node({ conntrack: entry }), node({ packets: 3, conntrack: entry }), node({ packets: 9, conntrack: entry })]).of('lb-healthcheck-dropped');
     expect(found.filter((f) => f.severity === 'error')).toEqual([]);
+  });
+
+  // in_martian_src stays at 9 and no NodePort rule counts in these: the kernel log alone decides.
+  it.each<[string, Outputs[], 'error' | null]>([
+    ['a `martian source <node> from <LB address>` line logged after the first sample', [node({}), node({ kmsg: ring(FROM_LB, llLine(2739)) })], 'error'],
+    ['a martian line from an address that is not bound here', [node({}), node({ kmsg: ring(martianLine(2738, '192.168.1.10', '198.51.100.7')) })], null],
+    ['a martian line from the LB address already in the ring at the first sample (its age cannot be told)', [node({ kmsg: ring(FROM_LB) }), node({ kmsg: ring(FROM_LB) }), node({ kmsg: ring(FROM_LB) })], null],
+    ['the first read of a ring after the agent could not read it (nothing held before: history of unknown age)', [node({ kmsg: '' }), node({ kmsg: ring(FROM_LB) })], null],
+  ])('kernel log: %s', (_name, samples, severity) => {
+    const found = run(samples).of('lb-healthcheck-dropped');
+    const errors = found.filter((f) => f.severity === 'error');
+    if (severity === null) {
+      expect(errors).toEqual([]);
+      return;
+    }
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatchObject({ tuple: { src: '198.18.0.100' }, details: expect.objectContaining({ kernelLogLines: 1, martianRise: 0, counterRises: 0 }) });
+    // Quoted verbatim, at the time the agent read it.
+    expect(errors[0]?.evidence.filter((e) => e.source === 'kmsg')).toEqual([{ source: 'kmsg', node: 'node-1', time: new Date(at(1)).toISOString(), raw: FROM_LB }]);
+    expect(errors[0]?.summary).toContain('the kernel logged a `martian source … from 198.18.0.100` line');
+  });
+
+  it('counts a martian line from the LB address the step after the ring first held something', () => {
+    const found = run([node({ kmsg: '' }), node({ kmsg: ring() }), node({ kmsg: ring(FROM_LB) })]).of('lb-healthcheck-dropped');
+    expect(found.filter((f) => f.severity === 'error').map((f) => f.evidence.find((e) => e.source === 'kmsg')?.time)).toEqual([new Date(at(2)).toISOString()]);
   });
 });
