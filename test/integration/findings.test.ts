@@ -63,7 +63,7 @@ async function exportIncident(ct: Conntrail, o: { service: string; node: string;
   const opened = await waitFor('incident opened', () => ct.lines.find((l) => l.msg === 'incident opened' && l.service === o.service));
   await o.again();
   // The pcap is sent last, after both tools have stopped.
-  await waitFor(`tcpdump capture on ${o.node}`, () => ct.lines.find((l) => l.msg === 'capture pcap received' && l.node === o.node), 15_000);
+  await waitFor(`tcpdump capture on ${o.node}`, () => ct.lines.find((l) => /^capture pcap of \d+ bytes$/.test(String(l.msg)) && l.node === o.node), 15_000);
   const listed = await run(process.execPath, [cli, 'incidents', '--collector', `unix:${ct.sock}`, '--token-file', ct.tokenFile]);
   expect(listed.stdout).toContain(String(opened.incident));
   const file = join(ct.dir, `${String(opened.incident)}.tar.gz`);
