@@ -27,6 +27,7 @@ const collectorModules = async () => ({
   ...(await import('../collector/kube/cluster-view.ts')),
   ...(await import('../collector/finding-log.ts')),
   ...(await import('../collector/api/summary.ts')),
+  ...(await import('../collector/state/memory.ts')),
 });
 
 const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -161,10 +162,10 @@ async function runLogs(args: readonly string[]): Promise<number> {
 }
 
 async function runCollector(args: readonly string[]): Promise<number> {
-  const { parseSince, createPipeline, CollectorServer, parseListen, startClusterView, findingLogger } = await collectorModules();
+  const { parseSince, createPipeline, CollectorServer, parseListen, startClusterView, findingLogger, defaultBudget, parseSize } = await collectorModules();
   const { values } = parseArgs({
     args: [...args],
-    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false }, pretty: { type: 'boolean', default: false }, color: { type: 'boolean' } },
+    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, 'memory-budget': { type: 'string' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false }, pretty: { type: 'boolean', default: false }, color: { type: 'boolean' } },
     allowNegative: true,
   });
   const log = logger('collector', undefined, values.pretty ? { color: wantColor(values.color, process.stdout) } : null);
@@ -173,10 +174,13 @@ async function runCollector(args: readonly string[]): Promise<number> {
   const tls = values['tls-cert'] && values['tls-key'] ? { cert: readFileSync(values['tls-cert'], 'utf8'), key: readFileSync(values['tls-key'], 'utf8') } : undefined;
   const historyMs = parseSince(values.history);
   if (historyMs === null) throw new UsageError(`--history: ${JSON.stringify(values.history)} is not a duration like 15m`);
+  const memoryBudget = values['memory-budget'] === undefined ? defaultBudget() : parseSize(values['memory-budget']);
+  if (memoryBudget === null) throw new UsageError(`--memory-budget: ${JSON.stringify(values['memory-budget'])} is not a size like 900Mi or 2Gi`);
   const cluster = await startClusterView({ log, historyMs, disabled: values['no-kubernetes'], ...(values.kubeconfig === undefined ? {} : { kubeconfig: values.kubeconfig }) });
   const pipeline = createPipeline({
     log,
     historyMs,
+    memoryBudget,
     catalog: cluster.catalog,
     version: VERSION,
     captureMs,

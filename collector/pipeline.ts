@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { FindingLine } from './aggregate.ts';
 import { BundleService } from './incidents/bundle-service.ts';
 import { Collector } from './receive/collector.ts';
+import { MemoryBudget } from './state/memory.ts';
 import { Detection } from './detection.ts';
 import type { Incident } from './incidents/incidents.ts';
 import type { KubeCatalog, KubeView } from './kube/catalog.ts';
@@ -16,6 +17,8 @@ export interface PipelineOptions {
   readonly now?: () => number;
   /** How much timeline each node keeps. */
   readonly historyMs?: number;
+  /** RSS past which history is shed before live state; null or absent: no budget (replay, tests). */
+  readonly memoryBudget?: number | null;
   /** What the Kubernetes API says; a KubeCatalog also lets bundles carry it. */
   readonly kube?: KubeView | null;
   readonly catalog?: KubeCatalog | null;
@@ -40,7 +43,8 @@ export interface Pipeline {
 }
 
 export function createPipeline(o: PipelineOptions): Pipeline {
-  const collector = new Collector({ log: o.log, ...(o.historyMs === undefined ? {} : { historyMs: o.historyMs }), ...(o.now === undefined ? {} : { now: o.now }) });
+  const memory = o.memoryBudget == null ? null : new MemoryBudget(o.memoryBudget, o.historyMs ?? 15 * 60_000);
+  const collector = new Collector({ log: o.log, memory, ...(o.historyMs === undefined ? {} : { historyMs: o.historyMs }), ...(o.now === undefined ? {} : { now: o.now }) });
   const bundles = new BundleService(collector, o.log, { version: o.version ?? 'dev', kube: o.catalog ?? null, ...(o.historyMs === undefined ? {} : { windowMs: o.historyMs }), ...(o.now === undefined ? {} : { now: o.now }) });
   const captureMs = o.captureMs ?? 0;
   const detection = new Detection(

@@ -3,6 +3,7 @@
 import type { Logger } from 'pino';
 import { decodeAgentMessage, type AgentMessage, type CaptureRequest, type CollectorMessage, type SourceStatus } from '../../contract/protocol.ts';
 import { Bounds } from '../state/bounds.ts';
+import type { MemoryBudget } from '../state/memory.ts';
 import { NodeHistory } from '../state/history.ts';
 import { NodeView, type ApplyOutcome, type TimelineEntry, type Transition } from '../state/node-view.ts';
 
@@ -14,6 +15,8 @@ export interface CollectorOptions {
   /** Nodes held at most (connected or within the window); a new node beyond it is refused. */
   readonly maxNodes?: number;
   readonly bounds?: Bounds;
+  /** Past this RSS, history is shed before live state (see state/memory.ts). */
+  readonly memory?: MemoryBudget | null;
 }
 
 export interface Session {
@@ -69,6 +72,16 @@ export class Collector {
     this.#now = options.now ?? Date.now;
     this.#maxNodes = options.maxNodes ?? 5_000;
     this.bounds = options.bounds ?? new Bounds(options.log, this.#now);
+    this.#memory = options.memory ?? null;
+  }
+
+  readonly #memory: MemoryBudget | null;
+
+  /** Folds every node's timeline down to `keepMs`; returns the steps folded. */
+  shedHistory(keepMs: number): number {
+    let folded = 0;
+    for (const h of this.#histories.values()) folded += h.shrinkTo(keepMs);
+    return folded;
   }
 
   /** The connection a node's frames are taken from now, if any. */
@@ -308,6 +321,8 @@ export class Collector {
     if (history.push(entry) && history.overflowed === 1)
       this.#log.warn({ node: view.name, maxEntries: MAX_TIMELINE_ENTRIES, historyMs: this.#historyMs }, 'history bound hit: this node sends more steps than the window can keep; older steps are folded early');
     for (const l of this.#listeners) l(view, entry, transitions);
+    const shed = this.#memory?.check(this.#now(), this);
+    if (shed != null) this.bounds.hit('memory', 'collector', this.#memory?.budget ?? 0, `history shortened to ${Math.round(shed.keepMs / 1000)} s to stay under the memory budget (live state kept)`);
   }
 }
 

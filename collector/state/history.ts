@@ -31,7 +31,7 @@ export class NodeHistory {
   #base: State | null = null;
   #baseSeq = 0;
   #baseTime = 0;
-  readonly #windowMs: number;
+  #windowMs: number;
   readonly #maxEntries: number;
   /** How many steps were folded early because the count bound was hit. */
   overflowed = 0;
@@ -43,6 +43,26 @@ export class NodeHistory {
 
   get entries(): readonly TimelineEntry[] {
     return this.#entries;
+  }
+
+  /** Shortens the window to `keepMs` (the memory budget's doing) and folds what falls out; returns the steps folded. */
+  shrinkTo(keepMs: number): number {
+    this.#windowMs = Math.min(this.#windowMs, keepMs);
+    const last = this.#entries.at(-1);
+    if (last === undefined) return 0;
+    const horizon = last.time - this.#windowMs;
+    let folded = 0;
+    while (this.#entries.length > 1) {
+      const oldest = this.#entries[0];
+      if (oldest === undefined || oldest.time >= horizon) break;
+      this.#entries.shift();
+      this.#base ??= new Map();
+      fold(this.#base, oldest);
+      this.#baseSeq = oldest.seq;
+      this.#baseTime = oldest.time;
+      folded++;
+    }
+    return folded;
   }
 
   /** Adds a step; returns true when the count bound (not age) pushed a step out. */
