@@ -25,7 +25,7 @@ const collectorModules = async () => ({
   ...(await import('../collector/pipeline.ts')),
   ...(await import('../collector/api/server.ts')),
   ...(await import('../collector/kube/cluster-view.ts')),
-  ...(await import('../collector/finding-log.ts')),
+  ...(await import('../collector/detection/finding-log.ts')),
   ...(await import('../collector/api/summary.ts')),
   ...(await import('../collector/state/memory.ts')),
 });
@@ -375,7 +375,7 @@ async function runReplay(args: readonly string[]): Promise<number> {
   const log = logger('collector', process.env.LOG_LEVEL ?? 'warn');
   try {
     const { replay } = await import('./replay.ts');
-    const { findingLogger } = await import('../collector/finding-log.ts');
+    const { findingLogger } = await import('../collector/detection/finding-log.ts');
     const lines = await replay(dir, log, findingLogger(log), values.kube === undefined ? {} : { kube: values.kube });
     return lines.some((l) => l.severity === 'error') ? 1 : 0;
   } catch (err) {

@@ -26,7 +26,7 @@ import { createRecordedIO } from '../agent/recorded-io.ts';
 import { createSamplers } from '../agent/samplers.ts';
 import { recordedFiles, SYSCTL_RECORDED } from '../agent/sources/registry.ts';
 import { parseSysctl } from '../agent/sources/sysctl.ts';
-import type { FindingLine } from '../collector/aggregate.ts';
+import type { FindingLine } from '../collector/detection/aggregate.ts';
 import { createPipeline } from '../collector/pipeline.ts';
 import { ConntrailError } from '../contract/errors.ts';
 import { bundleKubeEvents, bundleTimelines, deriveFindings, readBundle } from '../collector/bundle.ts';

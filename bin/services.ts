@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { createHostIO, type HostIO } from '../agent/host-io.ts';
 import { createRecordedIO } from '../agent/recorded-io.ts';
 import { createSamplers, type Sample } from '../agent/samplers.ts';
-import { describeServices, programmedServices, type ProgrammedService } from '../collector/services.ts';
+import { describeServices, programmedServices, type ProgrammedService } from '../collector/detection/services.ts';
 import { ConntrailError, isConntrailError } from '../contract/errors.ts';
 import type { RecordOf, SourceName } from '../contract/sources.ts';
 import { RECORDED_FILES } from './replay.ts';

@@ -3,14 +3,14 @@
 // `replay`, `doctor` and bundles (which replay their own timeline) all build
 // it here, so a finding means the same thing wherever it was made.
 import type { Logger } from 'pino';
-import type { FindingLine } from './aggregate.ts';
+import type { FindingLine } from './detection/aggregate.ts';
 import { BundleService } from './incidents/bundle-service.ts';
 import { Collector } from './receive/collector.ts';
 import { MemoryBudget } from './state/memory.ts';
-import { Detection } from './detection.ts';
+import { Detection } from './detection/detection.ts';
 import type { Incident } from './incidents/incidents.ts';
 import type { KubeCatalog, KubeView } from './kube/catalog.ts';
-import { describeServices } from './services.ts';
+import { describeServices } from './detection/services.ts';
 
 export interface PipelineOptions {
   readonly log: Logger;

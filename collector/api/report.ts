@@ -2,9 +2,9 @@
 // network) showing, per Service, its endpoints appearing, draining and
 // leaving on a time axis, with the findings on the same axis, then every
 // finding with its evidence lines.
-import type { FindingLine } from '../aggregate.ts';
-import type { EndpointSpan } from '../endpoint-history.ts';
-import { iso, tupleText } from '../findings.ts';
+import type { FindingLine } from '../detection/aggregate.ts';
+import type { EndpointSpan } from '../detection/endpoint-history.ts';
+import { iso, tupleText } from '../detection/findings.ts';
 
 export interface ReportInput {
   readonly title: string;

@@ -1,7 +1,7 @@
 // An error finding opens an incident; later findings on the same Service
 // join it while it is open. An incident covers the window from 2 minutes
 // before its first finding to 1 minute after its last: what a bundle holds.
-import type { FindingLine } from '../aggregate.ts';
+import type { FindingLine } from '../detection/aggregate.ts';
 import type { Bounds } from '../state/bounds.ts';
 
 /** Incidents held at once, and finding lines per incident (they are folded already; more is a storm). */

@@ -2,7 +2,7 @@
 // behind its client), that endpoint's conditions in the EndpointSlice at the
 // time, and the slice line itself as evidence. Node data decides whether
 // there is a finding; the API only says who it is about.
-import { iso, type Evidence, type Finding } from '../findings.ts';
+import { iso, type Evidence, type Finding } from '../detection/findings.ts';
 import type { KubeView, PodEndpointAt } from './catalog.ts';
 
 /** `ns/name:port` (iptables, nft) → `ns/name`; an IPVS id (`TCP 10.0.0.1:80`) → the Service at that address. */

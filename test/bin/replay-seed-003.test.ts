@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { replay } from '../../bin/replay.ts';
-import type { FindingLine } from '../../collector/aggregate.ts';
-import type { Evidence } from '../../collector/findings.ts';
+import type { FindingLine } from '../../collector/detection/aggregate.ts';
+import type { Evidence } from '../../collector/detection/findings.ts';
 import { captureLog } from '../helpers/capture-log.ts';
 
 const timelines = join(new URL('../..', import.meta.url).pathname, 'test/fixtures/timelines');

@@ -4,9 +4,9 @@
 // detector sees are the ones a live node would produce for these outputs.
 import { pino } from 'pino';
 import { parsers } from '../../agent/parsers.ts';
-import type { FindingLine } from '../../collector/aggregate.ts';
+import type { FindingLine } from '../../collector/detection/aggregate.ts';
 import { Collector, type Session } from '../../collector/receive/collector.ts';
-import { Detection } from '../../collector/detection.ts';
+import { Detection } from '../../collector/detection/detection.ts';
 import type { KubeView } from '../../collector/kube/catalog.ts';
 import { diffByKey, indexByKey } from '../../contract/diff.ts';
 import { encode, type AgentMessage, type SourceChange } from '../../contract/protocol.ts';

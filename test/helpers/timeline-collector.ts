@@ -7,7 +7,7 @@ import { InProcessAgent } from '../../bin/in-process.ts';
 import { readTimeline } from '../../bin/replay.ts';
 import { BundleService } from '../../collector/incidents/bundle-service.ts';
 import { Collector } from '../../collector/receive/collector.ts';
-import { Detection } from '../../collector/detection.ts';
+import { Detection } from '../../collector/detection/detection.ts';
 import { captureLog } from './capture-log.ts';
 
 /** A collector that lived through seed 002's rollout, with incidents opened by its findings. */

@@ -15,7 +15,7 @@ import { buildCluster } from '../lab/cluster.ts';
 import { runClient, startServer } from '../lab/traffic.ts';
 import { cleanRollout, lbHairpin, lbHealthCheckDropped, udpRolloutStaleConntrack } from '../lab/scenarios.ts';
 import { cli, startConntrail, type Conntrail } from './harness.ts';
-import { GRACE_MS, GRACE_STEPS } from '../../collector/detectors/stale-nat.ts';
+import { GRACE_MS, GRACE_STEPS } from '../../collector/detection/detectors/stale-nat.ts';
 import { KubeApiServer } from '../helpers/kube-api-server.ts';
 import { LabKubeApi } from '../lab/kube-api.ts';
 import { mkdtempSync, rmSync } from 'node:fs';

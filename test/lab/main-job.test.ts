@@ -14,7 +14,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSyn
 import { constants as osConstants, hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { GRACE_MS } from '../../collector/detectors/stale-nat.ts';
+import { GRACE_MS } from '../../collector/detection/detectors/stale-nat.ts';
 import { assertLabPrerequisites, findTool, Lab, runCommand } from './netns.ts';
 import { cleanRollout, lbHealthCheckDropped, udpRolloutStaleConntrack } from './scenarios.ts';
 import type { Attempt } from './traffic.ts';

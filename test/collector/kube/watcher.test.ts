@@ -11,7 +11,7 @@ import { KubeCatalog } from '../../../collector/kube/catalog.ts';
 import { findKubeConfig, startKubeWatch, type KubeWatch } from '../../../collector/kube/watcher.ts';
 import { startClusterView } from '../../../collector/kube/cluster-view.ts';
 import { withKubernetes } from '../../../collector/kube/enrich.ts';
-import type { Finding } from '../../../collector/findings.ts';
+import type { Finding } from '../../../collector/detection/findings.ts';
 import { captureLog, waitFor } from '../../helpers/capture-log.ts';
 import { KubeApiServer } from '../../helpers/kube-api-server.ts';
 

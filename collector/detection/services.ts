@@ -27,8 +27,8 @@
 // With the Kubernetes API, each Service's spec names what the rules cannot
 // (LB vs external IP in nftables mode, which IPVS virtual servers belong to
 // one Service) — see withApi().
-import type { Address, IptablesRecord, IptablesRule, IpvsRecord, NftObject } from '../contract/records.ts';
-import type { KubeService } from './kube/objects.ts';
+import type { Address, IptablesRecord, IptablesRule, IpvsRecord, NftObject } from '../../contract/records.ts';
+import type { KubeService } from '../kube/objects.ts';
 
 export type FrontendKind = 'cluster' | 'external' | 'loadbalancer' | 'nodeport';
 export type ProxyMode = 'iptables' | 'nftables' | 'ipvs';

@@ -3,7 +3,7 @@
 // endpoint's history, pending SYNs, step times), then every detector as a
 // pure function of the read-only node index, then folding into log lines for
 // a sink (the collector's log, `replay`'s stdout, a bundle, a test's array).
-import type { SourceName } from '../contract/sources.ts';
+import type { SourceName } from '../../contract/sources.ts';
 import { FindingAggregator, type FindingLine } from './aggregate.ts';
 import { detectConntrackPressure } from './detectors/conntrack-pressure.ts';
 import type { Detector, NodeIndex } from './detectors/input.ts';
@@ -14,9 +14,9 @@ import { detectStaleNat } from './detectors/stale-nat.ts';
 import { detectUnansweredSyn } from './detectors/unanswered-syn.ts';
 import type { Finding } from './findings.ts';
 import { EndpointHistory } from './endpoint-history.ts';
-import type { KubeView } from './kube/catalog.ts';
-import { withKubernetes } from './kube/enrich.ts';
-import type { NodeView, Transition } from './state/node-view.ts';
+import type { KubeView } from '../kube/catalog.ts';
+import { withKubernetes } from '../kube/enrich.ts';
+import type { NodeView, Transition } from '../state/node-view.ts';
 import { PendingSyns } from './pending-syns.ts';
 import { programmedServices, type ApiServices, type ProgrammedService } from './services.ts';
 

@@ -1,7 +1,7 @@
 // A finding is one log line a person can act on: a stable kind, where it
 // happened (node, Service, tuple, endpoint), the evidence lines verbatim as
 // the tools printed them, and concrete advice with the reference it rests on.
-import type { SourceName } from '../contract/sources.ts';
+import type { SourceName } from '../../contract/sources.ts';
 
 export type FindingKind =
   | 'port-reuse-to-removed-endpoint'

@@ -14,7 +14,7 @@
 // every mode (iptables comments, nftables external chains, IPVS ipsets, the
 // API); in IPVS mode an address on kube-ipvs0 that the ipsets do not list as
 // a ClusterIP is one too, even when nothing else names it.
-import type { Address, IptablesRule, KmsgMartian, Route, Sysctl } from '../../contract/records.ts';
+import type { Address, IptablesRule, KmsgMartian, Route, Sysctl } from '../../../contract/records.ts';
 import { iso, type Evidence, type Finding } from '../findings.ts';
 import type { ProgrammedService } from '../services.ts';
 import type { Detector, NodeIndex } from './input.ts';

@@ -7,8 +7,8 @@
 // fresh tuple, a reused tuple nothing NATs, iptables mode re-balancing the
 // reused tuple, and conn_reuse_mode=1 on a fixed kernel rescheduling it.
 import { describe, expect, it } from 'vitest';
-import type { FindingLine } from '../../../collector/aggregate.ts';
-import { NodeSteps, type Outputs } from '../../helpers/node-steps.ts';
+import type { FindingLine } from '../../../../collector/detection/aggregate.ts';
+import { NodeSteps, type Outputs } from '../../../helpers/node-steps.ts';
 
 const T0 = Date.parse('2020-06-08T09:58:22Z');
 const at = (s: number) => T0 + s * 1000;

@@ -10,8 +10,8 @@
 // connection to the NodePort.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import type { FindingLine } from '../../../collector/aggregate.ts';
-import { NodeSteps, type Outputs } from '../../helpers/node-steps.ts';
+import type { FindingLine } from '../../../../collector/detection/aggregate.ts';
+import { NodeSteps, type Outputs } from '../../../helpers/node-steps.ts';
 
 const T0 = Date.parse('2022-10-07T08:00:00Z');
 const at = (s: number) => T0 + s * 1000;

@@ -5,10 +5,10 @@
 // node:NodePort, which the pod never asked; it resets, and its SYN to the LB
 // is never answered. On the node: one entry pod -> LB that never replied, and
 // one from the same pod and source port to the node's own NodePort, NATed.
-import type { Address } from '../../contract/records.ts';
+import type { Address } from '../../../contract/records.ts';
 import { endpointKey } from '../endpoint-history.ts';
 import { iso, type Finding } from '../findings.ts';
-import { clientIpPreservation, type ClientIpPreservation } from '../kube/objects.ts';
+import { clientIpPreservation, type ClientIpPreservation } from '../../kube/objects.ts';
 import type { Detector, DetectorInput } from './input.ts';
 
 const GENERIC_ADVICE =

@@ -3,13 +3,13 @@
 // pending SYNs, step times) once, before any detector runs; detectors are
 // pure functions of this index, so the collector, `local`, `replay`,
 // `doctor`, bundles and tests run the same code on the same facts.
-import type { RecordOf, SourceName } from '../../contract/sources.ts';
-import type { Sysctl } from '../../contract/records.ts';
+import type { RecordOf, SourceName } from '../../../contract/sources.ts';
+import type { Sysctl } from '../../../contract/records.ts';
 import type { EndpointTimeline } from '../endpoint-history.ts';
-import type { KubeView } from '../kube/catalog.ts';
+import type { KubeView } from '../../kube/catalog.ts';
 import type { PendingSyn } from '../pending-syns.ts';
 import type { Finding } from '../findings.ts';
-import type { Transition } from '../state/node-view.ts';
+import type { Transition } from '../../state/node-view.ts';
 import type { ProgrammedService } from '../services.ts';
 
 export interface NodeIndex {

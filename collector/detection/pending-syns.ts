@@ -2,8 +2,8 @@
 // that a healthy endpoint answers in milliseconds is still unanswered after
 // seconds. Timers cannot tell this at 1 Hz (a retransmission re-arms the
 // 120 s timer within the same second it was sampled in), ages can.
-import type { ConntrackEntry } from '../contract/records.ts';
-import type { Transition } from './state/node-view.ts';
+import type { ConntrackEntry } from '../../contract/records.ts';
+import type { Transition } from '../state/node-view.ts';
 
 export interface PendingSyn {
   /** The entry's conntrack key (for the time its current line was read). */

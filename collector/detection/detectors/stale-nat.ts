@@ -17,7 +17,7 @@
 // serving its open connections), and kube-proxy keeps those entries on
 // purpose; a TCP flow into a pod that is really gone shows as unanswered
 // retransmissions, which unanswered-syn and port-reuse report.
-import type { ConntrackEntry } from '../../contract/records.ts';
+import type { ConntrackEntry } from '../../../contract/records.ts';
 import { endpointKey } from '../endpoint-history.ts';
 import { iso, type Evidence, type Finding } from '../findings.ts';
 import { serviceAt, type Detector } from './input.ts';

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { parseIptables } from '../../agent/sources/iptables.ts';
-import { parseIpvs } from '../../agent/sources/ipvs.ts';
-import { parseNft } from '../../agent/sources/nft.ts';
-import { programmedServices } from '../../collector/services.ts';
+import { parseIptables } from '../../../agent/sources/iptables.ts';
+import { parseIpvs } from '../../../agent/sources/ipvs.ts';
+import { parseNft } from '../../../agent/sources/nft.ts';
+import { programmedServices } from '../../../collector/detection/services.ts';
 
 const fixture = (p: string) => readFileSync(new URL(`../fixtures/${p}`, import.meta.url), 'utf8');
 

@@ -6,7 +6,7 @@
 // counting NodePort packets with conntrack entries to show is silent.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { NodeSteps, type Outputs } from '../../helpers/node-steps.ts';
+import { NodeSteps, type Outputs } from '../../../helpers/node-steps.ts';
 
 const T0 = Date.parse('2026-11-30T10:00:00Z');
 const at = (s: number) => T0 + s * 1000;

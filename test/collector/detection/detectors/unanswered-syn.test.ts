@@ -5,8 +5,8 @@
 // threshold, an entry deleted before it, a SYN to no Service, a UDP query
 // without a reply, and a reused tuple port-reuse already explains.
 import { describe, expect, it } from 'vitest';
-import { UNANSWERED_AFTER_MS } from '../../../collector/detectors/unanswered-syn.ts';
-import { NodeSteps, type Outputs } from '../../helpers/node-steps.ts';
+import { UNANSWERED_AFTER_MS } from '../../../../collector/detection/detectors/unanswered-syn.ts';
+import { NodeSteps, type Outputs } from '../../../helpers/node-steps.ts';
 
 const T0 = Date.parse('2026-11-30T10:00:00Z');
 const at = (s: number) => T0 + s * 1000;
