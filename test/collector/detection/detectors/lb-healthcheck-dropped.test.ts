@@ -10,7 +10,7 @@ import { NodeSteps, type Outputs } from '../../../helpers/node-steps.ts';
 
 const T0 = Date.parse('2026-11-30T10:00:00Z');
 const at = (s: number) => T0 + s * 1000;
-const ipsetSave = readFileSync(new URL('../../fixtures/ipset/lab-ipset-save-kube-proxy-lb-local.txt', import.meta.url), 'utf8');
+const ipsetSave = readFileSync(new URL('../../../fixtures/ipset/lab-ipset-save-kube-proxy-lb-local.txt', import.meta.url), 'utf8');
 const CLUSTER_ONLY_IPSET = ipsetSave
   .split('\n')
   .filter((l) => !/^add KUBE-(LOAD-BALANCER|NODE-PORT|HEALTH)/.test(l))
