@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { pino, type Logger } from 'pino';
 import * as tar from 'tar';
-import { SNAPSHOT_CHUNK, type AgentMessage, type SourceChange } from '../contract/protocol.ts';
+import { isNodeName, SNAPSHOT_CHUNK, type AgentMessage, type CaptureTool, type SourceChange } from '../contract/protocol.ts';
+import { isSourceName } from '../contract/sources.ts';
 import type { NodeFacts } from '../contract/records.ts';
 import type { FindingLine } from './detection/aggregate.ts';
 import type { Session } from './receive/collector.ts';
@@ -101,33 +102,67 @@ export interface BundleInput {
 
 const jsonl = (rows: readonly unknown[]): string => rows.map((r) => `${JSON.stringify(r)}\n`).join('');
 
-/** The bundle's files, by path. */
+/**
+ * Every name a bundle entry can have. Entries are made only here, from
+ * validated parts (a Kubernetes node name, a source name, a capture tool), so
+ * a name an agent chose can never become `..` or a slash in a path: a hello
+ * as `../../x` is refused at decode, and would be refused here again.
+ */
+export const BUNDLE_ENTRIES = {
+  fixed: ['findings.jsonl', 'kubernetes.jsonl', 'endpoints.jsonl', 'summary.md', 'report.html', 'manifest.json'] as const,
+  timeline: (node: string): string | null => (isNodeName(node) ? `timeline/${node}.jsonl` : null),
+  snapshot: (node: string, source: string): string | null => (isNodeName(node) && isSourceName(source) ? `snapshots/${node}/${source}.txt` : null),
+  node: (node: string): string | null => (isNodeName(node) ? `nodes/${node}.json` : null),
+  capture: (node: string, tool: string): string | null => (isNodeName(node) && CAPTURE_TOOLS.has(tool) ? `capture/${node}/${tool}.txt` : null),
+  pcap: (node: string): string | null => (isNodeName(node) ? `capture/${node}/tcpdump.pcap` : null),
+};
+const CAPTURE_TOOLS: ReadonlySet<string> = new Set<CaptureTool>(['tcpdump', 'conntrack-events']);
+const NODE = '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*';
+/** The same names as patterns: what packBundle checks every path against before it writes a file. */
+const ENTRY_PATTERN = new RegExp(`^(${BUNDLE_ENTRIES.fixed.map((f) => f.replace('.', '\\.')).join('|')}|timeline/${NODE}\\.jsonl|snapshots/${NODE}/[a-z0-9-]+\\.txt|nodes/${NODE}\\.json|capture/${NODE}/(tcpdump|conntrack-events)\\.txt|capture/${NODE}/tcpdump\\.pcap)$`);
+
+/** True for a path a bundle entry may have. */
+export function isBundleEntry(path: string): boolean {
+  return ENTRY_PATTERN.test(path) && !path.split('/').some((seg) => seg === '..' || seg === '.' || seg === '');
+}
+
+/** The bundle's files, by path. A timeline or capture under a name that is not a node name is left out (and said so in the manifest). */
 export function bundleFiles(input: BundleInput): Map<string, string | Buffer> {
   const files = new Map<string, string | Buffer>();
-  const derived = deriveFindings(input.timelines, undefined, input.kubernetes ?? null);
+  const skipped: string[] = [];
+  const put = (path: string | null, what: string, content: string | Buffer): void => {
+    if (path === null) skipped.push(what.slice(0, 300));
+    else files.set(path, content);
+  };
+  const timelines = input.timelines.filter((t) => {
+    const ok = isNodeName(t.node);
+    if (!ok) skipped.push(`timeline of ${JSON.stringify(String(t.node).slice(0, 300))}: not a node name`);
+    return ok;
+  });
+  const derived = deriveFindings(timelines, undefined, input.kubernetes ?? null);
   files.set('findings.jsonl', jsonl(derived.findings));
   if (input.kubernetes) files.set('kubernetes.jsonl', jsonl(input.kubernetes));
   files.set('endpoints.jsonl', jsonl(derived.endpoints.map((s) => ({ ...s, firstSeen: iso(s.firstSeen), terminatingSince: s.terminatingSince === null ? null : iso(s.terminatingSince), removedAt: s.removedAt === null ? null : iso(s.removedAt) }))));
-  for (const t of input.timelines) {
-    files.set(`timeline/${t.node}.jsonl`, jsonl(t.entries));
+  for (const t of timelines) {
+    put(BUNDLE_ENTRIES.timeline(t.node), `timeline of ${t.node}`, jsonl(t.entries));
     const first = t.entries[0];
     const start: readonly SourceChange[] = first?.kind === 'snapshot' ? first.changes : [];
-    for (const c of start) files.set(`snapshots/${t.node}/${c.source}.txt`, c.added.map((r) => `${(r as { raw: string }).raw}\n`).join(''));
+    for (const c of start) put(BUNDLE_ENTRIES.snapshot(t.node, c.source), `snapshot of ${JSON.stringify(c.source)} on ${t.node}`, c.added.map((r) => `${(r as { raw: string }).raw}\n`).join(''));
     const sysctl = start.find((c) => c.source === 'sysctl')?.added ?? [];
-    files.set(`nodes/${t.node}.json`, `${JSON.stringify({ node: t.node, facts: t.facts, sysctl: Object.fromEntries(sysctl.map((r) => [(r as { name: string }).name, (r as { value: string }).value])) }, null, 2)}\n`);
+    put(BUNDLE_ENTRIES.node(t.node), `facts of ${t.node}`, `${JSON.stringify({ node: t.node, facts: t.facts, sysctl: Object.fromEntries(sysctl.map((r) => [(r as { name: string }).name, (r as { value: string }).value])) }, null, 2)}\n`);
   }
   for (const [node, tools] of input.captures ?? new Map())
     for (const [tool, c] of tools)
-      files.set(`capture/${node}/${tool}.txt`, `${c.lines.map((l: string) => `${l}\n`).join('')}${c.error ? `# conntrail: ${c.error}\n` : c.ended ? '' : '# conntrail: capture still running when the bundle was made\n'}`);
-  for (const [node, pcap] of input.pcaps ?? new Map()) files.set(`capture/${node}/tcpdump.pcap`, pcap);
-  files.set('summary.md', summary(input, derived));
+      put(BUNDLE_ENTRIES.capture(node, tool), `capture ${JSON.stringify(tool)} of ${JSON.stringify(node)}`, `${c.lines.map((l: string) => `${l}\n`).join('')}${c.error ? `# conntrail: ${c.error}\n` : c.ended ? '' : '# conntrail: capture still running when the bundle was made\n'}`);
+  for (const [node, pcap] of input.pcaps ?? new Map()) put(BUNDLE_ENTRIES.pcap(node), `pcap of ${JSON.stringify(node)}`, pcap);
+  files.set('summary.md', summary({ ...input, timelines }, derived));
   files.set(
     'report.html',
     renderReport({
       title: input.incident ? `conntrail incident ${input.incident.id}${input.incident.service ? ` on ${input.incident.service}` : ''}` : 'conntrail bundle',
       from: input.from,
       to: input.to,
-      nodes: input.timelines.map((t) => t.node),
+      nodes: timelines.map((t) => t.node),
       endpoints: derived.endpoints,
       findings: derived.findings,
     }),
@@ -138,7 +173,8 @@ export function bundleFiles(input: BundleInput): Map<string, string | Buffer> {
     incident: input.incident?.id ?? null,
     from: iso(input.from),
     to: iso(input.to),
-    nodes: input.timelines.map((t) => t.node),
+    nodes: timelines.map((t) => t.node),
+    ...(skipped.length > 0 ? { skipped: skipped.slice(0, 100) } : {}),
     files: Object.fromEntries([...files].sort(([a], [b]) => a.localeCompare(b)).map(([p, text]) => [p, { bytes: typeof text === 'string' ? Buffer.byteLength(text) : text.length, sha256: createHash('sha256').update(text).digest('hex') }])),
   };
   files.set('manifest.json', `${JSON.stringify(manifest, null, 2)}\n`);
@@ -171,6 +207,8 @@ function summary(input: BundleInput, derived: Derived): string {
 
 /** Packs files into a .tar.gz. */
 export async function packBundle(files: ReadonlyMap<string, string | Buffer>, prefix: string): Promise<Buffer> {
+  if (!/^conntrail-[A-Za-z0-9._-]{1,100}$/.test(prefix)) throw new Error(`bundle prefix ${JSON.stringify(prefix.slice(0, 120))} is not a bundle name`);
+  for (const p of files.keys()) if (!isBundleEntry(p)) throw new Error(`${JSON.stringify(p.slice(0, 300))} is not a bundle entry name`);
   const dir = mkdtempSync(join(tmpdir(), 'conntrail-bundle-'));
   try {
     for (const [p, text] of files) {

@@ -55,6 +55,7 @@ export class CollectorServer {
   readonly #http: Server;
   readonly #wss: WebSocketServer;
   readonly #tokenDigest: Buffer | null;
+  #stopSweeping: (() => void) | null = null;
 
   constructor(options: ServerOptions) {
     this.#o = options;
@@ -79,6 +80,8 @@ export class CollectorServer {
   }
 
   listen(target: ListenTarget): Promise<AddressInfo | string> {
+    // A listening collector runs for days: it must let go of nodes that left.
+    this.#stopSweeping ??= this.#o.collector.startSweeping();
     return new Promise((resolve, reject) => {
       this.#http.once('error', reject);
       const done = () => {
@@ -92,6 +95,8 @@ export class CollectorServer {
   }
 
   close(): Promise<void> {
+    this.#stopSweeping?.();
+    this.#stopSweeping = null;
     for (const ws of this.#wss.clients) ws.terminate();
     this.#wss.close();
     return new Promise((resolve) => {
@@ -227,7 +232,8 @@ export class CollectorServer {
         nodes: c.nodes.size,
         rejectedFrames: Object.fromEntries(c.rejected),
         badRequests: this.#counts.badRequests,
-        bounds: c.bounds.list('collector'),
+        // Bounds about no node (the collector's own, an incident's): a node's are listed with it.
+        bounds: c.bounds.list().filter((b) => !c.nodes.has(b.subject)),
         memory: process.memoryUsage(),
       },
     };

@@ -5,7 +5,8 @@ import { decodeAgentMessage, type AgentMessage, type CaptureRequest, type Collec
 import { Bounds } from '../state/bounds.ts';
 import type { MemoryBudget } from '../state/memory.ts';
 import { NodeHistory } from '../state/history.ts';
-import { NodeView, type ApplyOutcome, type TimelineEntry, type Transition } from '../state/node-view.ts';
+import { MAX_STAGING_MS, maxRecords, NodeView, type ApplyOutcome, type TimelineEntry, type Transition } from '../state/node-view.ts';
+import type { SourceName } from '../../contract/sources.ts';
 
 export interface CollectorOptions {
   readonly log: Logger;
@@ -17,7 +18,12 @@ export interface CollectorOptions {
   readonly bounds?: Bounds;
   /** Past this RSS, history is shed before live state (see state/memory.ts). */
   readonly memory?: MemoryBudget | null;
+  /** Records held per node and source, when not the defaults of `maxRecords` (a smaller collector, or a test). */
+  readonly maxRecords?: (source: SourceName) => number;
 }
+
+/** How often a long-running collector sweeps: nodes gone past the window, snapshots that stopped arriving. */
+export const SWEEP_MS = 60_000;
 
 export interface Session {
   /** The node this connection has said it is, once it has said hello. */
@@ -59,6 +65,7 @@ export class Collector {
   /** The current connection of each node: the only one whose frames are applied and whose close counts. */
   readonly #sessions = new Map<string, Session>();
   readonly #maxNodes: number;
+  readonly #maxRecords: (source: SourceName) => number;
   readonly bounds: Bounds;
   /** Frames not applied, by reason. */
   readonly rejected = new Map<RejectReason, number>();
@@ -71,6 +78,7 @@ export class Collector {
     this.#historyMs = options.historyMs ?? 15 * 60_000;
     this.#now = options.now ?? Date.now;
     this.#maxNodes = options.maxNodes ?? 5_000;
+    this.#maxRecords = options.maxRecords ?? maxRecords;
     this.bounds = options.bounds ?? new Bounds(options.log, this.#now);
     this.#memory = options.memory ?? null;
   }
@@ -117,6 +125,31 @@ export class Collector {
     if (dropped.length > 0) this.#log.info({ nodes: dropped.slice(0, 20), count: dropped.length, historyMs: this.#historyMs }, 'dropped nodes gone longer than the history window');
     for (const l of this.#expiredListeners) l(dropped);
     return dropped;
+  }
+
+  /**
+   * One sweep: nodes gone longer than the window are dropped, and a node's
+   * snapshot whose parts stopped coming is dropped and asked for again.
+   */
+  sweep(now = this.#now()): void {
+    this.expire(now);
+    for (const [name, view] of this.nodes) {
+      if (!view.dropStaleStaging(now)) continue;
+      const reason = `snapshot took longer than ${MAX_STAGING_MS / 1000} s to arrive`;
+      this.#log.warn({ node: name, reason }, 'asking agent for a resync');
+      this.#sessions.get(name)?.send({ v: 1, type: 'resync', reason });
+    }
+  }
+
+  /**
+   * Sweeps every `everyMs` (by default SWEEP_MS, or the history window when
+   * that is shorter, so a short window is honoured); returns the stop. Only a
+   * long-running collector sweeps: replays and bundles run on recorded clocks.
+   */
+  startSweeping(everyMs = Math.max(1_000, Math.min(SWEEP_MS, this.#historyMs))): () => void {
+    const timer = setInterval(() => this.sweep(), everyMs);
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   readonly #expiredListeners: ((nodes: readonly string[]) => void)[] = [];
@@ -211,7 +244,7 @@ export class Collector {
         session.close?.(CLOSE.tooMany, 'the collector holds as many nodes as it may');
         return;
       }
-      view = new NodeView(msg.node, this.bounds);
+      view = new NodeView(msg.node, this.bounds, this.#maxRecords);
       this.nodes.set(msg.node, view);
     }
     session.node = msg.node;

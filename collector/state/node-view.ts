@@ -72,10 +72,13 @@ export class NodeView {
   /** Sources beyond their record bound: not held at all (half a table would mislead detectors), until a snapshot fits again. */
   readonly #overBound = new Set<SourceName>();
   readonly #bounds: Bounds | null;
+  readonly #maxRecords: (source: SourceName) => number;
 
-  constructor(name: string, bounds: Bounds | null = null) {
+  /** `limit`: records held per source, when not `maxRecords` (a collector configured smaller, or a test). */
+  constructor(name: string, bounds: Bounds | null = null, limit: (source: SourceName) => number = maxRecords) {
     this.name = name;
     this.#bounds = bounds;
+    this.#maxRecords = limit;
   }
 
   get awaitingSnapshot(): boolean {
@@ -91,7 +94,7 @@ export class NodeView {
     this.#overBound.add(source);
     this.#state.delete(source);
     this.#readAt.delete(source);
-    this.#bounds?.hit(`records.${source}`, this.name, maxRecords(source), `${source} is not held for this node (${count} records); detectors skip it until a snapshot fits`);
+    this.#bounds?.hit(`records.${source}`, this.name, this.#maxRecords(source), `${source} is not held for this node (${count} records); detectors skip it until a snapshot fits`);
   }
 
   sources(): SourceName[] {
@@ -133,6 +136,19 @@ export class NodeView {
     this.#staging = null;
   }
 
+  /**
+   * Drops a snapshot whose parts stopped coming more than MAX_STAGING_MS ago.
+   * Without this the age is only checked when another part arrives, and a
+   * snapshot that simply stops would hold its parts for as long as the
+   * connection stays up. True when it dropped one (the caller asks for a resync).
+   */
+  dropStaleStaging(now: number): boolean {
+    if (this.#staging === null || now - this.#staging.startedAt <= MAX_STAGING_MS) return false;
+    this.#bounds?.hit('snapshot.age', this.name, MAX_STAGING_MS, 'a snapshot that stopped arriving was dropped and asked for again');
+    this.requestResync();
+    return true;
+  }
+
   requestResync(): void {
     this.#awaitingSnapshot = true;
     this.#staging = null;
@@ -154,7 +170,7 @@ export class NodeView {
     if (s.parts !== msg.parts || s.got.has(msg.part)) return this.#resync(`snapshot of ${msg.source} at seq ${msg.seq} arrived inconsistent (part ${msg.part}/${msg.parts})`);
     s.got.add(msg.part);
     // Past the bound, parts are counted but not kept: the source will be dropped whole at the end.
-    if (s.records.length + msg.records.length <= maxRecords(msg.source)) for (const r of msg.records) s.records.push(r);
+    if (s.records.length + msg.records.length <= this.#maxRecords(msg.source)) for (const r of msg.records) s.records.push(r);
     else s.over = true;
     this.lastReceivedAt = now;
     return { kind: 'staged' };
@@ -232,7 +248,7 @@ export class NodeView {
         return this.#resync(`diff for ${change.source} at seq ${msg.seq} does not fit the state (${mismatched.length} unknown keys, first ${JSON.stringify(mismatched[0])})`);
       for (const key of change.removed) readAt.delete(key);
       for (const list of [change.added, change.changed, change.refreshed]) for (const r of list) readAt.set(spec.keyOf(r), msg.time);
-      if (map.size > maxRecords(change.source)) {
+      if (map.size > this.#maxRecords(change.source)) {
         // What this step did to the source is not detected on either: the source is gone as a whole.
         for (let i = transitions.length - 1; i >= 0; i--) if (transitions[i]?.source === change.source) transitions.splice(i, 1);
         this.#dropOverBound(change.source, map.size);
