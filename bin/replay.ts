@@ -29,7 +29,7 @@ import { parseSysctl } from '../agent/sources/sysctl.ts';
 import type { FindingLine } from '../collector/detection/aggregate.ts';
 import { createPipeline } from '../collector/pipeline.ts';
 import { ConntrailError } from '../contract/errors.ts';
-import { bundleKubeEvents, bundleTimelines, deriveFindings, readBundle } from '../collector/bundle.ts';
+import { bundleKubeEvents, bundleTimelines, deriveFindings, readBundle } from '../collector/incidents/bundle.ts';
 import { nodeFacts, type NodeFacts } from '../contract/records.ts';
 import { InProcessAgent } from './in-process.ts';
 import { readKubeRecording, stampTime } from './replay-kube.ts';

@@ -5,7 +5,7 @@ import { parseDuration } from '../../contract/duration.ts';
 import type { Logger } from 'pino';
 import type { Collector } from '../receive/collector.ts';
 import { Captures } from './captures.ts';
-import { bundleFiles, packBundle, type NodeTimeline } from '../bundle.ts';
+import { bundleFiles, packBundle, type NodeTimeline } from './bundle.ts';
 import { describeIncident, incidentWindow, Incidents, type Incident } from './incidents.ts';
 import type { KubeCatalog, KubeEvent } from '../kube/catalog.ts';
 

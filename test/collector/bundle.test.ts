@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { replay } from '../../bin/replay.ts';
-import { bundleTimelines, readBundle } from '../../collector/bundle.ts';
+import { bundleTimelines, readBundle } from '../../collector/incidents/bundle.ts';
 import { captureLog } from '../helpers/capture-log.ts';
 import { collectorThrough } from '../helpers/timeline-collector.ts';
 

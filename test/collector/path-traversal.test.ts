@@ -9,7 +9,7 @@ import { join, relative } from 'node:path';
 import * as tar from 'tar';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConntrack } from '../../agent/sources/conntrack.ts';
-import { bundleFiles, isBundleEntry, packBundle } from '../../collector/bundle.ts';
+import { bundleFiles, isBundleEntry, packBundle } from '../../collector/incidents/bundle.ts';
 import { waitFor } from '../helpers/capture-log.ts';
 import { RawWs, startCollectorProcess, type CollectorProcess } from '../helpers/collector-process.ts';
 

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { readBundle } from '../../collector/bundle.ts';
+import { readBundle } from '../../collector/incidents/bundle.ts';
 import { decodePng } from '../helpers/png.ts';
 import { collectorThrough } from '../helpers/timeline-collector.ts';
 

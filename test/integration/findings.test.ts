@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { replay } from '../../bin/replay.ts';
-import { readBundle } from '../../collector/bundle.ts';
+import { readBundle } from '../../collector/incidents/bundle.ts';
 import { waitFor } from '../helpers/capture-log.ts';
 import { assertLabPrerequisites, Lab } from '../lab/netns.ts';
 import { buildCluster } from '../lab/cluster.ts';
