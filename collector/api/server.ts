@@ -33,6 +33,8 @@ export interface ServerOptions {
   readonly pingIntervalMs?: number;
   readonly livenessMs?: number;
   readonly helloTimeoutMs?: number;
+  /** How long a client may take to send its request line and headers (10 s); shortened by tests. */
+  readonly headersTimeoutMs?: number;
 }
 
 export interface ListenTarget {
@@ -60,9 +62,11 @@ export class CollectorServer {
   constructor(options: ServerOptions) {
     this.#o = options;
     this.#tokenDigest = options.token === null ? null : digest(options.token);
-    this.#http = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }) : createHttpServer();
+    // Node checks the headers timeout only every connectionsCheckingInterval (30 s by default): a slow client held on for up to 40 s.
+    const http = { connectionsCheckingInterval: 1_000 };
+    this.#http = options.tls ? createHttpsServer({ ...http, cert: options.tls.cert, key: options.tls.key }) : createHttpServer(http);
     // A client that never finishes its request line and headers is closed, authenticated or not.
-    this.#http.headersTimeout = 10_000;
+    this.#http.headersTimeout = options.headersTimeoutMs ?? 10_000;
     this.#http.requestTimeout = 30_000;
     this.#http.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
       this.#counts.badRequests++;

@@ -3,6 +3,7 @@
 // closing late changes nothing; a half-open socket is cut within the
 // liveness limit and the node's next connection starts over with a
 // snapshot; a socket that never says hello, or never authenticates, is let go.
+import { connect } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Agent } from '../../agent/agent.ts';
 import { NodeState } from '../../agent/node-state.ts';
@@ -30,10 +31,10 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function start(pingIntervalMs = PING_MS): Promise<{ collector: Collector; log: ReturnType<typeof captureLog>; port: number }> {
+async function start(pingIntervalMs = PING_MS, headersTimeoutMs?: number): Promise<{ collector: Collector; log: ReturnType<typeof captureLog>; port: number }> {
   const log = captureLog();
   const collector = new Collector({ log: log.log });
-  const server = new CollectorServer({ collector, log: log.log, token: TOKEN, livenessMs: LIVENESS_MS, pingIntervalMs, helloTimeoutMs: HELLO_MS });
+  const server = new CollectorServer({ collector, log: log.log, token: TOKEN, livenessMs: LIVENESS_MS, pingIntervalMs, helloTimeoutMs: HELLO_MS, ...(headersTimeoutMs === undefined ? {} : { headersTimeoutMs }) });
   const addr = await server.listen({ host: '127.0.0.1', port: 0 });
   if (typeof addr === 'string') throw new Error('expected a TCP address');
   cleanups.push(() => server.close());
@@ -166,6 +167,21 @@ describe('one current session per node', { timeout: 15_000 }, () => {
     expect(Date.now() - t0).toBeGreaterThanOrEqual(HELLO_MS - 50);
     expect(log.find('closed an agent connection that sent no hello')).toBeDefined();
     expect(collector.nodes.size).toBe(0);
+  });
+
+  it('cuts a client that never finishes its headers (slowloris) soon after the headers timeout, not at Node\'s 30 s check', async () => {
+    const { port } = await start(PING_MS, 500);
+    const t0 = Date.now();
+    const socket = connect(port, '127.0.0.1');
+    socket.write('GET /api/nodes HTTP/1.1\r\nHost: x\r\nX-Slow: ');
+    // One byte every 100 ms: never idle, never done.
+    const drip = setInterval(() => socket.write('a'), 100);
+    let answer = '';
+    socket.on('data', (d: Buffer) => (answer += d.toString()));
+    await new Promise((r) => socket.once('close', r));
+    clearInterval(drip);
+    expect(Date.now() - t0).toBeLessThan(3_000);
+    expect(answer).toMatch(/^HTTP\/1\.1 40[08] /);
   });
 
   it('refuses an unauthenticated socket at the upgrade, and a wrong token too', async () => {
