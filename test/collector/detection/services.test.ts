@@ -5,7 +5,7 @@ import { parseIpvs } from '../../../agent/sources/ipvs.ts';
 import { parseNft } from '../../../agent/sources/nft.ts';
 import { programmedServices } from '../../../collector/detection/services.ts';
 
-const fixture = (p: string) => readFileSync(new URL(`../fixtures/${p}`, import.meta.url), 'utf8');
+const fixture = (p: string) => readFileSync(new URL(`../../fixtures/${p}`, import.meta.url), 'utf8');
 
 describe('programmedServices', () => {
   it("reads seed 000's grepped kube-proxy rules: ClusterIP, NodePort and the three DNAT endpoints of an unnamed port", () => {

@@ -14,7 +14,7 @@ const T0 = Date.parse('2016-04-03T10:00:00Z');
 const at = (s: number) => T0 + s * 1000;
 const iso = (s: number) => new Date(at(s)).toISOString();
 
-const STAT = readFileSync(new URL('../../fixtures/timelines/conntrack-pressure-drops/node-a/2016-04-03T10:00:00Z/stat-nf_conntrack.txt', import.meta.url), 'utf8');
+const STAT = readFileSync(new URL('../../../fixtures/timelines/conntrack-pressure-drops/node-a/2016-04-03T10:00:00Z/stat-nf_conntrack.txt', import.meta.url), 'utf8');
 const [HEADER = '', CPU0 = '', ...OTHERS] = STAT.trimEnd().split('\n');
 const COLUMNS = HEADER.trim().split(/\s+/);
 const hex = (n: number) => n.toString(16).padStart(8, '0');

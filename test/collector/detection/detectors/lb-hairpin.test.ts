@@ -18,7 +18,7 @@ const at = (s: number) => T0 + s * 1000;
 const iso = (s: number) => new Date(at(s)).toISOString();
 
 // The first line is the shell prompt the seed pasted with it.
-const RULES = readFileSync(new URL('../../fixtures/iptables-save/seed-000-grep-service-nginx-demo.txt', import.meta.url), 'utf8').split('\n').slice(1).join('\n');
+const RULES = readFileSync(new URL('../../../fixtures/iptables-save/seed-000-grep-service-nginx-demo.txt', import.meta.url), 'utf8').split('\n').slice(1).join('\n');
 const NODE_IP = '192.168.55.245';
 const POD = '192.168.41.36';
 const NLB = '192.168.155.87';

@@ -123,7 +123,7 @@ describe('stale-nat-to-removed-endpoint', () => {
   });
 
   it('in nftables mode, a flushed endpoint chain left behind is not an endpoint: the pinned client is reported', () => {
-    const nft = (f: string) => readFileSync(new URL(`../../fixtures/nft/${f}`, import.meta.url), 'utf8');
+    const nft = (f: string) => readFileSync(new URL(`../../../fixtures/nft/${f}`, import.meta.url), 'utf8');
     const n = run([
       [0, { nft: nft('rollout-before.json'), conntrack: udp('10.244.1.3', 30) }],
       [1, { nft: nft('rollout-flushed-endpoint-chain.json'), conntrack: udp('10.244.1.3', 29) }],
