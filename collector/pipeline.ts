@@ -58,6 +58,13 @@ export function createPipeline(o: PipelineOptions): Pipeline {
     { kube: o.kube ?? o.catalog ?? null, ...(o.windowMs === undefined ? {} : { windowMs: o.windowMs }) },
   );
   detection.watch(collector);
+  // Each sweep (and each expiry at the node cap) also prunes what the other stages keep per node and per window.
+  collector.onExpired((nodes) => {
+    detection.forget(nodes);
+    const now = (o.now ?? Date.now)();
+    bundles.incidents.prune(now);
+    bundles.captures.prune(now);
+  });
   return {
     collector,
     detection,

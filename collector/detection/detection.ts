@@ -62,6 +62,11 @@ export class Detection {
     this.#kube = options.kube ?? null;
   }
 
+  /** Drops what detection derived for nodes the collector no longer holds. */
+  forget(nodes: readonly string[]): void {
+    for (const n of nodes) this.#nodes.delete(n);
+  }
+
   #derived(node: string): NodeDerived {
     let d = this.#nodes.get(node);
     if (d === undefined) this.#nodes.set(node, (d = new NodeDerived()));
