@@ -1,12 +1,18 @@
 // The agent's lifecycle: a disciplined 1 Hz tick (skipped and counted while the
 // previous one runs, never rejecting) feeding a WebSocket connection that
-// always starts with a full snapshot and then streams one diff per tick.
+// starts with a full snapshot and then streams one diff per tick. Every diff
+// also goes into a bounded journal, connected or not: on reconnect the
+// collector says up to which seq of this run it holds the node's state, and
+// the agent sends what follows from the journal when it reaches back that
+// far, and a snapshot only otherwise (saying which, with the gap).
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
-import { encode, decodeCollectorMessage, SUBPROTOCOL, type AgentMessage, type CaptureRequest } from '../contract/protocol.ts';
+import { encode, decodeCollectorMessage, SUBPROTOCOL, type Ack, type AgentMessage, type CaptureRequest } from '../contract/protocol.ts';
+import { DEFAULT_JOURNAL, Journal, type JournalBounds } from './journal.ts';
 import type { CaptureSink } from './capture.ts';
 import type { NodeFacts } from '../contract/records.ts';
-import type { NodeState, TickResult } from './node-state.ts';
+import type { NodeState } from './node-state.ts';
 
 export interface AgentOptions {
   readonly node: string;
@@ -19,7 +25,12 @@ export interface AgentOptions {
   readonly readFacts: () => Promise<NodeFacts>;
   /** TLS: extra CA bundle for wss:// */
   readonly ca?: string;
+  /** Bounds of the diff journal (default 15 minutes or 64 MiB, whichever is smaller); maxBytes 0 turns it off. */
+  readonly journal?: JournalBounds;
 }
+
+/** How long the agent waits for the collector to answer its hello before starting over with a snapshot (a collector that predates acks never answers). */
+const HELLO_ACK_MS = 5_000;
 
 /** Above this much unsent data the agent stops queueing diffs and resyncs when the socket drains. */
 const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
@@ -55,9 +66,27 @@ export class Agent {
   #factsAt = 0;
   #overflowLogged = false;
   readonly #capturing = new Set<string>();
+  readonly #journal: Journal;
+  /** This process's run: seqs count from 0 again in every run, so the collector resumes only the run it holds. */
+  readonly #run: string;
+  readonly #startedAt = Date.now();
+  /** Waiting for the collector's answer to hello (what it holds of this run); ticks journal but send nothing meanwhile. */
+  #awaitingAck = false;
+  #ackTimer: NodeJS.Timeout | null = null;
+  /** Sending journaled frames to catch the collector up; ticks journal but send nothing meanwhile. */
+  #catchingUp = false;
+  /** The last seq the collector said it made durable. */
+  #durableSeq: number | null = null;
 
   constructor(options: AgentOptions) {
     this.#o = options;
+    this.#journal = new Journal(options.journal ?? DEFAULT_JOURNAL);
+    this.#run = `${this.#startedAt.toString(36)}-${randomBytes(6).toString('hex')}`;
+  }
+
+  /** What the journal holds and what the collector has acknowledged, for logs and tests. */
+  journalState(): { run: string; base: number | null; lastSeq: number | null; frames: number; bytes: number; durableSeq: number | null } {
+    return { run: this.#run, base: this.#journal.base, lastSeq: this.#journal.lastSeq, frames: this.#journal.size, bytes: this.#journal.bytes, durableSeq: this.#durableSeq };
   }
 
   start(): void {
@@ -98,16 +127,25 @@ export class Agent {
     this.#ws = ws;
     ws.on('open', () => {
       this.#connected = true;
-      this.#needSnapshot = true;
       this.#backoffMs = 500;
       this.#o.log.info({ collector: this.#o.collectorUrl }, 'connected to collector');
-      this.#send({ v: 1, type: 'hello', node: this.#o.node, agentVersion: this.#o.version, intervalMs: this.#o.intervalMs, startedAt: Date.now() });
+      const journal = this.#journal.enabled;
+      this.#send({ v: 1, type: 'hello', node: this.#o.node, agentVersion: this.#o.version, intervalMs: this.#o.intervalMs, startedAt: this.#startedAt, ...(journal ? { run: this.#run } : {}) });
       if (this.#facts) this.#send({ v: 1, type: 'facts', facts: this.#facts });
-      // The snapshot goes out now, from the last completed tick, so the collector has state at once.
-      if (!this.#ticking && this.#seq > 0) {
-        this.#ticking = true;
-        void this.#sendSnapshot(Date.now()).finally(() => (this.#ticking = false));
+      if (!journal) {
+        this.#startOver();
+        return;
       }
+      // The collector's answer decides between the journal and a snapshot.
+      this.#awaitingAck = true;
+      if (this.#ackTimer) clearTimeout(this.#ackTimer);
+      this.#ackTimer = setTimeout(() => {
+        if (!this.#awaitingAck || this.#ws !== ws) return;
+        this.#awaitingAck = false;
+        this.#o.log.info({ waitedMs: HELLO_ACK_MS }, 'the collector did not say what it holds of this run (it predates acks): starting over with a snapshot');
+        this.#startOver();
+      }, HELLO_ACK_MS);
+      this.#ackTimer.unref();
     });
     ws.on('message', (data) => {
       const decoded = decodeCollectorMessage(data.toString());
@@ -122,6 +160,9 @@ export class Agent {
           break;
         case 'capture':
           this.#capture(decoded.msg);
+          break;
+        case 'ack':
+          this.#ack(decoded.msg);
           break;
         default: {
           const never: never = decoded.msg;
@@ -147,12 +188,82 @@ export class Agent {
       const wasConnected = this.#connected;
       this.#connected = false;
       this.#streaming = false;
+      this.#awaitingAck = false;
       this.#ws = null;
+      if (wasConnected && this.#journal.enabled) this.#o.log.info({ durableSeq: this.#durableSeq, seq: this.#seq }, 'diffs go into the journal until the collector is back');
       if (this.#stopped) return;
       if (wasConnected) this.#o.log.warn({ code }, 'collector connection closed; reconnecting');
       this.#reconnectTimer = setTimeout(() => this.#connect(), this.#backoffMs);
       this.#backoffMs = Math.min(this.#backoffMs * 2, 10_000);
     });
+  }
+
+  /** Sends a snapshot now from the last completed tick (or lets the running tick send it), so the collector has state at once. */
+  #startOver(): void {
+    this.#needSnapshot = true;
+    if (!this.#ticking && this.#seq > 0) {
+      this.#ticking = true;
+      void this.#sendSnapshot(Date.now()).finally(() => (this.#ticking = false));
+    }
+  }
+
+  #ack(msg: Ack): void {
+    if (msg.run !== this.#run) {
+      this.#o.log.warn({ run: msg.run, ourRun: this.#run }, 'ignored an ack for another agent run');
+      return;
+    }
+    if (msg.reply === 'durable') {
+      this.#durableSeq = msg.seq;
+      return;
+    }
+    if (!this.#awaitingAck) return;
+    this.#awaitingAck = false;
+    if (this.#ackTimer) clearTimeout(this.#ackTimer);
+    const plan = this.#journal.plan(msg.seq, msg.time);
+    if (plan.kind === 'resume') {
+      this.#o.log.info({ collectorSeq: msg.seq, fromSeq: plan.fromSeq, toSeq: plan.toSeq, frames: plan.frames }, plan.frames === 0 ? 'resuming: the collector holds every step of this run' : `resuming from the journal: sending the ${plan.frames} steps the collector missed`);
+      this.#needSnapshot = false;
+      void this.#catchUp(plan.fromSeq - 1);
+      return;
+    }
+    if (plan.gap !== null)
+      this.#o.log.warn({ collectorSeq: msg.seq, reason: plan.reason, lostFromSeq: plan.gap.fromSeq, lostToSeq: plan.gap.toSeq, lostSteps: plan.gap.toSeq - plan.gap.fromSeq + 1, lostSeconds: plan.gap.seconds }, 'starting over with a snapshot: the journal does not reach back to what the collector holds, and the steps between are lost');
+    else this.#o.log.info({ collectorSeq: msg.seq, reason: plan.reason }, 'starting over with a snapshot');
+    this.#startOver();
+  }
+
+  /**
+   * Sends the journaled frames after `after` in order, waiting for the socket
+   * to drain between them, until it has sent the newest: then live diffs
+   * follow on. Ticks meanwhile only journal, so nothing is sent twice or out
+   * of order.
+   */
+  async #catchUp(after: number): Promise<void> {
+    const ws = this.#ws;
+    this.#catchingUp = true;
+    let sent = after;
+    try {
+      while (this.#connected && this.#ws === ws && !this.#needSnapshot) {
+        const frame = this.#journal.frameAfter(sent);
+        if (frame === undefined) {
+          if (this.#journal.lastSeq === sent) {
+            this.#streaming = true;
+            return;
+          }
+          // The chain moved on without this connection (a bound dropped frames, or a source lost track): a snapshot is the only way left.
+          this.#o.log.warn({ sentSeq: sent, journalBase: this.#journal.base, journalLastSeq: this.#journal.lastSeq }, 'the journal lost frames while catching the collector up: starting over with a snapshot');
+          this.#startOver();
+          return;
+        }
+        await this.#drained(SNAPSHOT_DRAIN_BYTES);
+        if (!this.#connected || this.#ws !== ws || this.#needSnapshot) break;
+        ws?.send(frame.text);
+        sent = frame.seq;
+      }
+      if (this.#needSnapshot && this.#connected && this.#ws === ws) this.#startOver();
+    } finally {
+      this.#catchingUp = false;
+    }
   }
 
   #capture(req: CaptureRequest): void {
@@ -182,14 +293,25 @@ export class Agent {
     this.#ticking = true;
     try {
       await this.#refreshFacts();
-      // A tick that ends in a snapshot sends no diff: its changes need not be made.
-      const result = await this.#o.state.tick(this.#connected && !this.#needSnapshot);
+      const holding = this.#awaitingAck || this.#catchingUp;
+      // A tick that ends in a snapshot sends no diff: its changes need not be made,
+      // unless the journal keeps them (disconnected, or waiting to catch up).
+      const snapshotNext = this.#connected && this.#needSnapshot && !holding;
+      const wantChanges = !snapshotNext && (this.#journal.chained || (this.#connected && !this.#needSnapshot));
+      const result = await this.#o.state.tick(wantChanges);
       this.#lastTickAt = Date.now();
       this.#seq++;
-      if (this.#o.state.takeResync()) this.#needSnapshot = true;
-      if (!this.#connected) return;
-      if (this.#needSnapshot) await this.#sendSnapshot(result.time);
-      else this.#sendDiff(result);
+      let frame: string | null = null;
+      if (this.#o.state.takeResync()) {
+        this.#needSnapshot = true;
+        this.#journal.break();
+      } else if (wantChanges) {
+        frame = encode({ v: 1, type: 'diff', seq: this.#seq, time: result.time, changes: result.changes, status: result.statusChanges });
+        this.#journal.push(this.#seq, result.time, frame);
+      } else if (!this.#needSnapshot) this.#journal.break();
+      if (!this.#connected || this.#awaitingAck || this.#catchingUp) return;
+      if (this.#needSnapshot || frame === null) await this.#sendSnapshot(result.time);
+      else this.#sendDiff(frame);
     } catch (err) {
       // The loop never rejects: a bug in one tick must not stop sampling.
       this.#o.log.error({ err }, 'tick failed');
@@ -219,6 +341,7 @@ export class Agent {
   async #sendSnapshot(time: number): Promise<void> {
     const seq = this.#seq;
     this.#needSnapshot = false;
+    this.#journal.snapshotAt(seq, time);
     for (const chunk of this.#o.state.snapshot(SNAPSHOT_SEND_RECORDS)) {
       if (!this.#connected) {
         this.#needSnapshot = true;
@@ -242,9 +365,17 @@ export class Agent {
     });
   }
 
-  #sendDiff(result: TickResult): void {
+  #sendDiff(frame: string): void {
     const ws = this.#ws;
-    if (ws !== null && ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+    if (ws === null || ws.readyState !== WebSocket.OPEN) return;
+    if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+      if (this.#journal.chained) {
+        // The frame is journaled: hold live sending and catch up from the journal as the socket drains.
+        if (!this.#overflowLogged) this.#o.log.warn({ bufferedBytes: ws.bufferedAmount, limit: MAX_BUFFERED_BYTES }, 'send queue full: holding diffs in the journal until it drains');
+        this.#overflowLogged = true;
+        void this.#catchUp(this.#seq - 1);
+        return;
+      }
       // Dropping one diff breaks the chain; the collector would see a gap.
       // Resync with a snapshot once the socket has drained instead.
       if (!this.#overflowLogged) this.#o.log.warn({ bufferedBytes: ws.bufferedAmount, limit: MAX_BUFFERED_BYTES }, 'send queue full: dropping diffs until it drains, then resyncing');
@@ -253,7 +384,7 @@ export class Agent {
       return;
     }
     this.#overflowLogged = false;
-    this.#send({ v: 1, type: 'diff', seq: this.#seq, time: result.time, changes: result.changes, status: result.statusChanges });
+    ws.send(frame);
   }
 
   #send(msg: AgentMessage): void {

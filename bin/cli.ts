@@ -14,6 +14,7 @@ import { isSourceName, sourceNames } from '../contract/sources.ts';
 // should not carry the collector, the Kubernetes client or the bundle writer.
 const agentModules = async () => ({
   ...(await import('../agent/agent.ts')),
+  ...(await import('../agent/journal.ts')),
   ...(await import('../agent/facts.ts')),
   ...(await import('../agent/health.ts')),
   ...(await import('../agent/host-io.ts')),
@@ -28,6 +29,7 @@ const collectorModules = async () => ({
   ...(await import('../collector/detection/finding-log.ts')),
   ...(await import('../collector/api/summary.ts')),
   ...(await import('../collector/state/memory.ts')),
+  ...(await import('../collector/store/store.ts')),
 });
 
 const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -36,9 +38,9 @@ const USAGE = `conntrail ${VERSION}: finds intermittent connection timeouts thro
 
 usage:
   conntrail collector [--listen HOST:PORT|unix:PATH] [--token-file F] [--tls-cert F --tls-key F] [--capture 15s|off] [--history 15m]
-                      [--kubeconfig F | --no-kubernetes] [--pretty [--color|--no-color]]
+                      [--kubeconfig F | --no-kubernetes] [--pretty [--color|--no-color]] [--data-dir DIR]
   conntrail agent --collector ws://HOST:PORT [--node NAME] [--interval 1s] [--token-file F] [--ca F]
-                  [--health-listen HOST:PORT]
+                  [--health-listen HOST:PORT] [--journal-max-age 15m] [--journal-max-bytes 64MiB]
   conntrail local [--interval 1s] [--listen HOST:PORT]   this node: agent, collector, detectors, incidents and the API in one process
   conntrail services [STEP_DIR] [--json]   the Services kube-proxy programmed on this node (or in saved outputs)
   conntrail parse SOURCE [FILE|-]     SOURCE: ${sourceNames.join(', ')}
@@ -162,10 +164,10 @@ async function runLogs(args: readonly string[]): Promise<number> {
 }
 
 async function runCollector(args: readonly string[]): Promise<number> {
-  const { parseSince, createPipeline, CollectorServer, parseListen, startClusterView, findingLogger, defaultBudget, parseSize } = await collectorModules();
+  const { parseSince, createPipeline, CollectorServer, parseListen, startClusterView, findingLogger, defaultBudget, parseSize, Store } = await collectorModules();
   const { values } = parseArgs({
     args: [...args],
-    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, 'memory-budget': { type: 'string' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false }, pretty: { type: 'boolean', default: false }, color: { type: 'boolean' } },
+    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, 'memory-budget': { type: 'string' }, 'data-dir': { type: 'string' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false }, pretty: { type: 'boolean', default: false }, color: { type: 'boolean' } },
     allowNegative: true,
   });
   const log = logger('collector', undefined, values.pretty ? { color: wantColor(values.color, process.stdout) } : null);
@@ -176,11 +178,15 @@ async function runCollector(args: readonly string[]): Promise<number> {
   if (historyMs === null) throw new UsageError(`--history: ${JSON.stringify(values.history)} is not a duration like 15m`);
   const memoryBudget = values['memory-budget'] === undefined ? defaultBudget() : parseSize(values['memory-budget']);
   if (memoryBudget === null) throw new UsageError(`--memory-budget: ${JSON.stringify(values['memory-budget'])} is not a size like 900Mi or 2Gi`);
+  const dataDir = values['data-dir'];
+  if (dataDir === undefined) log.info('no --data-dir: timelines, incidents and findings are kept in memory only, and a restart loses them');
+  const store = dataDir === undefined ? null : Store.open(dataDir, log, { windowMs: historyMs });
   const cluster = await startClusterView({ log, historyMs, disabled: values['no-kubernetes'], ...(values.kubeconfig === undefined ? {} : { kubeconfig: values.kubeconfig }) });
   const pipeline = createPipeline({
     log,
     historyMs,
     memoryBudget,
+    store,
     catalog: cluster.catalog,
     version: VERSION,
     captureMs,
@@ -195,15 +201,20 @@ async function runCollector(args: readonly string[]): Promise<number> {
   pipeline.flush(Date.now());
   await cluster.stop();
   await server.close();
+  pipeline.store?.close();
   return 0;
 }
 
 async function runAgent(args: readonly string[]): Promise<number> {
-  const { Agent, readNodeFacts, startHealthServer, createHostIO, NodeState, createSamplers } = await agentModules();
+  const { Agent, readNodeFacts, startHealthServer, createHostIO, NodeState, createSamplers, parseBytes, parseJournalAge, DEFAULT_JOURNAL } = await agentModules();
   const { values } = parseArgs({
     args: [...args],
-    options: { collector: { type: 'string' }, node: { type: 'string' }, interval: { type: 'string', default: '1s' }, 'token-file': { type: 'string' }, ca: { type: 'string' }, 'health-listen': { type: 'string' } },
+    options: { collector: { type: 'string' }, node: { type: 'string' }, interval: { type: 'string', default: '1s' }, 'token-file': { type: 'string' }, ca: { type: 'string' }, 'health-listen': { type: 'string' }, 'journal-max-age': { type: 'string' }, 'journal-max-bytes': { type: 'string' } },
   });
+  const journalAge = values['journal-max-age'] === undefined ? DEFAULT_JOURNAL.maxAgeMs : parseJournalAge(values['journal-max-age']);
+  if (journalAge === null) throw new UsageError(`--journal-max-age: ${JSON.stringify(values['journal-max-age'])} is not a duration like 15m (or off)`);
+  const journalBytes = values['journal-max-bytes'] === undefined ? DEFAULT_JOURNAL.maxBytes : parseBytes(values['journal-max-bytes']);
+  if (journalBytes === null) throw new UsageError(`--journal-max-bytes: ${JSON.stringify(values['journal-max-bytes'])} is not a size like 64MiB (or off)`);
   if (values.collector === undefined) throw new UsageError('agent: --collector ws://HOST:PORT is required');
   const healthListen = values['health-listen'] === undefined ? null : parseHostPort(values['health-listen']);
   if (healthListen === null && values['health-listen'] !== undefined) throw new UsageError(`--health-listen: ${JSON.stringify(values['health-listen'])} is not HOST:PORT`);
@@ -219,8 +230,9 @@ async function runAgent(args: readonly string[]): Promise<number> {
     log,
     readFacts: readNodeFacts,
     ...(values.ca ? { ca: readFileSync(values.ca, 'utf8') } : {}),
+    journal: { maxAgeMs: journalAge, maxBytes: journalBytes },
   });
-  log.info({ collector: values.collector, intervalMs: parseInterval(values.interval) }, 'agent starting');
+  log.info({ collector: values.collector, intervalMs: parseInterval(values.interval), journal: journalAge > 0 && journalBytes > 0 ? { maxAgeMs: journalAge, maxBytes: journalBytes } : 'off' }, 'agent starting');
   agent.start();
   const health = healthListen === null ? null : await startHealthServer(() => agent.health(), healthListen);
   if (health !== null) log.info({ health: health.address }, 'health endpoints listening (/livez, /readyz)');

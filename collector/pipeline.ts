@@ -11,6 +11,7 @@ import { Detection } from './detection/detection.ts';
 import type { Incident } from './incidents/incidents.ts';
 import type { KubeCatalog, KubeView } from './kube/catalog.ts';
 import { describeServices } from './detection/services.ts';
+import type { Loaded, Store } from './store/store.ts';
 
 export interface PipelineOptions {
   readonly log: Logger;
@@ -30,12 +31,19 @@ export interface PipelineOptions {
   /** Capture length asked of the incident's nodes when an incident opens; 0 asks nothing. */
   readonly captureMs?: number;
   readonly windowMs?: number;
+  /**
+   * The durable store (`--data-dir`) and what it held at start: every applied
+   * step, finding line and incident is written to it, and the nodes and
+   * incidents it held are reloaded before any agent connects.
+   */
+  readonly store?: { readonly store: Store; readonly loaded: Loaded } | null;
 }
 
 export interface Pipeline {
   readonly collector: Collector;
   readonly detection: Detection;
   readonly bundles: BundleService;
+  readonly store: Store | null;
   /** The programmed Services of a node, as `GET /api/nodes/:node/services` serves them. */
   services(node: string): readonly object[];
   /** Logs the repeats still being folded (at shutdown, or at the end of a replay). */
@@ -47,10 +55,23 @@ export function createPipeline(o: PipelineOptions): Pipeline {
   const collector = new Collector({ log: o.log, memory, ...(o.historyMs === undefined ? {} : { historyMs: o.historyMs }), ...(o.now === undefined ? {} : { now: o.now }) });
   const bundles = new BundleService(collector, o.log, { version: o.version ?? 'dev', kube: o.catalog ?? null, ...(o.historyMs === undefined ? {} : { windowMs: o.historyMs }), ...(o.now === undefined ? {} : { now: o.now }) });
   const captureMs = o.captureMs ?? 0;
+  const store = o.store?.store ?? null;
+  // The store's listener comes first: a step is queued for writing by the same call that applied it, before detection reads it.
+  if (store !== null)
+    collector.onTimeline((view, entry) => {
+      if (!collector.restoring) store.step(view.name, entry);
+    });
   const detection = new Detection(
     (line) => {
+      // Replaying stored steps at start rebuilds what detection derives; its findings were logged (and stored) the first time.
+      if (collector.restoring) return;
       o.onFinding?.(line);
       const opened = bundles.incidents.add(line);
+      if (store !== null) {
+        const incident = opened ?? joinedBy(bundles.incidents.list(), line);
+        store.finding(line, incident?.id ?? null);
+        if (incident !== undefined) store.incident(incident);
+      }
       if (opened === null) return;
       const capturing = captureMs > 0 ? bundles.startCapture(opened, captureMs) : [];
       o.onIncident?.(opened, line, capturing);
@@ -65,11 +86,56 @@ export function createPipeline(o: PipelineOptions): Pipeline {
     bundles.incidents.prune(now);
     bundles.captures.prune(now);
   });
+  if (store !== null && o.store) reload(o, collector, detection, bundles, store, o.store.loaded);
   return {
     collector,
     detection,
     bundles,
+    store,
     services: (node) => describeServices(detection.services(node)),
     flush: (now) => detection.flush(now),
   };
+}
+
+/** The incident a finding line just joined (the newest on its Service that took it, or whose window it extended). */
+function joinedBy(incidents: readonly Incident[], line: FindingLine): Incident | undefined {
+  for (let i = incidents.length - 1; i >= 0; i--) {
+    const incident = incidents[i];
+    if (incident === undefined || incident.service !== line.service) continue;
+    if (incident.findings.at(-1) === line || incident.lastFinding >= line.time) return incident;
+  }
+  return undefined;
+}
+
+/**
+ * Puts back what the store held: each node's view and history (its stored
+ * steps applied as they were live, so detection rebuilds the endpoints'
+ * history it reads), then the incidents. Then commits on a timer, tells
+ * agents what is durable, and deletes what leaves the window.
+ */
+function reload(o: PipelineOptions, collector: Collector, detection: Detection, bundles: BundleService, store: Store, loaded: Loaded): void {
+  const now = o.now ?? Date.now;
+  store.nodeMeta((node) => {
+    const v = collector.nodes.get(node);
+    if (v === undefined) return null;
+    return { run: collector.runOf(node), lastSeq: v.lastSeq, lastTime: v.lastSampleTime, connectedAt: v.connectedAt, lastReceivedAt: v.lastReceivedAt, agentVersion: v.agentVersion, intervalMs: v.intervalMs, facts: v.facts, statuses: v.statuses() };
+  });
+  store.onDurable((node, run, seq, time) => collector.acknowledge(node, run, seq, time));
+  collector.onExpired((nodes) => store.forget(nodes));
+  let steps = 0;
+  collector.quietly(() => {
+    for (const saved of loaded.nodes) {
+      const r = collector.restore(saved);
+      steps += r.applied;
+      if (r.problem !== null) o.log.warn({ node: saved.node, applied: r.applied, problem: r.problem }, 'a stored timeline stopped applying part way: kept what applied; the agent is asked for a snapshot when it connects');
+    }
+    // Repeats still being folded belong to before the restart.
+    detection.flush(now());
+  });
+  bundles.incidents.restore(loaded.incidents, loaded.opened);
+  o.log.info(
+    { path: store.path, nodes: loaded.nodes.map((n) => n.node).slice(0, 20), nodeCount: loaded.nodes.length, steps, incidents: loaded.incidents.length, findings: loaded.findings, ...(Object.keys(loaded.unreadable).length > 0 ? { unreadable: loaded.unreadable } : {}) },
+    'reloaded from the data store',
+  );
+  store.start(() => ({ bases: [...collector.nodes.keys()].map((n) => [n, collector.history(n)?.baseEntry() ?? null] as const), liveIncidents: bundles.incidents.list().map((i) => i.id) }), now);
 }

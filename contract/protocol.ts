@@ -73,8 +73,31 @@ export interface SourceChange<N extends SourceName = SourceName> extends Diff<Re
   readonly source: N;
 }
 
+/**
+ * An agent run: one process lifetime, named at start (its start time and a
+ * random part). Sequence numbers count from 0 again in every run, so a seq
+ * only means something together with the run it belongs to.
+ */
+export function isRunId(v: unknown): v is string {
+  return typeof v === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(v);
+}
+
 export type AgentMessage =
-  | { readonly v: 1; readonly type: 'hello'; readonly node: string; readonly agentVersion: string; readonly intervalMs: number; readonly startedAt: number }
+  | {
+      readonly v: 1;
+      readonly type: 'hello';
+      readonly node: string;
+      readonly agentVersion: string;
+      readonly intervalMs: number;
+      readonly startedAt: number;
+      /**
+       * This agent run, when the agent keeps a journal and can resume: the
+       * collector answers with an `ack` (reply 'hello') saying up to which seq
+       * of this run it holds the node's state. An agent without it always
+       * starts with a snapshot, and an older collector ignores the field.
+       */
+      readonly run?: string;
+    }
   | { readonly v: 1; readonly type: 'facts'; readonly facts: NodeFacts }
   | {
       readonly v: 1;
@@ -113,7 +136,27 @@ export interface CaptureRequest {
   readonly ports: readonly number[];
 }
 
-export type CollectorMessage = { readonly v: 1; readonly type: 'resync'; readonly reason: string } | CaptureRequest;
+/**
+ * What the collector holds of an agent run. `reply: 'hello'` answers a hello
+ * that named a run: `seq` is the last seq of that run whose state the
+ * collector holds (the agent sends what follows it from its journal), or null
+ * when it holds none (the agent sends a snapshot). `reply: 'durable'` comes
+ * after the collector's store has written frames up to `seq` (a few a second
+ * at most); without a store the collector sends none.
+ * Sent only to agents whose hello named a run, so agents that predate it
+ * never see one.
+ */
+export interface Ack {
+  readonly v: 1;
+  readonly type: 'ack';
+  readonly run: string;
+  readonly seq: number | null;
+  /** The agent's sample time of step `seq` (null with it): lets the agent say how many seconds a gap lost. */
+  readonly time: number | null;
+  readonly reply: 'hello' | 'durable';
+}
+
+export type CollectorMessage = { readonly v: 1; readonly type: 'resync'; readonly reason: string } | CaptureRequest | Ack;
 
 export const MAX_CAPTURE_MS = 120_000;
 export const MAX_PCAP_BYTES = 8 * 1024 * 1024;
@@ -130,6 +173,11 @@ const snapshotHead = object({ v: literal(1), type: literal('snapshot'), seq: seq
 const snapshotEnd = object({ v: literal(1), type: literal('snapshot-end'), seq: seqNumber, time, status: array(sourceStatus, 64) });
 const diffHead = object({ v: literal(1), type: literal('diff'), seq: seqNumber, time, status: array(sourceStatus, 64) });
 const resync = object({ v: literal(1), type: literal('resync'), reason: boundedStr(4096) });
+const runId: Schema<string> = {
+  describe: 'agent run id',
+  decode: (v, p) => (isRunId(v) ? { ok: true, value: v } : { ok: false, error: `${p || '<root>'}: expected an agent run id ([A-Za-z0-9._-]{1,64})` }),
+};
+const ack = object({ v: literal(1), type: literal('ack'), run: runId, seq: nullable(seqNumber), time: nullable(time), reply: literal('hello', 'durable') });
 const captureRequest = object({ v: literal(1), type: literal('capture'), id: str, durationMs: int, hosts: array(boundedStr(64), 16), ports: array(int, 16) });
 const captureTool = literal('tcpdump', 'conntrack-events');
 const captureLines = object({ v: literal(1), type: literal('capture-lines'), id: captureId, tool: captureTool, lines: array(boundedStr(64 * 1024), 10_000) });
@@ -172,8 +220,13 @@ export function decodeAgentMessage(text: string): DecodeResult<AgentMessage> {
   const o = input as Record<string, unknown>;
   if (o.v !== PROTOCOL_VERSION) return { ok: false, error: `unsupported protocol version ${JSON.stringify(o.v)} (this collector speaks v${PROTOCOL_VERSION})` };
   switch (o.type) {
-    case 'hello':
-      return fromDecoded(hello.decode(o, ''));
+    case 'hello': {
+      const d = hello.decode(o, '');
+      if (!d.ok || o.run === undefined) return fromDecoded(d);
+      const run = runId.decode(o.run, 'run');
+      if (!run.ok) return fromDecoded(run);
+      return { ok: true, msg: { ...d.value, run: run.value } };
+    }
     case 'facts':
       return fromDecoded(facts.decode(o, ''));
     case 'snapshot-end':
@@ -240,6 +293,7 @@ export function decodeCollectorMessage(text: string): DecodeResult<CollectorMess
     if (m.ports.some((p) => p < 1 || p > 65535)) return { ok: false, error: 'capture ports: expected 1..65535' };
     return { ok: true, msg: { ...m, hosts } };
   }
+  if (typeof input === 'object' && input !== null && (input as { type?: unknown }).type === 'ack') return fromDecoded(ack.decode(input, ''));
   return fromDecoded(resync.decode(input, ''));
 }
 

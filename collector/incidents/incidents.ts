@@ -71,6 +71,12 @@ export class Incidents {
     return incident;
   }
 
+  /** Incidents reloaded from the store at start, oldest first; new ids count on after `opened`. */
+  restore(incidents: readonly Incident[], opened: number): void {
+    this.#all.splice(0, this.#all.length, ...incidents.slice(-MAX_INCIDENTS));
+    this.#opened = Math.max(this.#opened, opened);
+  }
+
   list(): readonly Incident[] {
     return this.#all;
   }

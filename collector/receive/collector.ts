@@ -2,6 +2,7 @@
 // out. The server feeds it from WebSockets; `local` feeds it in-process.
 import type { Logger } from 'pino';
 import { decodeAgentMessage, type AgentMessage, type CaptureRequest, type CollectorMessage, type SourceStatus } from '../../contract/protocol.ts';
+import type { NodeFacts } from '../../contract/records.ts';
 import { Bounds } from '../state/bounds.ts';
 import type { MemoryBudget } from '../state/memory.ts';
 import { NodeHistory } from '../state/history.ts';
@@ -55,6 +56,22 @@ const MAX_TIMELINE_ENTRIES = 4_000;
 
 export type TimelineListener = (node: NodeView, entry: TimelineEntry, transitions: readonly Transition[]) => void;
 
+/** A node as the store kept it: what `Collector.restore` rebuilds it from. */
+export interface RestoredNode {
+  readonly node: string;
+  /** The agent run the stored state belongs to; null when the agent named none. */
+  readonly run: string | null;
+  readonly facts: NodeFacts | null;
+  readonly agentVersion: string | null;
+  readonly intervalMs: number | null;
+  readonly connectedAt: number | null;
+  readonly lastReceivedAt: number | null;
+  /** Each source's status as of the last step. */
+  readonly statuses: readonly SourceStatus[];
+  /** Applied steps, oldest first; the first is a snapshot. */
+  readonly steps: readonly TimelineEntry[];
+}
+
 export class Collector {
   readonly nodes = new Map<string, NodeView>();
   readonly #histories = new Map<string, NodeHistory>();
@@ -69,6 +86,11 @@ export class Collector {
   readonly bounds: Bounds;
   /** Frames not applied, by reason. */
   readonly rejected = new Map<RejectReason, number>();
+  /** The agent run whose state each node's view holds whole: the only run that may resume from it. */
+  readonly #runs = new Map<string, string>();
+  /** The run each connection's hello named (agents that keep no journal name none). */
+  readonly #sessionRuns = new WeakMap<Session, string>();
+  #restoring = false;
   /** Rejections logged per connection and reason; past a few, only every thousandth is logged. */
   readonly #rejectLogged = new WeakMap<Session, Map<RejectReason, number>>();
   #captureSink: CaptureSink | null = null;
@@ -118,6 +140,7 @@ export class Collector {
       if (now - last <= this.#historyMs) continue;
       this.nodes.delete(name);
       this.#histories.delete(name);
+      this.#runs.delete(name);
       this.#sessions.delete(name);
       this.bounds.forget(name);
       dropped.push(name);
@@ -165,6 +188,88 @@ export class Collector {
 
   onTimeline(listener: TimelineListener): void {
     this.#listeners.push(listener);
+  }
+
+  /** The agent run whose state the node's view holds whole, if it names one. */
+  runOf(node: string): string | null {
+    return this.#runs.get(node) ?? null;
+  }
+
+  /** True while `restore` replays stored steps: listeners that persist them skip these. */
+  get restoring(): boolean {
+    return this.#restoring;
+  }
+
+  /**
+   * Tells a node's agent that the store has written its run's steps up to
+   * `seq`. Only the current connection of that run hears it; an agent whose
+   * hello named no run never gets one.
+   */
+  acknowledge(node: string, run: string, seq: number, time: number): void {
+    const session = this.#sessions.get(node);
+    if (session === undefined || this.#sessionRuns.get(session) !== run) return;
+    session.send({ v: 1, type: 'ack', run, seq, time, reply: 'durable' });
+  }
+
+  /**
+   * Rebuilds a node from stored steps (the first a snapshot) at start: its
+   * view (state, statuses, facts), its history, and what the timeline
+   * listeners derive, by applying each step as it was applied live. The node
+   * stays disconnected until its agent says hello; when `run` is set and
+   * every step applied, that run may resume from the last step.
+   */
+  restore(saved: RestoredNode): { applied: number; problem: string | null } {
+    const at = saved.lastReceivedAt ?? saved.steps.at(-1)?.time ?? this.#now();
+    const view = new NodeView(saved.node, this.bounds);
+    view.facts = saved.facts;
+    view.agentVersion = saved.agentVersion;
+    view.intervalMs = saved.intervalMs;
+    this.nodes.set(saved.node, view);
+    this.#runs.delete(saved.node);
+    let applied = 0;
+    let problem: string | null = null;
+    this.#restoring = true;
+    try {
+      for (let i = 0; i < saved.steps.length; i++) {
+        const e = saved.steps[i];
+        if (e === undefined) continue;
+        // Statuses are stored once per node, as of the last step: they go with it.
+        const status = i === saved.steps.length - 1 ? saved.statuses : [];
+        let outcome: ApplyOutcome;
+        if (e.kind === 'snapshot') {
+          outcome = { kind: 'staged' };
+          for (const c of e.changes) {
+            outcome = view.applySnapshotPart({ v: 1, type: 'snapshot', seq: e.seq, time: e.time, source: c.source, part: 0, parts: 1, records: c.added }, at);
+            if (outcome.kind !== 'staged') break;
+          }
+          if (outcome.kind === 'staged') outcome = view.applySnapshotEnd({ v: 1, type: 'snapshot-end', seq: e.seq, time: e.time, status }, at);
+        } else outcome = view.applyDiff({ v: 1, type: 'diff', seq: e.seq, time: e.time, changes: e.changes, status }, at);
+        if (outcome.kind !== 'applied') {
+          problem = `stored step ${i} (seq ${e.seq}, ${e.kind}) did not apply: ${outcome.kind === 'staged' ? 'staged' : outcome.reason}`;
+          view.requestResync();
+          break;
+        }
+        this.#record(view, outcome.entry, outcome.transitions);
+        applied++;
+      }
+    } finally {
+      this.#restoring = false;
+    }
+    view.connectedAt = saved.connectedAt;
+    view.lastReceivedAt = at;
+    if (problem === null && applied > 0 && saved.run !== null) this.#runs.set(saved.node, saved.run);
+    return { applied, problem };
+  }
+
+  /** Runs `fn` as part of a restore: persisting listeners skip what it records, and the pipeline logs no finding it makes. */
+  quietly(fn: () => void): void {
+    const was = this.#restoring;
+    this.#restoring = true;
+    try {
+      fn();
+    } finally {
+      this.#restoring = was;
+    }
   }
 
   timeline(node: string): readonly TimelineEntry[] {
@@ -249,10 +354,24 @@ export class Collector {
     }
     session.node = msg.node;
     this.#sessions.set(msg.node, session);
-    view.onConnect(now);
+    const run = msg.run ?? null;
+    // The same agent run coming back to a view that is whole: its journal can bring the view up to date, no snapshot needed.
+    const resumable = run !== null && this.#runs.get(msg.node) === run && !view.awaitingSnapshot && view.lastSeq !== null;
+    if (resumable) {
+      view.connected = true;
+      view.connectedAt = now;
+    } else {
+      view.onConnect(now);
+      this.#runs.delete(msg.node);
+    }
+    if (run !== null) this.#sessionRuns.set(session, run);
     view.agentVersion = msg.agentVersion;
     view.intervalMs = msg.intervalMs;
-    this.#log.info({ node: msg.node, remote: session.remote, agentVersion: msg.agentVersion, intervalMs: msg.intervalMs }, 'agent connected');
+    this.#log.info(
+      { node: msg.node, remote: session.remote, agentVersion: msg.agentVersion, intervalMs: msg.intervalMs, run, ...(resumable ? { resumeAfterSeq: view.lastSeq } : {}) },
+      resumable ? 'agent connected; it resumes its run after the last step held' : 'agent connected',
+    );
+    if (run !== null) session.send({ v: 1, type: 'ack', run, seq: resumable ? view.lastSeq : null, time: resumable ? view.lastSampleTime : null, reply: 'hello' });
   }
 
   /** Handles one decoded message: what the socket end feeds after decoding, and what in-process agents (local, replay, doctor, bundles) feed directly. */
@@ -312,6 +431,12 @@ export class Collector {
     }
     switch (outcome.kind) {
       case 'applied': {
+        if (msg.type === 'snapshot-end') {
+          // The view now holds this run's state whole (or no run's, for an agent that names none).
+          const run = this.#sessionRuns.get(session);
+          if (run === undefined) this.#runs.delete(view.name);
+          else this.#runs.set(view.name, run);
+        }
         this.#record(view, outcome.entry, outcome.transitions);
         if (msg.type === 'snapshot-end') {
           this.#log.info({ node: view.name, seq: msg.seq, sources: summarise(view) }, 'snapshot applied');

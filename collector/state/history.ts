@@ -65,6 +65,16 @@ export class NodeHistory {
     return folded;
   }
 
+  /**
+   * The state the window starts from (every step that aged out, folded), as
+   * one snapshot step at the seq and time of the last step folded into it;
+   * null while nothing has aged out. The store keeps it in place of the steps
+   * it deletes, so a reload starts from the same state.
+   */
+  baseEntry(): TimelineEntry | null {
+    return this.#base === null ? null : snapshotOf(this.#base, this.#baseSeq, this.#baseTime);
+  }
+
   /** Adds a step; returns true when the count bound (not age) pushed a step out. */
   push(entry: TimelineEntry): boolean {
     this.#entries.push(entry);

@@ -1,0 +1,428 @@
+// The collector's durable store (`--data-dir`): each node's timeline as the
+// frames its steps were applied from, the node's last statuses and facts,
+// incidents and finding lines, in one SQLite file through Node's built-in
+// `node:sqlite`. Writes are queued by the same synchronous path that applies
+// frames and committed in one transaction every FLUSH_MS; only then is the
+// agent told the seq is durable, so whatever a crash loses its journal still
+// holds.
+//
+// Durability: WAL with synchronous=NORMAL. A committed transaction survives
+// the collector being killed (kill -9, OOM): it is in the WAL file. A power
+// loss or kernel crash may lose the transactions since the last WAL
+// checkpoint's fsync (SQLite checkpoints every 1,000 pages by default; with
+// one transaction every 250 ms that is seconds at most), never corrupt the
+// file. The agents' journals cover such a loss when their run is still alive.
+//
+// Retention follows the history window: steps that fold out of a node's
+// window are deleted and replaced by one snapshot of the folded state (the
+// `bases` table), so a reload starts from the same state the window did.
+import { mkdirSync, renameSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import type { Logger } from 'pino';
+import { decodeAgentMessage, isNodeName, sourceStatus, type SourceStatus } from '../../contract/protocol.ts';
+import { nodeFacts, type NodeFacts } from '../../contract/records.ts';
+import { array, nullable } from '../../contract/schema.ts';
+import type { FindingLine } from '../detection/aggregate.ts';
+import type { Incident } from '../incidents/incidents.ts';
+import type { RestoredNode } from '../receive/collector.ts';
+import type { TimelineEntry } from '../state/node-view.ts';
+
+export const STORE_FILE = 'conntrail.db';
+/** How often queued writes are committed (and acks sent): at most this many acks a second per node is 1000 / FLUSH_MS. */
+export const FLUSH_MS = 250;
+/** How often steps that left the window are deleted. */
+export const RETAIN_MS = 60_000;
+const SCHEMA_VERSION = 1;
+
+/** What the store keeps of a node besides its steps, as of the last queued step. */
+export interface NodeMeta {
+  readonly run: string | null;
+  readonly lastSeq: number | null;
+  readonly lastTime: number | null;
+  readonly connectedAt: number | null;
+  readonly lastReceivedAt: number | null;
+  readonly agentVersion: string | null;
+  readonly intervalMs: number | null;
+  readonly facts: NodeFacts | null;
+  readonly statuses: readonly SourceStatus[];
+}
+
+/** What a start reloads. */
+export interface Loaded {
+  readonly nodes: RestoredNode[];
+  /** Oldest first, each with its finding lines. */
+  readonly incidents: Incident[];
+  /** The highest incident ordinal stored: new ids count on from it. */
+  readonly opened: number;
+  /** Finding lines kept within the window (those of incidents included). */
+  readonly findings: number;
+  /** Rows that could not be read back, by what they were. */
+  readonly unreadable: Readonly<Record<string, number>>;
+}
+
+type Pending =
+  | { readonly kind: 'step'; readonly node: string; readonly entry: TimelineEntry }
+  | { readonly kind: 'finding'; readonly line: FindingLine; readonly incident: string | null }
+  | { readonly kind: 'incident'; readonly incident: Incident };
+
+export type DurableListener = (node: string, run: string, seq: number, time: number) => void;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS steps (id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL, kind TEXT NOT NULL, frame TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS steps_by_node ON steps (node, id);
+CREATE TABLE IF NOT EXISTS bases (node TEXT PRIMARY KEY, seq INTEGER NOT NULL, time INTEGER NOT NULL, frame TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (node TEXT PRIMARY KEY, run TEXT, last_seq INTEGER, last_time INTEGER, connected_at INTEGER, last_received_at INTEGER, agent_version TEXT, interval_ms INTEGER, facts TEXT, statuses TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS incidents (id TEXT PRIMARY KEY, ordinal INTEGER NOT NULL, service TEXT, nodes TEXT NOT NULL, first_finding INTEGER NOT NULL, last_finding INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS findings (id INTEGER PRIMARY KEY AUTOINCREMENT, incident TEXT, time INTEGER NOT NULL, line TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS findings_by_incident ON findings (incident, id);
+`;
+
+/** A step as it goes into the store: the wire frame it was applied from (a snapshot's records as one frame of `added`). */
+function frameOf(entry: TimelineEntry): string {
+  return JSON.stringify({ v: 1, type: 'diff', seq: entry.seq, time: entry.time, changes: entry.changes, status: [] });
+}
+
+/** A stored frame read back through the protocol's own decoder: a damaged row is refused, never trusted. */
+function entryOf(frame: string, kind: string): TimelineEntry | null {
+  if (kind !== 'snapshot' && kind !== 'diff') return null;
+  const d = decodeAgentMessage(frame);
+  if (!d.ok || d.msg.type !== 'diff') return null;
+  if (kind === 'snapshot' && d.msg.changes.some((c) => c.removed.length + c.changed.length + c.refreshed.length > 0)) return null;
+  return { seq: d.msg.seq, time: d.msg.time, kind, changes: d.msg.changes };
+}
+
+const statusesSchema = array(sourceStatus, 64);
+const factsSchema = nullable(nodeFacts);
+
+function parseJson(text: unknown): { ok: true; value: unknown } | { ok: false } {
+  if (typeof text !== 'string') return { ok: false };
+  try {
+    return { ok: true, value: JSON.parse(text) as unknown };
+  } catch {
+    return { ok: false };
+  }
+}
+
+const intOrNull = (v: unknown): number | null => (typeof v === 'number' && Number.isSafeInteger(v) ? v : typeof v === 'bigint' ? Number(v) : null);
+const strOrNull = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+
+function isFindingLine(v: unknown): v is FindingLine {
+  if (typeof v !== 'object' || v === null) return false;
+  const o = v as Record<string, unknown>;
+  return typeof o.finding === 'string' && typeof o.severity === 'string' && typeof o.node === 'string' && typeof o.time === 'number' && Number.isFinite(o.time) && (o.service === null || typeof o.service === 'string');
+}
+
+const ordinalOf = (id: string): number => Number(/-(\d+)$/.exec(id)?.[1] ?? 0);
+
+export class Store {
+  readonly path: string;
+  readonly #db: DatabaseSync;
+  readonly #log: Logger;
+  readonly #windowMs: number;
+  #pending: Pending[] = [];
+  #meta: ((node: string) => NodeMeta | null) | null = null;
+  readonly #durable: DurableListener[] = [];
+  #timers: NodeJS.Timeout[] = [];
+  #failedWrites = 0;
+  #closed = false;
+  readonly #stmt: {
+    step: StatementSync;
+    node: StatementSync;
+    incident: StatementSync;
+    finding: StatementSync;
+  };
+
+  private constructor(path: string, db: DatabaseSync, log: Logger, windowMs: number) {
+    this.path = path;
+    this.#db = db;
+    this.#log = log;
+    this.#windowMs = windowMs;
+    this.#stmt = {
+      step: db.prepare('INSERT INTO steps (node, seq, time, kind, frame) VALUES (?, ?, ?, ?, ?)'),
+      node: db.prepare(
+        'INSERT INTO nodes (node, run, last_seq, last_time, connected_at, last_received_at, agent_version, interval_ms, facts, statuses) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ' +
+          'ON CONFLICT (node) DO UPDATE SET run = excluded.run, last_seq = excluded.last_seq, last_time = excluded.last_time, connected_at = excluded.connected_at, last_received_at = excluded.last_received_at, agent_version = excluded.agent_version, interval_ms = excluded.interval_ms, facts = excluded.facts, statuses = excluded.statuses',
+      ),
+      incident: db.prepare(
+        'INSERT INTO incidents (id, ordinal, service, nodes, first_finding, last_finding) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET nodes = excluded.nodes, last_finding = excluded.last_finding',
+      ),
+      finding: db.prepare('INSERT INTO findings (incident, time, line) VALUES (?, ?, ?)'),
+    };
+  }
+
+  /**
+   * Opens (or creates) the store in `dir` and reads back what it holds. A
+   * file SQLite cannot read (torn, overwritten, another format) is moved
+   * aside as `conntrail.db.unreadable-<time>` and the collector starts with
+   * an empty store, saying so; it never refuses to start over its own data.
+   * Throws only when the directory itself cannot hold a database.
+   */
+  static open(dir: string, log: Logger, options: { windowMs: number; now?: () => number }): { store: Store; loaded: Loaded } {
+    mkdirSync(dir, { recursive: true });
+    const path = join(dir, STORE_FILE);
+    const now = options.now ?? Date.now;
+    try {
+      const store = Store.#openAt(path, log, options.windowMs);
+      try {
+        return { store, loaded: store.#load(now()) };
+      } catch (err) {
+        store.#db.close();
+        throw err;
+      }
+    } catch (err) {
+      const aside = `${path}.unreadable-${new Date(now()).toISOString().replace(/[-:.]/g, '')}`;
+      for (const suffix of ['', '-wal', '-shm']) if (existsSync(path + suffix)) renameSync(path + suffix, aside + suffix);
+      log.error({ path, movedTo: aside, err: (err as Error).message }, 'the data store could not be read: moved it aside and starting with an empty store (incidents and timelines from before this start are not reloaded)');
+      const store = Store.#openAt(path, log, options.windowMs);
+      return { store, loaded: { nodes: [], incidents: [], opened: 0, findings: 0, unreadable: {} } };
+    }
+  }
+
+  static #openAt(path: string, log: Logger, windowMs: number): Store {
+    const db = new DatabaseSync(path);
+    try {
+      // A damaged file often opens fine: reading it is what fails.
+      const check = db.prepare('PRAGMA quick_check').all();
+      const verdict = check.map((r) => Object.values(r)[0]).join('; ');
+      if (verdict !== 'ok') throw new Error(`integrity check: ${verdict.slice(0, 300)}`);
+      const version = intOrNull(db.prepare('PRAGMA user_version').get()?.user_version) ?? 0;
+      if (version !== 0 && version !== SCHEMA_VERSION) throw new Error(`store schema version ${version}, this collector reads ${SCHEMA_VERSION}`);
+      db.exec('PRAGMA journal_mode = WAL');
+      db.exec('PRAGMA synchronous = NORMAL');
+      db.exec(SCHEMA);
+      db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+      return new Store(path, db, log, windowMs);
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+  }
+
+  /** Where each node's meta comes from at commit time (the collector's views). */
+  nodeMeta(source: (node: string) => NodeMeta | null): void {
+    this.#meta = source;
+  }
+
+  /** Called after each commit, per node, with the newest seq written. */
+  onDurable(listener: DurableListener): void {
+    this.#durable.push(listener);
+  }
+
+  /** Queues an applied step; committed with the next flush. */
+  step(node: string, entry: TimelineEntry): void {
+    if (!this.#closed) this.#pending.push({ kind: 'step', node, entry });
+  }
+
+  finding(line: FindingLine, incident: string | null): void {
+    if (!this.#closed) this.#pending.push({ kind: 'finding', line, incident });
+  }
+
+  incident(incident: Incident): void {
+    if (!this.#closed) this.#pending.push({ kind: 'incident', incident });
+  }
+
+  /** Commits every queued write in one transaction, then tells each node's listeners the seq now durable. */
+  flush(): void {
+    if (this.#pending.length === 0 || this.#closed) return;
+    const batch = this.#pending;
+    this.#pending = [];
+    const last = new Map<string, TimelineEntry>();
+    try {
+      this.#db.exec('BEGIN');
+      for (const p of batch) {
+        if (p.kind === 'step') {
+          this.#stmt.step.run(p.node, p.entry.seq, p.entry.time, p.entry.kind, frameOf(p.entry));
+          last.set(p.node, p.entry);
+        } else if (p.kind === 'finding') this.#stmt.finding.run(p.incident, p.line.time, JSON.stringify(p.line));
+        else {
+          const i = p.incident;
+          this.#stmt.incident.run(i.id, ordinalOf(i.id), i.service, JSON.stringify([...i.nodes]), i.firstFinding, i.lastFinding);
+        }
+      }
+      const metas = new Map<string, NodeMeta>();
+      for (const node of last.keys()) {
+        const m = this.#meta?.(node) ?? null;
+        if (m === null) continue;
+        metas.set(node, m);
+        this.#stmt.node.run(node, m.run, m.lastSeq, m.lastTime, m.connectedAt, m.lastReceivedAt, m.agentVersion, m.intervalMs, m.facts === null ? null : JSON.stringify(m.facts), JSON.stringify(m.statuses));
+      }
+      this.#db.exec('COMMIT');
+      for (const [node, entry] of last) {
+        const run = metas.get(node)?.run ?? null;
+        if (run !== null) for (const l of this.#durable) l(node, run, entry.seq, entry.time);
+      }
+    } catch (err) {
+      try {
+        this.#db.exec('ROLLBACK');
+      } catch {
+        // Nothing to roll back: BEGIN itself failed.
+      }
+      this.#failedWrites++;
+      // Nothing is acknowledged: the agents keep these steps in their journals.
+      if (this.#failedWrites <= 5 || this.#failedWrites % 1000 === 0)
+        this.#log.error({ path: this.path, err: (err as Error).message, steps: batch.filter((p) => p.kind === 'step').length, failedWrites: this.#failedWrites }, 'the data store could not write: these steps are not durable');
+    }
+  }
+
+  /**
+   * Deletes what left the window: for each node, the steps folded into its
+   * history's base (replaced by one snapshot of that base), incidents no
+   * longer held, and finding lines older than the window outside them.
+   */
+  retain(now: number, bases: Iterable<readonly [string, TimelineEntry | null]>, liveIncidents: readonly string[]): void {
+    this.flush();
+    if (this.#closed) return;
+    try {
+      this.#db.exec('BEGIN');
+      const lastFolded = this.#db.prepare('SELECT id FROM steps WHERE node = ? AND seq = ? AND time = ? ORDER BY id DESC LIMIT 1');
+      const drop = this.#db.prepare('DELETE FROM steps WHERE node = ? AND id <= ?');
+      const base = this.#db.prepare('INSERT INTO bases (node, seq, time, frame) VALUES (?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET seq = excluded.seq, time = excluded.time, frame = excluded.frame');
+      for (const [node, entry] of bases) {
+        if (entry === null) continue;
+        const id = intOrNull(lastFolded.get(node, entry.seq, entry.time)?.id);
+        // Nothing newly folded since the last pass: the stored base is this one already.
+        if (id === null) continue;
+        drop.run(node, id);
+        base.run(node, entry.seq, entry.time, frameOf(entry));
+      }
+      this.#db.prepare('DELETE FROM incidents WHERE id NOT IN (SELECT value FROM json_each(?))').run(JSON.stringify(liveIncidents));
+      this.#db.prepare('DELETE FROM findings WHERE time < ? AND (incident IS NULL OR incident NOT IN (SELECT id FROM incidents))').run(now - this.#windowMs);
+      this.#db.exec('COMMIT');
+    } catch (err) {
+      try {
+        this.#db.exec('ROLLBACK');
+      } catch {
+        // BEGIN failed.
+      }
+      this.#log.error({ path: this.path, err: (err as Error).message }, 'the data store could not delete what left the window (it will try again)');
+    }
+  }
+
+  /** Drops everything stored for nodes the collector dropped. */
+  forget(nodes: readonly string[]): void {
+    if (nodes.length === 0 || this.#closed) return;
+    this.flush();
+    try {
+      this.#db.exec('BEGIN');
+      for (const table of ['steps', 'bases', 'nodes']) {
+        const del = this.#db.prepare(`DELETE FROM ${table} WHERE node = ?`);
+        for (const n of nodes) del.run(n);
+      }
+      this.#db.exec('COMMIT');
+    } catch (err) {
+      try {
+        this.#db.exec('ROLLBACK');
+      } catch {
+        // BEGIN failed.
+      }
+      this.#log.error({ path: this.path, err: (err as Error).message }, 'the data store could not drop expired nodes');
+    }
+  }
+
+  /** Commits every FLUSH_MS and runs `retain` every RETAIN_MS until `close`. */
+  start(retainArgs: () => { bases: Iterable<readonly [string, TimelineEntry | null]>; liveIncidents: readonly string[] }, now: () => number = Date.now): void {
+    const flush = setInterval(() => this.flush(), FLUSH_MS);
+    const retain = setInterval(() => {
+      const a = retainArgs();
+      this.retain(now(), a.bases, a.liveIncidents);
+    }, RETAIN_MS);
+    flush.unref();
+    retain.unref();
+    this.#timers = [flush, retain];
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    for (const t of this.#timers) clearInterval(t);
+    this.flush();
+    this.#closed = true;
+    this.#db.close();
+  }
+
+  #load(now: number): Loaded {
+    const unreadable: Record<string, number> = {};
+    const bad = (what: string): void => {
+      unreadable[what] = (unreadable[what] ?? 0) + 1;
+    };
+    const nodes: RestoredNode[] = [];
+    const bases = new Map<string, TimelineEntry>();
+    for (const row of this.#db.prepare('SELECT node, frame FROM bases').all()) {
+      const node = strOrNull(row.node);
+      const entry = entryOf(String(row.frame), 'snapshot');
+      if (node === null || entry === null) bad('base');
+      else bases.set(node, entry);
+    }
+    const stepsOf = this.#db.prepare('SELECT kind, frame FROM steps WHERE node = ? ORDER BY id');
+    for (const row of this.#db.prepare('SELECT * FROM nodes ORDER BY node').all()) {
+      const node = strOrNull(row.node);
+      if (node === null || !isNodeName(node)) {
+        bad('node');
+        continue;
+      }
+      const statuses = parseJson(row.statuses);
+      const decodedStatuses = statuses.ok ? statusesSchema.decode(statuses.value, 'statuses') : null;
+      const facts = row.facts === null ? ({ ok: true, value: null } as const) : parseJson(row.facts);
+      const decodedFacts = facts.ok ? factsSchema.decode(facts.value, 'facts') : null;
+      if (decodedStatuses?.ok !== true || decodedFacts?.ok !== true) {
+        bad('node');
+        continue;
+      }
+      const steps: TimelineEntry[] = [];
+      const base = bases.get(node);
+      if (base !== undefined) steps.push(base);
+      let broken = false;
+      for (const s of stepsOf.all(node)) {
+        const entry = broken ? null : entryOf(String(s.frame), String(s.kind));
+        if (entry === null) {
+          // A step that cannot be read breaks the chain: what follows it cannot be applied on what precedes it.
+          bad('step');
+          broken = true;
+          continue;
+        }
+        steps.push(entry);
+      }
+      // Steps are applied from a snapshot: any before the first one (its base was lost) have nothing to apply on.
+      const first = steps.findIndex((e) => e.kind === 'snapshot');
+      if (first < 0) continue;
+      nodes.push({
+        node,
+        run: broken ? null : strOrNull(row.run),
+        facts: decodedFacts.value,
+        agentVersion: strOrNull(row.agent_version),
+        intervalMs: intOrNull(row.interval_ms),
+        connectedAt: intOrNull(row.connected_at),
+        lastReceivedAt: intOrNull(row.last_received_at),
+        statuses: decodedStatuses.value,
+        steps: steps.slice(first),
+      });
+    }
+    const incidents: Incident[] = [];
+    let opened = 0;
+    const findingsOf = this.#db.prepare('SELECT line FROM findings WHERE incident = ? ORDER BY id');
+    for (const row of this.#db.prepare('SELECT * FROM incidents ORDER BY ordinal').all()) {
+      const id = strOrNull(row.id);
+      const nodesJson = parseJson(row.nodes);
+      const first = intOrNull(row.first_finding);
+      const lastFinding = intOrNull(row.last_finding);
+      if (id === null || !nodesJson.ok || !Array.isArray(nodesJson.value) || first === null || lastFinding === null) {
+        bad('incident');
+        continue;
+      }
+      opened = Math.max(opened, ordinalOf(id));
+      const lines: FindingLine[] = [];
+      for (const f of findingsOf.all(id)) {
+        const line = parseJson(f.line);
+        if (line.ok && isFindingLine(line.value)) lines.push(line.value);
+        else bad('finding');
+      }
+      if (lines.length === 0) {
+        bad('incident');
+        continue;
+      }
+      incidents.push({ id, service: strOrNull(row.service), nodes: new Set(nodesJson.value.filter((n): n is string => typeof n === 'string')), findings: lines, firstFinding: first, lastFinding });
+    }
+    const findings = intOrNull(this.#db.prepare('SELECT count(*) AS n FROM findings WHERE time >= ?').get(now - this.#windowMs)?.n) ?? 0;
+    return { nodes, incidents, opened, findings, unreadable };
+  }
+}
