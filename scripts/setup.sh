@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 # chromium: the test that renders a bundle's report.html and looks at it.
 # openssl: throwaway certificates for the TLS and Kubernetes API tests.
 # nfacct: the accounting objects kube-proxy's proxier_test.go iptables rulesets name (-m nfacct).
-debian_packages=(iptables nftables conntrack ipvsadm ipset iproute2 tcpdump procps chromium openssl nfacct)
+# prometheus: a real Prometheus scrapes the collector and agent in the tests, and its promtool checks the alert rules
+# (the tests run their own server on a free port; the package's own service is not needed).
+debian_packages=(iptables nftables conntrack ipvsadm ipset iproute2 tcpdump procps chromium openssl nfacct prometheus)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
