@@ -3,6 +3,9 @@
 // (kubernetes-models), and the least-privilege settings the issue asks for
 // checked one by one.
 import { execFileSync } from 'node:child_process';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 
@@ -52,6 +55,7 @@ describe('manifests/', () => {
       'DaemonSet/conntrail-agent',
       'Deployment/conntrail-collector',
       'Namespace/conntrail',
+      'PersistentVolumeClaim/conntrail-collector-data',
       'Service/conntrail-collector',
       'ServiceAccount/conntrail-agent',
       'ServiceAccount/conntrail-collector',
@@ -132,5 +136,45 @@ describe('manifests/', () => {
   it('uses one image for both roles, with the tag set in one place', () => {
     const images = workloads.flatMap((w) => podSpec(w).containers.map((c) => c.image));
     expect(new Set(images)).toEqual(new Set(['ghcr.io/conntrail/conntrail:0.1.0']));
+  });
+  describe("the collector's store", () => {
+    type StoreVolume = { name: string; persistentVolumeClaim?: { claimName: string }; emptyDir?: { sizeLimit?: string } };
+    const storeOf = (objs: Obj[]) => {
+      const deployment = objs.find((o) => o.kind === 'Deployment' && o.metadata.name === 'conntrail-collector');
+      if (deployment === undefined) throw new Error('no collector Deployment');
+      const spec = (deployment.spec as { strategy?: { type: string }; template: { spec: { volumes?: StoreVolume[]; containers: Container[] } } });
+      const c = spec.template.spec.containers[0] as Container & { volumeMounts?: { name: string; mountPath: string }[] };
+      const args = c.args ?? [];
+      const dir = args[args.indexOf('--data-dir') + 1];
+      const mount = c.volumeMounts?.find((m) => m.mountPath === dir);
+      return { strategy: spec.strategy?.type, dir, volume: spec.template.spec.volumes?.find((v) => v.name === mount?.name), claims: objs.filter((o) => o.kind === 'PersistentVolumeClaim') };
+    };
+
+    it('is on a PersistentVolumeClaim mounted at --data-dir, one writer at a time (Recreate, ReadWriteOnce)', () => {
+      const s = storeOf(objects);
+      expect(s.dir).toBe('/var/lib/conntrail-data');
+      expect(s.strategy).toBe('Recreate');
+      expect(s.volume?.persistentVolumeClaim?.claimName).toBe('conntrail-collector-data');
+      expect(s.claims.map((c) => [c.metadata.name, (c.spec as { accessModes: string[] }).accessModes])).toEqual([['conntrail-collector-data', ['ReadWriteOnce']]]);
+    });
+
+    it("is on an emptyDir, with no claim left, when kustomization.yaml's documented patch is uncommented", () => {
+      const dir = mkdtempSync(join(tmpdir(), 'conntrail-manifests-'));
+      try {
+        cpSync(`${root}manifests`, dir, { recursive: true });
+        const k = join(dir, 'kustomization.yaml');
+        const text = readFileSync(k, 'utf8');
+        const uncommented = text.replace('# patchesStrategicMerge:', 'patchesStrategicMerge:').replace('#   - store-on-emptydir.yaml', '  - store-on-emptydir.yaml');
+        expect(uncommented).not.toBe(text);
+        writeFileSync(k, uncommented);
+        const rendered = parseAllDocuments(execFileSync('kubectl', ['kustomize', dir], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })).map((d) => d.toJS() as Obj);
+        const s = storeOf(rendered);
+        expect(s.dir).toBe('/var/lib/conntrail-data');
+        expect(s.volume).toEqual({ name: 'data', emptyDir: { sizeLimit: '4Gi' } });
+        expect(s.claims).toEqual([]);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
   });
 });
