@@ -18,7 +18,12 @@ export interface AgentOptions {
   readonly node: string;
   readonly collectorUrl: string;
   readonly intervalMs: number;
-  readonly token: string | null;
+  /**
+   * The bearer token, or how to read it: read again on every (re)connect,
+   * because a projected ServiceAccount token is rewritten by the kubelet
+   * before it expires. A read that throws keeps the last token read.
+   */
+  readonly token: string | null | (() => string | null);
   readonly version: string;
   readonly state: NodeState;
   readonly log: Logger;
@@ -65,6 +70,8 @@ export class Agent {
   #facts: NodeFacts | null = null;
   #factsAt = 0;
   #overflowLogged = false;
+  #lastToken: string | null = null;
+  #tokenProblem: string | null = null;
   readonly #capturing = new Set<string>();
   readonly #journal: Journal;
   /** This process's run: seqs count from 0 again in every run, so the collector resumes only the run it holds. */
@@ -120,7 +127,8 @@ export class Agent {
   #connect(): void {
     if (this.#stopped) return;
     const headers: Record<string, string> = {};
-    if (this.#o.token !== null) headers.authorization = `Bearer ${this.#o.token}`;
+    const token = this.#token();
+    if (token !== null) headers.authorization = `Bearer ${token}`;
     const ws = new WebSocket(this.#o.collectorUrl, SUBPROTOCOL, { headers, maxPayload: 16 * 1024 * 1024, ...(this.#o.ca ? { ca: this.#o.ca } : {}) });
     /** The collector answered the upgrade with an HTTP error: logged once, not again as a socket error. */
     let refused = false;
@@ -171,7 +179,14 @@ export class Agent {
       }
     });
     ws.on('unexpected-response', (_req, res) => {
-      const why = res.statusCode !== 401 ? 'collector refused the connection' : this.#o.token === null ? 'collector requires a token and this agent has none (--token-file or CONNTRAIL_TOKEN)' : 'collector refused our token';
+      const why =
+        res.statusCode === 503
+          ? 'collector cannot check our token right now (its Kubernetes API is unavailable); retrying'
+          : res.statusCode !== 401
+            ? 'collector refused the connection'
+            : token === null
+              ? 'collector requires a token and this agent has none (--token-file or CONNTRAIL_TOKEN)'
+              : 'collector refused our token';
       this.#o.log.error({ status: res.statusCode, collector: this.#o.collectorUrl }, why);
       // Handling this event leaves the handshake open and no 'close' follows:
       // end it, so the reconnect loop runs (a fixed Secret must be picked up).
@@ -264,6 +279,21 @@ export class Agent {
     } finally {
       this.#catchingUp = false;
     }
+  }
+
+  #token(): string | null {
+    const source = this.#o.token;
+    if (typeof source !== 'function') return source;
+    try {
+      this.#lastToken = source();
+      if (this.#tokenProblem !== null) this.#o.log.info('token file readable again');
+      this.#tokenProblem = null;
+    } catch (err) {
+      const problem = err instanceof Error ? err.message : String(err);
+      if (problem !== this.#tokenProblem) this.#o.log.warn({ err: problem }, 'cannot read the token file; using the token read before');
+      this.#tokenProblem = problem;
+    }
+    return this.#lastToken;
   }
 
   #capture(req: CaptureRequest): void {

@@ -1,7 +1,10 @@
 // Sockets around the collector core: agents over WebSocket (subprotocol =
 // protocol version), people and tools over a small HTTP API. With a token
 // configured, everything but /healthz needs `Authorization: Bearer TOKEN`;
-// a refused request gets a 401 and nothing else.
+// a refused request gets a 401 and nothing else. Agents may instead (or
+// also: --agent-auth) prove their node with a ServiceAccount token the
+// Kubernetes API reviews (../receive/token-review.ts); such a connection may
+// then only say hello as that node.
 import { timingSafeEqual, createHash } from 'node:crypto';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -15,6 +18,7 @@ import { isSourceName } from '../../contract/sources.ts';
 import type { BundleService } from '../incidents/bundle-service.ts';
 import { serveAgent } from '../receive/agent-socket.ts';
 import type { Collector } from '../receive/collector.ts';
+import type { AgentAuthMode, Review } from '../receive/token-review.ts';
 
 /** Records streamed per write while answering a records request, between waits for the socket to drain. */
 const STREAM_BATCH = 500;
@@ -35,7 +39,14 @@ export interface ServerOptions {
   readonly helloTimeoutMs?: number;
   /** How long a client may take to send its request line and headers (10 s); shortened by tests. */
   readonly headersTimeoutMs?: number;
+  /** How agents authenticate on the upgrade (default `token`: the shared token alone, as without a cluster). */
+  readonly agentAuth?: AgentAuthMode;
+  /** Reviews ServiceAccount tokens for `tokenreview` and `both`; it must never reject, and bounds its own wait. */
+  readonly reviewer?: { review(token: string): Promise<Review> } | null;
 }
+
+/** What the upgrade's credentials allow: the node they were issued on (null: any), or a refusal with its reason. */
+type AgentAuth = { readonly ok: true; readonly boundNode: string | null; readonly pod: string | null } | { readonly ok: false; readonly status: 401 | 503; readonly reason: string };
 
 export interface ListenTarget {
   readonly host?: string;
@@ -102,6 +113,7 @@ export class CollectorServer {
     this.#stopSweeping?.();
     this.#stopSweeping = null;
     for (const ws of this.#wss.clients) ws.terminate();
+    for (const socket of this.#reviewing) socket.destroy();
     this.#wss.close();
     return new Promise((resolve) => {
       this.#http.close(() => resolve());
@@ -122,25 +134,72 @@ export class CollectorServer {
     return token !== null && timingSafeEqual(digest(token), this.#tokenDigest);
   }
 
+  /** Upgrades waiting on a token review: ended with the server. */
+  readonly #reviewing = new Set<Duplex>();
+
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const remote = `${req.socket.remoteAddress ?? 'unix'}:${req.socket.remotePort ?? ''}`;
-    if (!this.#authorised(req)) {
-      // Never the URL: a token put in a query string would land in the log.
-      this.#o.log.warn({ remote, reason: req.headers.authorization ? 'wrong token' : 'no token' }, 'refused an agent connection');
-      socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-      return;
-    }
-    const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim());
-    if (!offered.includes(SUBPROTOCOL)) {
-      this.#o.log.warn({ remote, offeredCount: offered.length }, `refused an agent connection: it does not speak ${SUBPROTOCOL}`);
-      socket.end('HTTP/1.1 426 Upgrade Required\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-      return;
-    }
-    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#onAgent(ws, remote));
+    // Node drops its own error handler before it emits 'upgrade': a peer that
+    // resets while its token is reviewed must not crash the collector.
+    const onError = () => socket.destroy();
+    socket.on('error', onError);
+    this.#reviewing.add(socket);
+    void this.#authenticateAgent(req)
+      .catch((err: unknown): AgentAuth => ({ ok: false, status: 503, reason: `token review failed: ${err instanceof Error ? err.message : String(err)}` }))
+      .then((auth) => {
+        this.#reviewing.delete(socket);
+        if (socket.destroyed) return;
+        if (!auth.ok) {
+          // Never the URL or the header: a token put in a query string would land in the log.
+          // An API outage is the reviewer's to log, once; each refused connection is not.
+          if (auth.status === 401) this.#o.log.warn({ remote, reason: auth.reason }, 'refused an agent connection');
+          else this.#o.log.debug({ remote, reason: auth.reason }, 'refused an agent connection: tokens cannot be reviewed now');
+          if (auth.status === 401) socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+          else {
+            const body = JSON.stringify({ error: 'the agent token cannot be reviewed now', reason: auth.reason });
+            socket.end(`HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 5\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+          }
+          return;
+        }
+        const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim());
+        if (!offered.includes(SUBPROTOCOL)) {
+          this.#o.log.warn({ remote, offeredCount: offered.length }, `refused an agent connection: it does not speak ${SUBPROTOCOL}`);
+          socket.end('HTTP/1.1 426 Upgrade Required\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+          return;
+        }
+        if (auth.boundNode !== null) this.#o.log.debug({ remote, provenNode: auth.boundNode, pod: auth.pod }, 'agent token reviewed: this connection speaks only for its node');
+        socket.off('error', onError);
+        this.#wss.handleUpgrade(req, socket, head, (ws) => this.#onAgent(ws, remote, auth.boundNode));
+      });
   }
 
-  #onAgent(ws: WebSocket, remote: string): void {
+  /**
+   * The agent's credentials. `token`: the shared token (or nothing, when none
+   * is set). `tokenreview`: a ServiceAccount token the API vouches for, bound
+   * to its pod's node; the shared token is refused here, since whoever holds
+   * it could speak for any node. `both`: the shared token unbound, any other
+   * token reviewed.
+   */
+  async #authenticateAgent(req: IncomingMessage): Promise<AgentAuth> {
+    const mode = this.#o.agentAuth ?? 'token';
+    const token = bearerToken(req.headers.authorization);
+    const shared = token !== null && this.#tokenDigest !== null && timingSafeEqual(digest(token), this.#tokenDigest);
+    const missing = req.headers.authorization ? 'wrong token' : 'no token';
+    if (mode === 'token') return this.#tokenDigest === null || shared ? { ok: true, boundNode: null, pod: null } : { ok: false, status: 401, reason: missing };
+    if (shared) {
+      if (mode === 'both') return { ok: true, boundNode: null, pod: null };
+      return { ok: false, status: 401, reason: 'the shared token opens the HTTP API, not the agent socket (--agent-auth tokenreview): agents present their ServiceAccount token' };
+    }
+    if (token === null) return { ok: false, status: 401, reason: req.headers.authorization ? 'not a bearer token' : 'no token' };
+    const reviewer = this.#o.reviewer ?? null;
+    if (reviewer === null) return { ok: false, status: 503, reason: 'no Kubernetes API to review agent tokens with' };
+    const review = await reviewer.review(token);
+    return review.ok ? { ok: true, boundNode: review.node, pod: review.pod } : review;
+  }
+
+  #onAgent(ws: WebSocket, remote: string, boundNode: string | null): void {
     serveAgent(ws, remote, this.#o.collector, this.#o.log, {
+      boundNode,
       ...(this.#o.pingIntervalMs === undefined ? {} : { pingIntervalMs: this.#o.pingIntervalMs }),
       ...(this.#o.livenessMs === undefined ? {} : { livenessMs: this.#o.livenessMs }),
       ...(this.#o.helloTimeoutMs === undefined ? {} : { helloTimeoutMs: this.#o.helloTimeoutMs }),

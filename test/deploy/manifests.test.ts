@@ -40,8 +40,9 @@ const find = (kind: string, name: string): Obj => {
   if (o === undefined) throw new Error(`no ${kind} ${name} in the rendered manifests`);
   return o;
 };
-type Container = { name: string; image: string; args?: string[]; env?: { name: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[]; securityContext?: Record<string, unknown>; resources?: { requests?: Record<string, string>; limits?: Record<string, string> }; livenessProbe?: unknown; readinessProbe?: unknown };
-type PodSpec = { containers: Container[]; hostNetwork?: boolean; tolerations?: Record<string, string>[]; serviceAccountName?: string; automountServiceAccountToken?: boolean; securityContext?: Record<string, unknown> };
+type Container = { name: string; image: string; args?: string[]; volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[]; env?: { name: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[]; securityContext?: Record<string, unknown>; resources?: { requests?: Record<string, string>; limits?: Record<string, string> }; livenessProbe?: unknown; readinessProbe?: unknown };
+type Volume = { name: string; secret?: { secretName: string }; projected?: { sources: { serviceAccountToken?: { audience?: string; expirationSeconds?: number; path: string }; secret?: unknown }[] } };
+type PodSpec = { containers: Container[]; volumes?: Volume[]; hostNetwork?: boolean; tolerations?: Record<string, string>[]; serviceAccountName?: string; automountServiceAccountToken?: boolean; securityContext?: Record<string, unknown> };
 const podSpec = (o: Obj): PodSpec => (o.spec as { template: { spec: PodSpec } }).template.spec;
 const agent = find('DaemonSet', 'conntrail-agent');
 const collector = find('Deployment', 'conntrail-collector');
@@ -82,10 +83,11 @@ describe('manifests/', () => {
     }
   });
 
-  it('grants the collector get/list/watch on Services, EndpointSlices, Pods and Nodes, and nothing else', () => {
+  it('grants the collector get/list/watch on Services, EndpointSlices, Pods and Nodes, create on TokenReviews, and nothing else', () => {
     const role = find('ClusterRole', 'conntrail-collector') as Obj & { rules: { apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[]; nonResourceURLs?: string[] }[] };
     const grants = role.rules.flatMap((r) => r.apiGroups.flatMap((g) => r.resources.flatMap((res) => r.verbs.map((v) => `${g}/${res}:${v}`)))).sort();
-    expect(grants).toEqual(['/nodes:get', '/nodes:list', '/nodes:watch', '/pods:get', '/pods:list', '/pods:watch', '/services:get', '/services:list', '/services:watch', 'discovery.k8s.io/endpointslices:get', 'discovery.k8s.io/endpointslices:list', 'discovery.k8s.io/endpointslices:watch']);
+    expect(grants).toEqual(['/nodes:get', '/nodes:list', '/nodes:watch', '/pods:get', '/pods:list', '/pods:watch', '/services:get', '/services:list', '/services:watch', 'authentication.k8s.io/tokenreviews:create', 'discovery.k8s.io/endpointslices:get', 'discovery.k8s.io/endpointslices:list', 'discovery.k8s.io/endpointslices:watch']);
+    expect(role.rules.some((r) => r.resourceNames !== undefined)).toBe(false);
     expect(role.rules.some((r) => r.nonResourceURLs !== undefined)).toBe(false);
     const binding = find('ClusterRoleBinding', 'conntrail-collector') as Obj & { roleRef: { kind: string; name: string }; subjects: { kind: string; name: string; namespace: string }[] };
     expect(binding.roleRef).toMatchObject({ kind: 'ClusterRole', name: 'conntrail-collector' });
@@ -98,6 +100,22 @@ describe('manifests/', () => {
     expect((find('ServiceAccount', 'conntrail-agent') as Obj & { automountServiceAccountToken?: boolean }).automountServiceAccountToken).toBe(false);
     expect(podSpec(agent).serviceAccountName).toBe('conntrail-agent');
     expect(podSpec(agent).automountServiceAccountToken).toBe(false);
+  });
+
+  it('proves the agent\'s node with a projected token for audience conntrail, read from --token-file; the collector reviews it', () => {
+    const spec = podSpec(agent);
+    // Its only token: bound to the pod, for conntrail alone (the API server refuses it), rotated by the kubelet.
+    const tokens = (spec.volumes ?? []).flatMap((v) => (v.projected?.sources ?? []).flatMap((s) => (s.serviceAccountToken ? [{ volume: v.name, ...s.serviceAccountToken }] : [])));
+    expect(tokens).toEqual([{ volume: 'token', audience: 'conntrail', expirationSeconds: 3600, path: 'token' }]);
+    // No shared-token Secret on the nodes: whoever holds it could speak for any node.
+    expect((spec.volumes ?? []).filter((v) => v.secret !== undefined || v.projected?.sources.some((s) => s.secret !== undefined))).toEqual([]);
+    const c = spec.containers[0] as Container;
+    const mount = c.volumeMounts?.find((m) => m.name === 'token');
+    expect(mount).toMatchObject({ readOnly: true });
+    const args = c.args ?? [];
+    expect(args[args.indexOf('--token-file') + 1]).toBe(`${mount?.mountPath}/token`);
+    const collectorArgs = (podSpec(collector).containers[0] as Container).args ?? [];
+    expect(collectorArgs[collectorArgs.indexOf('--agent-auth') + 1]).toBe('tokenreview');
   });
 
   it('runs the agent on every node in the host network, named by the downward API', () => {
@@ -137,6 +155,7 @@ describe('manifests/', () => {
     const images = workloads.flatMap((w) => podSpec(w).containers.map((c) => c.image));
     expect(new Set(images)).toEqual(new Set(['ghcr.io/conntrail/conntrail:0.1.0']));
   });
+
   describe("the collector's store", () => {
     type StoreVolume = { name: string; persistentVolumeClaim?: { claimName: string }; emptyDir?: { sizeLimit?: string } };
     const storeOf = (objs: Obj[]) => {

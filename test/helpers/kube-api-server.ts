@@ -7,6 +7,18 @@
 // 410 Expired Status before closing, after which clients must relist.
 // HTTPS with a throwaway certificate whose CA the kubeconfig carries as
 // certificate-authority-data; bearer token required; 401 and 403 as Status objects.
+//
+// It also issues and reviews ServiceAccount tokens the way the API server's
+// TokenRequest and TokenReview do for a projected serviceAccountToken volume:
+// a JWT-shaped token bound to a pod (and, as kube-apiserver >= 1.30 does with
+// ServiceAccountTokenPodNodeInfo, to the pod's node), reviewed by POST
+// /apis/authentication.k8s.io/v1/tokenreviews (201 with the TokenReview and
+// its status: the user, its extra keys, the audiences both sides share), and
+// pods read by GET /api/v1/namespaces/NS/pods/NAME. Only tokens this server
+// issued authenticate (the registry stands in for the signature); an expired
+// one, one for other audiences, or one whose pod is gone does not, with an
+// error worded like kube-apiserver's.
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createServer } from 'node:https';
 import { writeFileSync } from 'node:fs';
@@ -14,7 +26,22 @@ import { join } from 'node:path';
 import { makeCertificates } from './certs.ts';
 import type { AddressInfo } from 'node:net';
 
-export type Resource = 'services' | 'endpointslices';
+export type Resource = 'services' | 'endpointslices' | 'pods';
+
+/** What the API server recorded when it issued a token (TokenRequest), standing in for the signed claims. */
+export interface IssuedToken {
+  readonly namespace: string;
+  readonly serviceAccount: string;
+  readonly pod: { readonly name: string; readonly uid: string } | null;
+  /** Embedded only when the server has podNodeInfo on and the pod is scheduled. */
+  readonly node: { readonly name: string; readonly uid: string } | null;
+  readonly audiences: readonly string[];
+  readonly expiresAt: number;
+  readonly jti: string;
+}
+
+/** kube-apiserver's own audience, what a token is for when no audience is asked for. */
+export const API_AUDIENCE = 'https://kubernetes.default.svc.cluster.local';
 
 interface StoredEvent {
   readonly rv: number;
@@ -31,7 +58,11 @@ interface OpenWatch {
 const KINDS: Record<Resource, { kind: string; apiVersion: string; listKind: string; path: RegExp }> = {
   services: { kind: 'Service', apiVersion: 'v1', listKind: 'ServiceList', path: /^\/api\/v1\/services$/ },
   endpointslices: { kind: 'EndpointSlice', apiVersion: 'discovery.k8s.io/v1', listKind: 'EndpointSliceList', path: /^\/apis\/discovery\.k8s\.io\/v1\/endpointslices$/ },
+  pods: { kind: 'Pod', apiVersion: 'v1', listKind: 'PodList', path: /^\/api\/v1\/pods$/ },
 };
+
+const TOKEN_REVIEWS = /^\/apis\/authentication\.k8s\.io\/v1\/tokenreviews$/;
+const ONE_POD = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)$/;
 
 export interface RequestSeen {
   readonly method: string;
@@ -43,13 +74,18 @@ export interface RequestSeen {
 export class KubeApiServer {
   readonly token: string;
   /** Resources this server answers 403 for, as RBAC would. */
-  readonly forbidden = new Set<Resource>();
+  readonly forbidden = new Set<Resource | 'tokenreviews'>();
+  /** Issued tokens carry the pod's node (kube-apiserver >= 1.30); false acts as an older server, whose reviews name only the pod. */
+  podNodeInfo = true;
+  /** How long a TokenReview waits before it is answered, as a loaded API server would. */
+  tokenReviewDelayMs = 0;
+  readonly #issued = new Map<string, IssuedToken>();
   readonly requests: RequestSeen[] = [];
   #rv = 1000;
   /** Events older than this were compacted away: a watch from before it gets 410. */
   #oldestRetained = 0;
-  readonly #objects: Record<Resource, Map<string, Record<string, unknown>>> = { services: new Map(), endpointslices: new Map() };
-  readonly #history: Record<Resource, StoredEvent[]> = { services: [], endpointslices: [] };
+  readonly #objects: Record<Resource, Map<string, Record<string, unknown>>> = { services: new Map(), endpointslices: new Map(), pods: new Map() };
+  readonly #history: Record<Resource, StoredEvent[]> = { services: [], endpointslices: [], pods: [] };
   readonly #watches = new Set<OpenWatch>();
   readonly #server: Server;
   #port = 0;
@@ -144,6 +180,105 @@ export class KubeApiServer {
     this.#oldestRetained = this.#rv;
     this.#history.services.length = 0;
     this.#history.endpointslices.length = 0;
+    this.#history.pods.length = 0;
+  }
+
+  /** Creates a running pod of `serviceAccount` on `nodeName`, as the scheduler and kubelet would leave it. */
+  addPod(namespace: string, name: string, nodeName: string, serviceAccount: string): Record<string, unknown> {
+    return this.apply('pods', { metadata: { namespace, name }, spec: { nodeName, serviceAccountName: serviceAccount, containers: [{ name: 'agent', image: 'conntrail' }] }, status: { phase: 'Running' } });
+  }
+
+  /**
+   * A token for a pod's ServiceAccount, bound to the pod, as the kubelet
+   * requests for a projected serviceAccountToken volume (TokenRequest with
+   * boundObjectRef Pod). JWT-shaped, so its `exp` can be read like a real one.
+   */
+  issueToken(opts: { namespace: string; pod: string; audiences?: readonly string[]; expirationSeconds?: number; now?: number }): string {
+    const pod = this.#objects.pods.get(`${opts.namespace}/${opts.pod}`);
+    if (pod === undefined) throw new Error(`no pod ${opts.namespace}/${opts.pod}`);
+    const meta = pod.metadata as { uid: string };
+    const spec = pod.spec as { nodeName?: string; serviceAccountName: string };
+    const now = opts.now ?? Date.now();
+    const issued: IssuedToken = {
+      namespace: opts.namespace,
+      serviceAccount: spec.serviceAccountName,
+      pod: { name: opts.pod, uid: meta.uid },
+      node: this.podNodeInfo && spec.nodeName !== undefined ? { name: spec.nodeName, uid: `node-uid-${spec.nodeName}` } : null,
+      audiences: opts.audiences ?? [API_AUDIENCE],
+      expiresAt: now + (opts.expirationSeconds ?? 3600) * 1000,
+      jti: randomUUID(),
+    };
+    const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const claims = {
+      aud: issued.audiences,
+      exp: Math.floor(issued.expiresAt / 1000),
+      iat: Math.floor(now / 1000),
+      iss: API_AUDIENCE,
+      jti: issued.jti,
+      'kubernetes.io': { namespace: issued.namespace, ...(issued.node ? { node: issued.node } : {}), pod: issued.pod, serviceaccount: { name: issued.serviceAccount, uid: `sa-uid-${issued.serviceAccount}` } },
+      nbf: Math.floor(now / 1000),
+      sub: `system:serviceaccount:${issued.namespace}:${issued.serviceAccount}`,
+    };
+    const token = `${b64({ alg: 'RS256', kid: 'lab' })}.${b64(claims)}.${randomBytes(32).toString('base64url')}`;
+    this.#issued.set(token, issued);
+    return token;
+  }
+
+  /** The TokenReview status kube-apiserver gives for `token` and the audiences asked for. */
+  #reviewStatus(token: unknown, asked: readonly string[]): Record<string, unknown> {
+    const invalid = (why: string) => ({ user: {}, error: `[invalid bearer token, ${why}]` });
+    const issued = typeof token === 'string' ? this.#issued.get(token) : undefined;
+    if (issued === undefined) return invalid('square/go-jose: error in cryptographic primitive');
+    if (Date.now() >= issued.expiresAt) return invalid('service account token has expired');
+    const targets = asked.length > 0 ? asked : [API_AUDIENCE];
+    const shared = issued.audiences.filter((a) => targets.includes(a));
+    if (shared.length === 0) return invalid(`token audiences ${JSON.stringify(issued.audiences)} is invalid for the target audiences ${JSON.stringify(targets)}`);
+    if (issued.pod !== null) {
+      const pod = this.#objects.pods.get(`${issued.namespace}/${issued.pod.name}`);
+      if (pod === undefined) return invalid(`pod "${issued.pod.name}" not found`);
+      if ((pod.metadata as { uid: string }).uid !== issued.pod.uid) return invalid(`pod "${issued.pod.name}" is not the pod the token was issued for`);
+    }
+    const extra: Record<string, string[]> = { 'authentication.kubernetes.io/credential-id': [`JTI=${issued.jti}`] };
+    if (issued.node !== null) {
+      extra['authentication.kubernetes.io/node-name'] = [issued.node.name];
+      extra['authentication.kubernetes.io/node-uid'] = [issued.node.uid];
+    }
+    if (issued.pod !== null) {
+      extra['authentication.kubernetes.io/pod-name'] = [issued.pod.name];
+      extra['authentication.kubernetes.io/pod-uid'] = [issued.pod.uid];
+    }
+    return {
+      authenticated: true,
+      user: { username: `system:serviceaccount:${issued.namespace}:${issued.serviceAccount}`, uid: `sa-uid-${issued.serviceAccount}`, groups: ['system:serviceaccounts', `system:serviceaccounts:${issued.namespace}`, 'system:authenticated'], extra },
+      audiences: shared,
+    };
+  }
+
+  #tokenReview(req: IncomingMessage, res: ServerResponse, seen: (status: number) => void): void {
+    let body = '';
+    req.on('data', (d: Buffer) => (body += d.toString()));
+    req.on('end', () => {
+      let review: { apiVersion?: unknown; kind?: unknown; spec?: { token?: unknown; audiences?: unknown } };
+      try {
+        review = JSON.parse(body) as typeof review;
+      } catch {
+        seen(400);
+        return status(res, 400, 'BadRequest', 'the request body is not JSON');
+      }
+      if (review.kind !== 'TokenReview' || review.apiVersion !== 'authentication.k8s.io/v1' || typeof review.spec?.token !== 'string' || review.spec.token === '') {
+        seen(422);
+        return status(res, 422, 'Invalid', 'TokenReview.authentication.k8s.io is invalid: spec.token: Required value');
+      }
+      const asked = Array.isArray(review.spec.audiences) ? review.spec.audiences.filter((a): a is string => typeof a === 'string') : [];
+      const answer = () => {
+        if (res.destroyed) return;
+        seen(201);
+        res.writeHead(201, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ kind: 'TokenReview', apiVersion: 'authentication.k8s.io/v1', metadata: { creationTimestamp: null }, spec: review.spec, status: this.#reviewStatus(review.spec?.token, asked) }));
+      };
+      if (this.tokenReviewDelayMs > 0) setTimeout(answer, this.tokenReviewDelayMs);
+      else answer();
+    });
   }
 
   /** Ends every open watch, as an API server restart or a load balancer in front of it would. */
@@ -179,6 +314,29 @@ export class KubeApiServer {
     if (req.headers.authorization !== `Bearer ${this.token}`) {
       seen(401);
       return status(res, 401, 'Unauthorized', 'Unauthorized');
+    }
+    if (TOKEN_REVIEWS.test(url.pathname) && req.method === 'POST') {
+      if (this.forbidden.has('tokenreviews')) {
+        seen(403);
+        return status(res, 403, 'Forbidden', 'tokenreviews.authentication.k8s.io is forbidden: User "system:serviceaccount:conntrail:conntrail-collector" cannot create resource "tokenreviews" in API group "authentication.k8s.io" at the cluster scope');
+      }
+      return this.#tokenReview(req, res, seen);
+    }
+    const one = ONE_POD.exec(url.pathname);
+    if (one !== null && req.method === 'GET') {
+      const [namespace, name] = [decodeURIComponent(one[1] ?? ''), decodeURIComponent(one[2] ?? '')];
+      if (this.forbidden.has('pods')) {
+        seen(403);
+        return status(res, 403, 'Forbidden', `pods "${name}" is forbidden: User "system:serviceaccount:conntrail:conntrail-collector" cannot get resource "pods" in API group "" in the namespace "${namespace}"`);
+      }
+      const pod = this.#objects.pods.get(`${namespace}/${name}`);
+      if (pod === undefined) {
+        seen(404);
+        return status(res, 404, 'NotFound', `pods "${name}" not found`);
+      }
+      seen(200);
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return void res.end(JSON.stringify({ kind: 'Pod', apiVersion: 'v1', ...pod }));
     }
     const resource = (Object.keys(KINDS) as Resource[]).find((r) => KINDS[r].path.test(url.pathname));
     if (resource === undefined || req.method !== 'GET') {
