@@ -12,6 +12,7 @@ import { encode, decodeCollectorMessage, SUBPROTOCOL, type Ack, type AgentMessag
 import { DEFAULT_JOURNAL, Journal, type JournalBounds } from './journal.ts';
 import type { CaptureSink } from './capture.ts';
 import type { NodeFacts } from '../contract/records.ts';
+import type { AgentMeter } from './metrics.ts';
 import type { NodeState } from './node-state.ts';
 
 export interface AgentOptions {
@@ -32,6 +33,8 @@ export interface AgentOptions {
   readonly ca?: string;
   /** Bounds of the diff journal (default 15 minutes or 64 MiB, whichever is smaller); maxBytes 0 turns it off. */
   readonly journal?: JournalBounds;
+  /** Told of every frame sent and every connection opened (agent/metrics.ts). */
+  readonly metrics?: AgentMeter;
 }
 
 /** How long the agent waits for the collector to answer its hello before starting over with a snapshot (a collector that predates acks never answers). */
@@ -134,6 +137,7 @@ export class Agent {
     let refused = false;
     this.#ws = ws;
     ws.on('open', () => {
+      this.#o.metrics?.opened();
       this.#connected = true;
       this.#backoffMs = 500;
       this.#o.log.info({ collector: this.#o.collectorUrl }, 'connected to collector');
@@ -273,6 +277,7 @@ export class Agent {
         await this.#drained(SNAPSHOT_DRAIN_BYTES);
         if (!this.#connected || this.#ws !== ws || this.#needSnapshot) break;
         ws?.send(frame.text);
+        this.#o.metrics?.sent(frame.text);
         sent = frame.seq;
       }
       if (this.#needSnapshot && this.#connected && this.#ws === ws) this.#startOver();
@@ -415,11 +420,14 @@ export class Agent {
     }
     this.#overflowLogged = false;
     ws.send(frame);
+    this.#o.metrics?.sent(frame);
   }
 
   #send(msg: AgentMessage): void {
     const ws = this.#ws;
     if (ws === null || ws.readyState !== WebSocket.OPEN) return;
-    ws.send(encode(msg));
+    const text = encode(msg);
+    ws.send(text);
+    this.#o.metrics?.sent(text);
   }
 }

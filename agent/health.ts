@@ -1,7 +1,8 @@
 // The agent's probes for the kubelet: /livez fails when the sampling loop
 // has stopped ticking (restart me), /readyz when the collector does not have
 // this node's state (not connected, or the snapshot has not gone out yet).
-// Plain HTTP with nothing but these two answers: no node data is served.
+// Plain HTTP with nothing but these two answers and, when given, /metrics
+// (./metrics.ts: counts and timings, no node data).
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -28,10 +29,25 @@ export function readyz(h: AgentHealth): { ok: boolean; reason: string } {
   return { ok: true, reason: 'streaming to the collector' };
 }
 
-export async function startHealthServer(health: () => AgentHealth, listen: { host: string; port: number }, now: () => number = Date.now): Promise<{ address: AddressInfo; close(): Promise<void> }> {
+export interface HealthServerOptions {
+  readonly now?: () => number;
+  /** Prometheus metrics at /metrics (AgentMetrics). */
+  readonly metrics?: { render(): Promise<{ readonly contentType: string; readonly body: string }> };
+}
+
+export async function startHealthServer(health: () => AgentHealth, listen: { host: string; port: number }, options: HealthServerOptions = {}): Promise<{ address: AddressInfo; close(): Promise<void> }> {
+  const now = options.now ?? Date.now;
+  const metrics = options.metrics;
   const startedAt = now();
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
+    if (path === '/metrics' && metrics !== undefined) {
+      metrics.render().then(
+        ({ contentType, body }) => void res.writeHead(200, { 'content-type': contentType }).end(body),
+        (err: unknown) => void res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `metrics: ${err instanceof Error ? err.message : String(err)}` })),
+      );
+      return;
+    }
     const verdict = path === '/livez' ? livez(health(), now(), startedAt) : path === '/readyz' ? readyz(health()) : null;
     if (verdict === null) {
       res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"not found"}');

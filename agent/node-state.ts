@@ -37,6 +37,12 @@ export class NodeState {
   readonly #now: () => number;
   #wantChanges = true;
   #resyncWanted = false;
+  readonly #sampled: ((source: SourceName, durationMs: number) => void)[] = [];
+
+  /** Hears each source's sample duration as its sample completes (the agent's metrics). */
+  onSampled(listener: (source: SourceName, durationMs: number) => void): void {
+    this.#sampled.push(listener);
+  }
 
   /** True once after a source lost track of what it reported: the caller sends a snapshot instead of diffs. */
   takeResync(): boolean {
@@ -74,6 +80,7 @@ export class NodeState {
       let status: SourceStatus;
       if (outcome.status === 'fulfilled') {
         const { sample, durationMs } = outcome.value;
+        for (const l of this.#sampled) l(source, durationMs);
         this.#unavailableSince.delete(source);
         const change = this.#apply(source, sample);
         if (change !== null) changes.push(change);

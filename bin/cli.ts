@@ -17,6 +17,7 @@ const agentModules = async () => ({
   ...(await import('../agent/journal.ts')),
   ...(await import('../agent/facts.ts')),
   ...(await import('../agent/health.ts')),
+  ...(await import('../agent/metrics.ts')),
   ...(await import('../agent/host-io.ts')),
   ...(await import('../agent/node-state.ts')),
   ...(await import('../agent/samplers.ts')),
@@ -25,6 +26,7 @@ const collectorModules = async () => ({
   ...(await import('../collector/incidents/bundle-service.ts')),
   ...(await import('../collector/pipeline.ts')),
   ...(await import('../collector/api/server.ts')),
+  ...(await import('../collector/api/metrics.ts')),
   ...(await import('../collector/kube/cluster-view.ts')),
   ...(await import('../collector/detection/finding-log.ts')),
   ...(await import('../collector/api/summary.ts')),
@@ -41,6 +43,7 @@ usage:
   conntrail collector [--listen HOST:PORT|unix:PATH] [--token-file F] [--tls-cert F --tls-key F] [--capture 15s|off] [--history 15m]
                       [--kubeconfig F | --no-kubernetes] [--pretty [--color|--no-color]]
                       [--agent-auth token|tokenreview|both] [--agent-service-account NAMESPACE:NAME] [--data-dir DIR]
+                      [--metrics-listen HOST:PORT]
   conntrail agent --collector ws://HOST:PORT [--node NAME] [--interval 1s] [--token-file F] [--ca F]
                   [--health-listen HOST:PORT] [--journal-max-age 15m] [--journal-max-bytes 64MiB]
   conntrail local [--interval 1s] [--listen HOST:PORT]   this node: agent, collector, detectors, incidents and the API in one process
@@ -117,6 +120,15 @@ export function parseInterval(text: string): number {
   return ms;
 }
 
+/** A listen flag read by `parse`, whose error names --listen: a usage error naming `flag` instead. */
+function listenFlag<T>(flag: string, text: string, parse: (text: string) => T): T {
+  try {
+    return parse(text);
+  } catch {
+    throw new UsageError(`${flag}: ${JSON.stringify(text)} is not HOST:PORT or unix:PATH`);
+  }
+}
+
 /** `HOST:PORT` (IPv6 in brackets) for the agent's health endpoints. */
 function parseHostPort(text: string): { host: string; port: number } | null {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
@@ -166,12 +178,13 @@ async function runLogs(args: readonly string[]): Promise<number> {
 }
 
 async function runCollector(args: readonly string[]): Promise<number> {
-  const { parseSince, createPipeline, CollectorServer, parseListen, startClusterView, findingLogger, agentAuthFromFlags, DEFAULT_AGENT_SERVICE_ACCOUNT, defaultBudget, parseSize, Store } = await collectorModules();
+  const { parseSince, createPipeline, CollectorServer, parseListen, startClusterView, findingLogger, agentAuthFromFlags, DEFAULT_AGENT_SERVICE_ACCOUNT, defaultBudget, parseSize, Store, CollectorMetrics, startMetricsListener } = await collectorModules();
   const { values } = parseArgs({
     args: [...args],
-    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, 'memory-budget': { type: 'string' }, 'data-dir': { type: 'string' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false }, kubernetes: { type: 'boolean', default: true }, pretty: { type: 'boolean', default: false }, color: { type: 'boolean' }, 'agent-auth': { type: 'string' }, 'agent-service-account': { type: 'string', default: DEFAULT_AGENT_SERVICE_ACCOUNT } },
+    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, 'memory-budget': { type: 'string' }, 'data-dir': { type: 'string' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false }, kubernetes: { type: 'boolean', default: true }, pretty: { type: 'boolean', default: false }, color: { type: 'boolean' }, 'agent-auth': { type: 'string' }, 'agent-service-account': { type: 'string', default: DEFAULT_AGENT_SERVICE_ACCOUNT }, 'metrics-listen': { type: 'string' } },
     allowNegative: true,
   });
+  const metricsListen = values['metrics-listen'] === undefined ? null : listenFlag('--metrics-listen', values['metrics-listen'], parseListen);
   const log = logger('collector', undefined, values.pretty ? { color: wantColor(values.color, process.stdout) } : null);
   // With allowNegative, parseArgs reads `--no-kubernetes` as `kubernetes: false`, not as the option of that name.
   const noKubernetes = values['no-kubernetes'] || !values.kubernetes;
@@ -188,6 +201,8 @@ async function runCollector(args: readonly string[]): Promise<number> {
   if (dataDir === undefined) log.info('no --data-dir: timelines, incidents and findings are kept in memory only, and a restart loses them');
   const store = dataDir === undefined ? null : Store.open(dataDir, log, { windowMs: historyMs });
   const cluster = await startClusterView({ log, historyMs, disabled: noKubernetes, ...(values.kubeconfig === undefined ? {} : { kubeconfig: values.kubeconfig }) });
+  const logFinding = findingLogger(log);
+  let metrics: InstanceType<typeof CollectorMetrics> | undefined;
   const pipeline = createPipeline({
     log,
     historyMs,
@@ -196,23 +211,30 @@ async function runCollector(args: readonly string[]): Promise<number> {
     catalog: cluster.catalog,
     version: VERSION,
     captureMs,
-    onFinding: findingLogger(log),
+    onFinding: (line) => {
+      logFinding(line);
+      metrics?.finding(line);
+    },
     onIncident: (incident, line, capturing) => log.warn({ incident: incident.id, service: incident.service, node: line.node, capturing, captureMs }, 'incident opened'),
   });
-  const server = new CollectorServer({ collector: pipeline.collector, log, token, bundles: pipeline.bundles, services: pipeline.services, agentAuth: agentAuth.mode, reviewer: agentAuth.reviewer, ...(tls ? { tls } : {}) });
+  metrics = new CollectorMetrics({ collector: pipeline.collector, incidents: () => pipeline.bundles.incidents.list() });
+  const server = new CollectorServer({ collector: pipeline.collector, log, token, bundles: pipeline.bundles, services: pipeline.services, metrics, agentAuth: agentAuth.mode, reviewer: agentAuth.reviewer, ...(tls ? { tls } : {}) });
   const addr = await server.listen(parseListen(values.listen));
   log.info({ listen: addr, auth: token === null ? 'none' : 'bearer token', agentAuth: agentAuth.mode, tls: tls !== undefined }, 'collector listening');
   if (token === null) log.warn(agentAuth.mode === 'token' ? 'no token configured: any agent or client can connect (set CONNTRAIL_TOKEN or --token-file)' : 'no token configured: anyone who can reach the HTTP API can read it (set CONNTRAIL_TOKEN or --token-file); agents still need a reviewed ServiceAccount token');
+  const metricsServer = metricsListen === null ? null : await startMetricsListener(metrics, metricsListen);
+  if (metricsServer !== null) log.info({ listen: metricsServer.address }, 'metrics listening (GET /metrics, no token)');
   await untilSignal();
   pipeline.flush(Date.now());
   await cluster.stop();
+  await metricsServer?.close();
   await server.close();
   pipeline.store?.close();
   return 0;
 }
 
 async function runAgent(args: readonly string[]): Promise<number> {
-  const { Agent, readNodeFacts, startHealthServer, createHostIO, NodeState, createSamplers, parseBytes, parseJournalAge, DEFAULT_JOURNAL } = await agentModules();
+  const { Agent, readNodeFacts, startHealthServer, createHostIO, NodeState, createSamplers, parseBytes, parseJournalAge, DEFAULT_JOURNAL, AgentMetrics } = await agentModules();
   const { values } = parseArgs({
     args: [...args],
     options: { collector: { type: 'string' }, node: { type: 'string' }, interval: { type: 'string', default: '1s' }, 'token-file': { type: 'string' }, ca: { type: 'string' }, 'health-listen': { type: 'string' }, 'journal-max-age': { type: 'string' }, 'journal-max-bytes': { type: 'string' } },
@@ -228,6 +250,10 @@ async function runAgent(args: readonly string[]): Promise<number> {
   const log = logger('agent').child({ node });
   const tokenFile = values['token-file'];
   const firstToken = readToken(tokenFile);
+  const state = new NodeState(createSamplers(), createHostIO());
+  // Read from the agent only when scraped, which the health server (started after the agent) allows.
+  const metrics = new AgentMetrics({ statuses: () => state.statuses(), skippedTicks: (): number => agent.skippedTicks, connected: (): boolean => agent.health().connected });
+  state.onSampled((source, ms) => metrics.sampled(source, ms));
   const agent = new Agent({
     node,
     collectorUrl: values.collector,
@@ -235,16 +261,17 @@ async function runAgent(args: readonly string[]): Promise<number> {
     // Read now so a missing file stops the agent at start, then again at every (re)connect: projected tokens rotate.
     token: tokenFile === undefined ? firstToken : () => readToken(tokenFile),
     version: VERSION,
-    state: new NodeState(createSamplers(), createHostIO()),
+    state,
     log,
     readFacts: readNodeFacts,
     ...(values.ca ? { ca: readFileSync(values.ca, 'utf8') } : {}),
     journal: { maxAgeMs: journalAge, maxBytes: journalBytes },
+    metrics,
   });
   log.info({ collector: values.collector, intervalMs: parseInterval(values.interval), journal: journalAge > 0 && journalBytes > 0 ? { maxAgeMs: journalAge, maxBytes: journalBytes } : 'off' }, 'agent starting');
   agent.start();
-  const health = healthListen === null ? null : await startHealthServer(() => agent.health(), healthListen);
-  if (health !== null) log.info({ health: health.address }, 'health endpoints listening (/livez, /readyz)');
+  const health = healthListen === null ? null : await startHealthServer(() => agent.health(), healthListen, { metrics });
+  if (health !== null) log.info({ health: health.address }, 'health endpoints listening (/livez, /readyz, /metrics)');
   await untilSignal();
   await health?.close();
   await agent.stop();

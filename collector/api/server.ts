@@ -19,6 +19,7 @@ import type { BundleService } from '../incidents/bundle-service.ts';
 import { serveAgent } from '../receive/agent-socket.ts';
 import type { Collector } from '../receive/collector.ts';
 import type { AgentAuthMode, Review } from '../receive/token-review.ts';
+import { serveMetrics, type MetricsSource } from './metrics.ts';
 
 /** Records streamed per write while answering a records request, between waits for the socket to drain. */
 const STREAM_BATCH = 500;
@@ -43,6 +44,8 @@ export interface ServerOptions {
   readonly agentAuth?: AgentAuthMode;
   /** Reviews ServiceAccount tokens for `tokenreview` and `both`; it must never reject, and bounds its own wait. */
   readonly reviewer?: { review(token: string): Promise<Review> } | null;
+  /** Prometheus metrics at GET /metrics, behind the token like the API (./metrics.ts). */
+  readonly metrics?: MetricsSource;
 }
 
 /** What the upgrade's credentials allow: the node they were issued on (null: any), or a refusal with its reason. */
@@ -219,6 +222,7 @@ export class CollectorServer {
       return sendJson(res, 401, { error: 'unauthorized' });
     }
     if (req.method !== 'GET') return sendJson(res, 405, { error: 'method not allowed' });
+    if (parts.length === 1 && parts[0] === 'metrics' && this.#o.metrics !== undefined) return serveMetrics(res, this.#o.metrics);
     if (parts[0] !== 'api') return sendJson(res, 404, { error: 'not found' });
     if (parts[1] === 'nodes' && parts.length === 2) return sendJson(res, 200, this.#nodes());
     const node = parts[1] === 'nodes' ? parts[2] : undefined;
@@ -343,7 +347,7 @@ export function parseTarget(raw: string | undefined): Target {
 
 /** A route for the log: fixed words kept, anything from the client replaced. */
 function routeOf(parts: readonly string[]): string {
-  const known = new Set(['api', 'nodes', 'incidents', 'bundle', 'services', 'healthz']);
+  const known = new Set(['api', 'nodes', 'incidents', 'bundle', 'services', 'healthz', 'metrics']);
   return `/${parts.slice(0, 4).map((p) => (known.has(p) || isSourceName(p) ? p : ':x')).join('/')}`;
 }
 
