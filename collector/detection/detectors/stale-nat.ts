@@ -61,7 +61,7 @@ export const detectStaleNat: Detector = (input) => {
     const left = span === undefined || state === 'unknown' ? `is not an endpoint of the Service (not since conntrail began watching at ${iso(removedAt)})` : `left the Service at ${iso(removedAt)}`;
     const what = rearmed
       ? `its timer read ${before.timeout ?? '?'} s at ${iso(beforeAt)} and ${e.timeout ?? '?'} s at ${iso(input.time)}, ${Math.round((input.time - beforeAt) / 1000)} s later: re-armed by new packets`
-      : `it moved from ${before.state ?? 'no state'} to ${e.state ?? 'no state'}${before.assured !== e.assured ? ' (now ASSURED)' : ''} with the same NAT`;
+      : `${movedText(before, e)} between ${iso(beforeAt)} and ${iso(input.time)}, with the same NAT${before.timeout !== null && e.timeout !== null && e.timeout > before.timeout ? `, its timer going from ${before.timeout} s to ${e.timeout} s` : ''}: traffic still flows on it`;
     findings.push({
       finding: 'stale-nat-to-removed-endpoint',
       severity: 'error',
@@ -80,3 +80,14 @@ export const detectStaleNat: Detector = (input) => {
   }
   return findings;
 };
+
+/** What moved between two readings of one entry, in the words of the conntrack line: UDP has no state, only its flags. */
+function movedText(b: { state: string | null; assured: boolean; unreplied: boolean }, a: { state: string | null; assured: boolean; unreplied: boolean }): string {
+  const parts: string[] = [];
+  if (b.state !== a.state) parts.push(`its state went from ${b.state ?? 'none'} to ${a.state ?? 'none'}`);
+  if (b.unreplied && !a.unreplied) parts.push('it lost [UNREPLIED] (the endpoint answered)');
+  if (!b.assured && a.assured) parts.push('it became [ASSURED] (packets both ways)');
+  if (b.assured && !a.assured) parts.push('it lost [ASSURED]');
+  if (!b.unreplied && a.unreplied) parts.push('it became [UNREPLIED]');
+  return parts.length === 0 ? 'its entry changed' : parts.join(' and ');
+}
