@@ -2,11 +2,12 @@
 // by diffs applied in sequence. A gap in the sequence or a diff that does not
 // fit the state means the two ends disagree: the view stops applying and asks
 // for a resync; what it had stays readable until the new snapshot lands.
-import { applyDiff, diffByKey } from '../../contract/diff.ts';
+import { diffByKey, type Diff } from '../../contract/diff.ts';
 import type { AgentMessage, SourceChange, SourceStatus } from '../../contract/protocol.ts';
 import type { NodeFacts } from '../../contract/records.ts';
 import { specOf, type RecordOf, type SourceName } from '../../contract/sources.ts';
 import type { Bounds } from './bounds.ts';
+import { heldRecordsFor, type HeldRecords } from './compact-records.ts';
 
 /**
  * Records held per node and source. Conntrack and the IPVS connection table
@@ -63,11 +64,10 @@ export class NodeView {
   lastReceivedAt: number | null = null;
   rejectedFrames = 0;
   resyncs = 0;
-  readonly #state = new Map<SourceName, Map<string, RecordOf<SourceName>>>();
-  /** Sample time each record's current value was read at, by source and key. */
-  readonly #readAt = new Map<SourceName, Map<string, number>>();
+  /** Each source's records with the sample time each was read at (compact for the big tables: state/compact-records.ts). */
+  readonly #state = new Map<SourceName, HeldRecords<RecordOf<SourceName>>>();
   readonly #status = new Map<string, SourceStatus>();
-  #staging: { seq: number; startedAt: number; sources: Map<SourceName, { parts: number; got: Set<number>; records: RecordOf<SourceName>[]; over?: boolean }> } | null = null;
+  #staging: { seq: number; startedAt: number; sources: Map<SourceName, Staged> } | null = null;
   #awaitingSnapshot = true;
   /** Sources beyond their record bound: not held at all (half a table would mislead detectors), until a snapshot fits again. */
   readonly #overBound = new Set<SourceName>();
@@ -93,7 +93,6 @@ export class NodeView {
   #dropOverBound(source: SourceName, count: number): void {
     this.#overBound.add(source);
     this.#state.delete(source);
-    this.#readAt.delete(source);
     this.#bounds?.hit(`records.${source}`, this.name, this.#maxRecords(source), `${source} is not held for this node (${count} records); detectors skip it until a snapshot fits`);
   }
 
@@ -106,13 +105,13 @@ export class NodeView {
   }
 
   recordMap<N extends SourceName>(source: N): ReadonlyMap<string, RecordOf<N>> {
-    // The map for `source` only ever holds that source's records (keyed by its spec).
-    return (this.#state.get(source) ?? EMPTY) as ReadonlyMap<string, RecordOf<N>>;
+    // The store for `source` only ever holds that source's records (keyed by its spec).
+    return (this.#state.get(source)?.view ?? EMPTY) as ReadonlyMap<string, RecordOf<N>>;
   }
 
   /** The sample time at which a record's current value (its `raw` as held) was read. */
   readAt(source: SourceName, key: string): number | null {
-    return this.#readAt.get(source)?.get(key) ?? null;
+    return this.#state.get(source)?.readAt(key) ?? null;
   }
 
   statuses(): SourceStatus[] {
@@ -164,14 +163,21 @@ export class NodeView {
     const sources = this.#staging.sources;
     let s = sources.get(msg.source);
     if (s === undefined) {
-      s = { parts: msg.parts, got: new Set(), records: [] };
+      s = { parts: msg.parts, got: new Set(), records: heldRecordsFor(msg.source, specOf(msg.source).keyOf), count: 0, over: false };
       sources.set(msg.source, s);
     }
     if (s.parts !== msg.parts || s.got.has(msg.part)) return this.#resync(`snapshot of ${msg.source} at seq ${msg.seq} arrived inconsistent (part ${msg.part}/${msg.parts})`);
     s.got.add(msg.part);
     // Past the bound, parts are counted but not kept: the source will be dropped whole at the end.
-    if (s.records.length + msg.records.length <= this.#maxRecords(msg.source)) for (const r of msg.records) s.records.push(r);
-    else s.over = true;
+    if (!s.over && s.count + msg.records.length <= this.#maxRecords(msg.source)) {
+      // Each part goes into the store it will be held in as it arrives: a big snapshot is never held as objects, and the end has only the diff left to do.
+      const keyOf = specOf(msg.source).keyOf;
+      for (const r of msg.records) s.records.put(keyOf(r), r, msg.time);
+      s.count += msg.records.length;
+    } else {
+      s.over = true;
+      s.count += msg.records.length;
+    }
     this.lastReceivedAt = now;
     return { kind: 'staged' };
   }
@@ -183,7 +189,7 @@ export class NodeView {
       if (staging !== null) return this.#resync(`snapshot end for seq ${msg.seq} without its parts`);
     }
     const changes: SourceChange[] = [];
-    const incoming: Map<SourceName, { parts: number; got: Set<number>; records: RecordOf<SourceName>[]; over?: boolean }> = staging?.sources ?? new Map();
+    const incoming: Map<SourceName, Staged> = staging?.sources ?? new Map();
     for (const [source, s] of incoming) {
       if (s.got.size !== s.parts) return this.#resync(`snapshot of ${source} at seq ${msg.seq} is missing parts (${s.got.size}/${s.parts})`);
     }
@@ -191,28 +197,25 @@ export class NodeView {
     const transitions: Transition[] = [];
     for (const source of [...this.#state.keys()]) {
       if (incoming.has(source)) continue;
-      const empty = { added: [], removed: [...(this.#state.get(source)?.keys() ?? [])], changed: [], refreshed: [] };
-      for (const t of transitionsOf(source, this.#state.get(source) ?? EMPTY, this.#readAt.get(source), empty)) transitions.push(t);
+      const old = this.#state.get(source);
+      const empty = { added: [], removed: [...(old?.keys() ?? [])], changed: [], refreshed: [] };
+      for (const t of transitionsOf(source, old, empty)) transitions.push(t);
       this.#state.delete(source);
-      this.#readAt.delete(source);
     }
     for (const [source, s] of incoming) {
-      if (s.over === true) {
-        this.#dropOverBound(source, s.records.length);
+      if (s.over) {
+        this.#dropOverBound(source, s.count);
         continue;
       }
       this.#overBound.delete(source);
       const spec = specOf(source);
-      const map = new Map<string, RecordOf<SourceName>>();
-      for (const r of s.records) map.set(spec.keyOf(r), r);
-      const old = this.#state.get(source) ?? new Map<string, RecordOf<SourceName>>();
+      const map = s.records;
+      const old = this.#state.get(source);
       // One push per element: spreading 250k transitions into push() overflows the stack.
-      for (const t of transitionsOf(source, old, this.#readAt.get(source), diffByKey<RecordOf<SourceName>>(old, map, spec))) transitions.push(t);
+      if (old !== undefined) for (const t of transitionsOf(source, old, diffByKey<RecordOf<SourceName>>(old.view, map.view, spec))) transitions.push(t);
+      else for (const t of transitionsOf(source, undefined, { added: [...map.values()], removed: [], changed: [], refreshed: [] })) transitions.push(t);
       this.#state.set(source, map);
-      const readAt = new Map<string, number>();
-      for (const key of map.keys()) readAt.set(key, msg.time);
-      this.#readAt.set(source, readAt);
-      changes.push({ source, added: s.records, removed: [], changed: [], refreshed: [] });
+      changes.push(snapshotChange(source, map));
     }
     this.#status.clear();
     for (const st of msg.status) this.#status.set(st.source, st);
@@ -233,21 +236,13 @@ export class NodeView {
       if (this.#overBound.has(change.source)) continue;
       let map = this.#state.get(change.source);
       if (map === undefined) {
-        map = new Map();
+        map = heldRecordsFor(change.source, specOf(change.source).keyOf);
         this.#state.set(change.source, map);
       }
-      let readAt = this.#readAt.get(change.source);
-      if (readAt === undefined) {
-        readAt = new Map();
-        this.#readAt.set(change.source, readAt);
-      }
-      for (const t of transitionsOf(change.source, map, readAt, change)) transitions.push(t);
-      const spec = specOf(change.source);
-      const mismatched = applyDiff(map, change, spec);
+      for (const t of transitionsOf(change.source, map, change)) transitions.push(t);
+      const mismatched = applyHeld(map, change, specOf(change.source).keyOf, msg.time);
       if (mismatched.length > 0)
         return this.#resync(`diff for ${change.source} at seq ${msg.seq} does not fit the state (${mismatched.length} unknown keys, first ${JSON.stringify(mismatched[0])})`);
-      for (const key of change.removed) readAt.delete(key);
-      for (const list of [change.added, change.changed, change.refreshed]) for (const r of list) readAt.set(spec.keyOf(r), msg.time);
       if (map.size > this.#maxRecords(change.source)) {
         // What this step did to the source is not detected on either: the source is gone as a whole.
         for (let i = transitions.length - 1; i >= 0; i--) if (transitions[i]?.source === change.source) transitions.splice(i, 1);
@@ -268,33 +263,76 @@ export class NodeView {
 
 const EMPTY: ReadonlyMap<string, never> = new Map<string, never>();
 
+/** A source's snapshot parts as they arrive, put straight into the store that will hold them. */
+interface Staged {
+  readonly parts: number;
+  readonly got: Set<number>;
+  readonly records: HeldRecords<RecordOf<SourceName>>;
+  /** Records sent, kept or not. */
+  count: number;
+  /** Past the record bound: the rest is counted, not kept, and the source is dropped at the end. */
+  over: boolean;
+}
+
+/**
+ * A snapshot step's change for one source. Its records are what the store
+ * held at the snapshot, read out when asked for (history folds it, a bundle
+ * writes it) rather than kept as an array of objects beside the store: a
+ * frozen compact copy is a fraction of that. Each read makes a new array.
+ */
+function snapshotChange(source: SourceName, held: HeldRecords<RecordOf<SourceName>>): SourceChange {
+  const frozen = held.copy();
+  return {
+    source,
+    get added(): readonly RecordOf<SourceName>[] {
+      return [...frozen.values()];
+    },
+    removed: [],
+    changed: [],
+    refreshed: [],
+  };
+}
+
+/**
+ * contract/diff.ts's applyDiff on a store, with each record's read time: the
+ * same keys count as not fitting (a removed or changed key the state never
+ * had), and the caller resynchronises on them.
+ */
+function applyHeld<T>(state: HeldRecords<T>, d: Diff<T>, keyOf: (r: T) => string, time: number): string[] {
+  const mismatched: string[] = [];
+  for (const k of d.removed) if (!state.delete(k)) mismatched.push(k);
+  for (const r of d.added) state.put(keyOf(r), r, time);
+  for (const list of [d.changed, d.refreshed])
+    for (const r of list) {
+      const k = keyOf(r);
+      if (!state.has(k)) mismatched.push(k);
+      state.put(k, r, time);
+    }
+  return mismatched;
+}
+
 /**
  * Pairs each record of a diff with what the state held for its key before the
  * diff. A key the state lacks yields no transition: the diff does not fit, and
  * the caller resynchronises instead of detecting on it.
  */
-function transitionsOf(
-  source: SourceName,
-  before: ReadonlyMap<string, RecordOf<SourceName>>,
-  readAt: ReadonlyMap<string, number> | undefined,
-  diff: Omit<SourceChange, 'source'>,
-): Transition[] {
+function transitionsOf(source: SourceName, before: HeldRecords<RecordOf<SourceName>> | undefined, diff: Omit<SourceChange, 'source'>): Transition[] {
   const spec = specOf(source);
   const out: Transition[] = [];
-  const at = (key: string): number => readAt?.get(key) ?? 0;
+  const at = (key: string): number => before?.readAt(key) ?? 0;
   // `source` and the records come from one SourceChange (decoded per source), so each pairing is of one source.
   const push = (t: TransitionOf<SourceName>): void => {
     out.push(t as Transition);
   };
   for (const key of diff.removed) {
-    const b = before.get(key);
+    const b = before?.get(key);
     if (b !== undefined) push({ source, kind: 'removed', key, before: b, beforeAt: at(key), after: undefined });
   }
   for (const r of diff.added) push({ source, kind: 'added', key: spec.keyOf(r), before: undefined, beforeAt: null, after: r });
   for (const kind of ['changed', 'refreshed'] as const)
     for (const r of diff[kind]) {
       const key = spec.keyOf(r);
-      const b = before.get(key);
+      const b = before?.get(key);
       if (b !== undefined) push({ source, kind, key, before: b, beforeAt: at(key), after: r });
     }
   return out;
