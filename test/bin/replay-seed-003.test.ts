@@ -64,7 +64,7 @@ const POD_SENTENCE = `. The endpoint is pod hc/web on node node-1; the API had i
 const warningSummary = (service: string): string =>
   `198.18.100.20 (load balancer address of ${service}) is bound on node-1 (kube-ipvs0) and accept_local is off: a load balancer whose health checks come from 198.18.100.20 (to port 32000) will see this node as unhealthy`;
 const errorSummary = (service: string): string =>
-  `packets are being dropped on node-1 while 198.18.100.20 (load balancer address of ${service}) is a local address here (kube-ipvs0) and accept_local is off: the kernel counted 4 more martian-source packets (in_martian_src); health checks a load balancer sends from 198.18.100.20 to port 32000 are dropped this way before conntrack sees them`;
+  `packets are being dropped on node-1 while 198.18.100.20 (load balancer address of ${service}) is a local address here (kube-ipvs0) and accept_local is off: NodePort rules counted packets that no conntrack entry shows and the kernel counted 4 more martian-source packets (in_martian_src, from any source on this host); health checks a load balancer sends from 198.18.100.20 to port 32000 are dropped this way before conntrack sees them`;
 const TUPLE = { proto: 'tcp', src: '198.18.100.20', sport: null, dst: '198.18.0.11', dport: 32000 };
 
 async function replayed(dir: string, kube?: string): Promise<FindingLine[]> {

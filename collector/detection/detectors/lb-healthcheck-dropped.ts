@@ -130,7 +130,9 @@ export const detectLbHealthcheckDropped: Detector = (input) => {
     const unconfirmed = counterRises.length > 0 && !fromLb && !confirmedToPorts;
     // The logged destination is the one after DNAT (a pod in iptables mode), so only the source is matched.
     const logged = loggedMartians.filter((m) => m.src === c.address);
-    const dropping = martianRise > 0 || unconfirmed || logged.length > 0;
+    // in_martian_src is host-wide and counts martians from any source: it backs up the specific evidence (rule counters the
+    // LB's packets move with nothing confirmed, or the kernel naming the LB address) but never proves a drop on its own.
+    const dropping = unconfirmed || logged.length > 0;
     if (!dropping && !configChanged) continue;
     const addr = addrs.find((a: Address) => a.address === c.address);
     const nodeIp = addrs.find((a: Address) => a.family === 'inet' && a.scope === 'global' && a.ifname !== 'kube-ipvs0' && a.ifname !== addr?.ifname)?.address ?? null;
@@ -139,7 +141,7 @@ export const detectLbHealthcheckDropped: Detector = (input) => {
     if (addr) evidence.push({ source: 'addrs', node: input.node, time: iso(input.time), raw: addr.raw });
     for (const s of accept.lines) evidence.push({ source: 'sysctl', node: input.node, time: at('sysctl', s.name), raw: s.raw });
     for (const r of counterRises) evidence.push({ source: 'iptables', node: input.node, time: iso(input.time), raw: r.raw });
-    for (const { t } of martianRises) evidence.push({ source: 'rt-cache-stat', node: input.node, time: iso(t.beforeAt), raw: t.before.raw }, { source: 'rt-cache-stat', node: input.node, time: iso(input.time), raw: t.after.raw });
+    if (dropping) for (const { t } of martianRises) evidence.push({ source: 'rt-cache-stat', node: input.node, time: iso(t.beforeAt), raw: t.before.raw }, { source: 'rt-cache-stat', node: input.node, time: iso(input.time), raw: t.after.raw });
     // The kernel line as read, at the time it was read (its own timestamp is since boot).
     for (const m of logged.slice(-MAX_KERNEL_LINES)) evidence.push({ source: 'kmsg', node: input.node, time: at('kmsg', String(m.seq)), raw: m.raw });
     const ingress = api?.loadBalancerIngress.find((i) => i.ip === c.address) ?? null;
@@ -147,8 +149,8 @@ export const detectLbHealthcheckDropped: Detector = (input) => {
     const where = `${addr?.ifname ?? 'the local table'}`;
     const shownParts = [
       ...(logged.length > 0 ? [`the kernel logged ${logged.length === 1 ? 'a' : logged.length} \`martian source … from ${c.address}\` line${logged.length === 1 ? '' : 's'}`] : []),
-      ...(martianRise > 0 ? [`the kernel counted ${martianRise} more martian-source packets (in_martian_src)`] : []),
-      ...(martianRise === 0 && logged.length === 0 ? [`NodePort rules counted ${counterRises.length === 1 ? 'packets' : 'packets on several rules'} that no conntrack entry shows`] : []),
+      ...(unconfirmed ? [`NodePort rules counted ${counterRises.length === 1 ? 'packets' : 'packets on several rules'} that no conntrack entry shows`] : []),
+      ...(martianRise > 0 ? [`the kernel counted ${martianRise} more martian-source packets (in_martian_src, from any source on this host)`] : []),
     ];
     const shown = shownParts.join(' and ');
     findings.push({
