@@ -201,9 +201,9 @@ describe('conntrack line cache against the contract (issue 9)', () => {
 
   it('a changing use= (or counters, or delta-time) on verbatim lines, with timers counting down, is no change', () => {
     const lines = [
-      ...fixture('../../../shared/fixtures/conntrack/netlink-876-conntrack-L-established-closewait.txt').trim().split('\n'),
-      ...fixture('../../../shared/fixtures/conntrack/k8s-91216-e2e-dns-tcp-timewait-excerpt.txt').trim().split('\n').slice(2),
-      ...fixture('../../../shared/fixtures/conntrack/ubicloud-pr1009-flowtable-offload-no-timeout.txt').trim().split('\n').slice(0, -1),
+      ...fixture('../fixtures/conntrack/netlink-876-conntrack-L-established-closewait.txt').trim().split('\n'),
+      ...fixture('../fixtures/conntrack/k8s-91216-e2e-dns-tcp-timewait-excerpt.txt').trim().split('\n').slice(2),
+      ...fixture('../fixtures/conntrack/ubicloud-pr1009-flowtable-offload-no-timeout.txt').trim().split('\n').slice(0, -1),
       ...fixture('../fixtures/conntrack/lab-proc-nf-conntrack.txt').trim().split('\n'),
       ...fixture('../fixtures/conntrack/lab-conntrack-L-extended.txt').trim().split('\n').slice(1),
     ];
@@ -262,9 +262,9 @@ describe('conntrack line cache against the contract (issue 9)', () => {
     const pool = [
       ...fixture('../fixtures/conntrack/lab-proc-nf-conntrack.txt').trim().split('\n'),
       ...fixture('../fixtures/conntrack/seed-002-nf-conntrack-syn-sent.txt').trim().split('\n'),
-      ...fixture('../../../shared/fixtures/conntrack/netlink-876-conntrack-L-established-closewait.txt').trim().split('\n'),
-      ...fixture('../../../shared/fixtures/conntrack/k8s-91216-e2e-dns-tcp-timewait-excerpt.txt').trim().split('\n').slice(2),
-      ...fixture('../../../shared/fixtures/conntrack/ubicloud-pr1009-flowtable-offload-no-timeout.txt').trim().split('\n').slice(0, -1),
+      ...fixture('../fixtures/conntrack/netlink-876-conntrack-L-established-closewait.txt').trim().split('\n'),
+      ...fixture('../fixtures/conntrack/k8s-91216-e2e-dns-tcp-timewait-excerpt.txt').trim().split('\n').slice(2),
+      ...fixture('../fixtures/conntrack/ubicloud-pr1009-flowtable-offload-no-timeout.txt').trim().split('\n').slice(0, -1),
       ...timeline(fixture('../fixtures/conntrack/lab-acct-timeline.txt')).flatMap((s) => s.table.trim().split('\n')),
     ].filter((l) => !('error' in parseConntrackLine(l)));
     for (const seed of [1, 2, 3, 9, 42]) {
