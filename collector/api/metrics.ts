@@ -45,12 +45,13 @@ export interface MetricsSource {
 export class CollectorMetrics implements MetricsSource {
   readonly registry = new Registry();
   readonly #findings: Counter<'kind' | 'severity' | 'node' | 'service'>;
+  readonly #lastSeen: Gauge<'kind' | 'severity' | 'node' | 'service'>;
   readonly #folded: Counter;
   readonly #services = new Set<string>();
   readonly #maxServices: number;
   readonly #collector: Collector;
   /** The label sets counted per node, so a node that leaves the window takes its series with it. */
-  readonly #byNode = new Map<string, Map<string, { kind: string; severity: string; node: string; service: string }>>();
+  readonly #byNode = new Map<string, Map<string, { readonly labels: { kind: string; severity: string; node: string; service: string }; seen: number }>>();
 
   constructor(o: CollectorMetricsOptions) {
     const c = o.collector;
@@ -62,6 +63,14 @@ export class CollectorMetrics implements MetricsSource {
     this.#findings = new Counter({
       name: 'conntrail_findings_total',
       help: 'Findings logged, by kind, severity, node and Service (a folded line counts every repeat it stands for; service="none": about no Service, "other": past the Service cap)',
+      labelNames: ['kind', 'severity', 'node', 'service'],
+      registers,
+    });
+    // What "an error finding in the last 5 minutes" is alerted on: a counter's
+    // first sample is already 1, so increase() misses a label set's first finding.
+    this.#lastSeen = new Gauge({
+      name: 'conntrail_finding_last_seen_timestamp_seconds',
+      help: 'Sample time of the latest finding of each kind, severity, node and Service (labels as conntrail_findings_total)',
       labelNames: ['kind', 'severity', 'node', 'service'],
       registers,
     });
@@ -147,7 +156,10 @@ export class CollectorMetrics implements MetricsSource {
     });
     c.onExpired((gone) => {
       for (const node of gone) {
-        for (const labels of this.#byNode.get(node)?.values() ?? []) this.#findings.remove(labels);
+        for (const { labels } of this.#byNode.get(node)?.values() ?? []) {
+          this.#findings.remove(labels);
+          this.#lastSeen.remove(labels);
+        }
         this.#byNode.delete(node);
       }
     });
@@ -158,9 +170,15 @@ export class CollectorMetrics implements MetricsSource {
     if (!isNodeName(line.node)) return;
     const labels = { kind: line.finding, severity: line.severity, node: line.node, service: this.#service(line.service) };
     this.#findings.inc(labels, line.count);
+    const seen = Math.max(line.time, Date.parse(line.lastSeen) || 0) / 1000;
+    const key = `${labels.kind}\u0000${labels.severity}\u0000${labels.service}`;
     let counted = this.#byNode.get(line.node);
     if (counted === undefined) this.#byNode.set(line.node, (counted = new Map()));
-    counted.set(`${labels.kind}\u0000${labels.severity}\u0000${labels.service}`, labels);
+    // A folded line is logged when its window closes, maybe after a newer line of another endpoint's fold: the latest time stays.
+    const held = counted.get(key);
+    if (held === undefined) counted.set(key, { labels, seen });
+    else held.seen = Math.max(held.seen, seen);
+    this.#lastSeen.set(labels, held?.seen ?? seen);
     if (labels.service === 'other' && line.service !== null) this.#folded.inc(line.count);
   }
 

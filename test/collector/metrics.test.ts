@@ -71,12 +71,14 @@ describe('collector metrics', () => {
     if (error === undefined) throw new Error('seed 002 replays without its port-reuse finding');
     const collector = new Collector({ log: captureLog().log });
     const metrics = new CollectorMetrics({ collector, processMetrics: false });
+    const later = error.time + 30_000;
+    metrics.finding({ ...error, count: 4, lastSeen: new Date(later).toISOString() });
+    // A line logged late about older repeats does not move the time back.
     metrics.finding(error);
-    metrics.finding({ ...error, count: 4 });
     const samples = parseExposition((await metrics.render()).body);
-    expect(pick(samples, 'conntrail_findings_total')).toEqual([
-      { name: 'conntrail_findings_total', labels: { kind: 'port-reuse-to-removed-endpoint', severity: 'error', node: 'cn-beijing.10.20.79.226', service: 'TCP 10.20.79.226:31199' }, value: 5 },
-    ]);
+    const labels = { kind: 'port-reuse-to-removed-endpoint', severity: 'error', node: 'cn-beijing.10.20.79.226', service: 'TCP 10.20.79.226:31199' };
+    expect(pick(samples, 'conntrail_findings_total')).toEqual([{ name: 'conntrail_findings_total', labels, value: 5 }]);
+    expect(pick(samples, 'conntrail_finding_last_seen_timestamp_seconds')).toEqual([{ name: 'conntrail_finding_last_seen_timestamp_seconds', labels, value: later / 1000 }]);
   });
 
   it('folds Services past the cap into service="other", counts the folding and lists it as a collector bound', async () => {
@@ -108,6 +110,7 @@ describe('collector metrics', () => {
     expect(collector.expire()).toEqual([line.node]);
     const samples = parseExposition((await metrics.render()).body);
     expect(pick(samples, 'conntrail_findings_total').map((s) => s.labels.node)).toEqual(['still-here']);
+    expect(pick(samples, 'conntrail_finding_last_seen_timestamp_seconds').map((s) => s.labels.node)).toEqual(['still-here']);
   });
 
   it('serves node connection, lag, records, source states and rejected frames on /metrics behind the token, and on --metrics-listen without it', async () => {

@@ -7,7 +7,11 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseAllDocuments } from 'yaml';
+import { parse as parseYaml, parseAllDocuments } from 'yaml';
+import { pino } from 'pino';
+import { AgentMetrics } from '../../agent/metrics.ts';
+import { CollectorMetrics } from '../../collector/api/metrics.ts';
+import { Collector } from '../../collector/receive/collector.ts';
 
 type Obj = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string> }; [k: string]: unknown };
 
@@ -195,5 +199,89 @@ describe('manifests/', () => {
         rmSync(dir, { recursive: true, force: true });
       }
     });
+  });
+});
+
+// The optional monitoring kustomization: Prometheus Operator objects are CRDs
+// that kubernetes-models does not know, so their structure is checked here;
+// the rules themselves are checked and unit-tested by promtool in
+// test/integration/prometheus.test.ts.
+describe('manifests/monitoring/', () => {
+  const monitoring = parseAllDocuments(execFileSync('kubectl', ['kustomize', `${root}manifests/monitoring`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })).map((d) => d.toJS() as Obj);
+  const mon = (kind: string, name: string) => {
+    const o = monitoring.find((x) => x.kind === kind && x.metadata.name === name);
+    if (o === undefined) throw new Error(`no ${kind} ${name} in manifests/monitoring`);
+    return o;
+  };
+  const histogram = (name: string) => [name, `${name}_bucket`, `${name}_count`, `${name}_sum`];
+  const exported = new Set(
+    [new CollectorMetrics({ collector: new Collector({ log: pino({ level: 'silent' }) }), processMetrics: false }).registry, new AgentMetrics({ statuses: () => [], skippedTicks: () => 0, connected: () => false, processMetrics: false }).registry]
+      .flatMap((r) => r.getMetricsAsArray())
+      .flatMap((m) => histogram(m.name)),
+  );
+  const namedIn = (expr: string) => [...expr.matchAll(/\bconntrail_[a-z_]+/g)].map((m) => m[0]);
+  type PodMonitor = { spec: { selector: { matchLabels: Record<string, string> }; podMetricsEndpoints: { port: string; path: string; authorization?: { type: string; credentials: { name: string; key: string } } }[] } };
+  type Rule = { alert: string; expr: string; for?: string; labels: Record<string, string>; annotations: Record<string, string> };
+
+  it('holds only the monitoring objects, in conntrail, and manifests/ does not include them', () => {
+    expect(monitoring.map((o) => `${o.apiVersion} ${o.kind}/${o.metadata.name} ${o.metadata.namespace}`).sort()).toEqual([
+      'monitoring.coreos.com/v1 PodMonitor/conntrail-agent conntrail',
+      'monitoring.coreos.com/v1 PodMonitor/conntrail-collector conntrail',
+      'monitoring.coreos.com/v1 PrometheusRule/conntrail conntrail',
+      'v1 ConfigMap/conntrail-dashboard conntrail',
+    ]);
+    expect(objects.filter((o) => o.apiVersion.startsWith('monitoring.coreos.com') || o.kind === 'ConfigMap')).toEqual([]);
+  });
+
+  it.each([
+    ['conntrail-collector', collector],
+    ['conntrail-agent', agent],
+  ])('PodMonitor %s selects its pods and scrapes /metrics on a port they name', (name, workload) => {
+    const pm = mon('PodMonitor', name) as Obj & PodMonitor;
+    const template = (workload.spec as { template: { metadata: { labels: Record<string, string> } } }).template.metadata.labels;
+    expect(Object.keys(pm.spec.selector.matchLabels).length).toBeGreaterThan(0);
+    for (const [k, v] of Object.entries(pm.spec.selector.matchLabels)) expect(template[k], k).toBe(v);
+    const ports = podSpec(workload).containers.flatMap((c) => (c as Container & { ports?: { name: string }[] }).ports ?? []).map((p) => p.name);
+    for (const e of pm.spec.podMetricsEndpoints) {
+      expect(ports).toContain(e.port);
+      expect(e.path).toBe('/metrics');
+    }
+  });
+
+  it("scrapes the collector with the token of the Secret it reads, the agents with none", () => {
+    const [endpoint] = (mon('PodMonitor', 'conntrail-collector') as Obj & PodMonitor).spec.podMetricsEndpoints;
+    const secret = (podSpec(collector).volumes ?? []).find((v) => v.secret !== undefined)?.secret?.secretName;
+    expect(endpoint?.authorization).toEqual({ type: 'Bearer', credentials: { name: secret, key: 'token' } });
+    expect((mon('PodMonitor', 'conntrail-agent') as Obj & PodMonitor).spec.podMetricsEndpoints.every((e) => e.authorization === undefined)).toBe(true);
+  });
+
+  it('carries the rule groups of alerts.yaml (what promtool tests), each alert with a severity, a summary and metrics the collector exports', () => {
+    const rule = mon('PrometheusRule', 'conntrail') as Obj & { spec: { groups: { name: string; rules: Rule[] }[] } };
+    expect(rule.spec).toEqual(parseYaml(readFileSync(`${root}manifests/monitoring/alerts.yaml`, 'utf8')));
+    const rules = rule.spec.groups.flatMap((g) => g.rules);
+    expect(rules.map((r) => r.alert)).toEqual(['ConntrailErrorFinding', 'ConntrailNodeNotReporting', 'ConntrailSourceFailing']);
+    for (const r of rules) {
+      expect(['critical', 'warning'], r.alert).toContain(r.labels.severity);
+      expect(Object.keys(r.annotations).sort(), r.alert).toEqual(['description', 'summary']);
+      expect(namedIn(r.expr).length, r.alert).toBeGreaterThan(0);
+      for (const m of namedIn(r.expr)) expect(exported, `${r.alert}: ${m}`).toContain(m);
+    }
+  });
+
+  it('ships the Grafana dashboard in a ConfigMap for the dashboard sidecar, querying only exported metrics', async () => {
+    const cm = mon('ConfigMap', 'conntrail-dashboard') as Obj & { data: Record<string, string> };
+    const Model = await modelOf(cm);
+    expect(() => new Model(cm).validate()).not.toThrow();
+    expect(cm.metadata.labels?.grafana_dashboard).toBe('1');
+    expect(Object.keys(cm.data)).toEqual(['conntrail.json']);
+    const dashboard = JSON.parse(cm.data['conntrail.json'] ?? '') as { uid: string; panels: { title: string; targets: { expr: string }[] }[] };
+    expect(dashboard).toEqual(JSON.parse(readFileSync(`${root}manifests/monitoring/dashboard.json`, 'utf8')));
+    const titles = dashboard.panels.map((p) => p.title);
+    expect(titles).toEqual(expect.arrayContaining(['Findings by kind', 'Findings by Service', 'Sample lag per node']));
+    for (const p of dashboard.panels)
+      for (const t of p.targets) {
+        expect(namedIn(t.expr).length, p.title).toBeGreaterThan(0);
+        for (const m of namedIn(t.expr)) expect(exported, `${p.title}: ${m}`).toContain(m);
+      }
   });
 });
