@@ -87,10 +87,10 @@ describe('manifests/', () => {
     }
   });
 
-  it('grants the collector get/list/watch on Services, EndpointSlices, Pods and Nodes, create on TokenReviews, and nothing else', () => {
+  it('grants the collector get/list/watch on Services, EndpointSlices, Pods and Nodes, create on TokenReviews, create and patch on events.k8s.io Events, and nothing else', () => {
     const role = find('ClusterRole', 'conntrail-collector') as Obj & { rules: { apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[]; nonResourceURLs?: string[] }[] };
     const grants = role.rules.flatMap((r) => r.apiGroups.flatMap((g) => r.resources.flatMap((res) => r.verbs.map((v) => `${g}/${res}:${v}`)))).sort();
-    expect(grants).toEqual(['/nodes:get', '/nodes:list', '/nodes:watch', '/pods:get', '/pods:list', '/pods:watch', '/services:get', '/services:list', '/services:watch', 'authentication.k8s.io/tokenreviews:create', 'discovery.k8s.io/endpointslices:get', 'discovery.k8s.io/endpointslices:list', 'discovery.k8s.io/endpointslices:watch']);
+    expect(grants).toEqual(['/nodes:get', '/nodes:list', '/nodes:watch', '/pods:get', '/pods:list', '/pods:watch', '/services:get', '/services:list', '/services:watch', 'authentication.k8s.io/tokenreviews:create', 'discovery.k8s.io/endpointslices:get', 'discovery.k8s.io/endpointslices:list', 'discovery.k8s.io/endpointslices:watch', 'events.k8s.io/events:create', 'events.k8s.io/events:patch']);
     expect(role.rules.some((r) => r.resourceNames !== undefined)).toBe(false);
     expect(role.rules.some((r) => r.nonResourceURLs !== undefined)).toBe(false);
     const binding = find('ClusterRoleBinding', 'conntrail-collector') as Obj & { roleRef: { kind: string; name: string }; subjects: { kind: string; name: string; namespace: string }[] };
@@ -98,6 +98,11 @@ describe('manifests/', () => {
     expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: 'conntrail-collector', namespace: 'conntrail' }]);
     // Nothing binds the agent's account to anything.
     expect(objects.filter((o) => o.kind.endsWith('Binding')).flatMap((b) => (b as Obj & { subjects: { name: string }[] }).subjects.map((s) => s.name))).not.toContain('conntrail-agent');
+  });
+
+  it('names the collector pod in its Events (POD_NAME from the downward API, their reportingInstance)', () => {
+    const c = podSpec(collector).containers.find((x) => x.name === 'collector');
+    expect(c?.env?.find((e) => e.name === 'POD_NAME')?.valueFrom?.fieldRef?.fieldPath).toBe('metadata.name');
   });
 
   it('gives the agent no API token at all', () => {
