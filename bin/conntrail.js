@@ -13,3 +13,8 @@ const { enableCompileCache } = await import('node:module');
 enableCompileCache?.(process.env.NODE_COMPILE_CACHE ?? new URL('../node_modules/.cache/conntrail', import.meta.url).pathname);
 const { main } = await import('./cli.ts');
 process.exitCode = await main(process.argv.slice(2));
+// Everything a command opened is closed by now, but a client library may keep
+// an idle keep-alive socket (the Kubernetes client's HTTPS agent held a
+// stopped collector for ~27 s). Give the event loop a moment to drain the
+// log, then leave; an unref'd timer never keeps the process alive itself.
+setTimeout(() => process.exit(), 1_000).unref();
