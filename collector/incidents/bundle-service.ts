@@ -5,7 +5,7 @@ import { parseDuration } from '../../contract/duration.ts';
 import type { Logger } from 'pino';
 import type { Collector } from '../receive/collector.ts';
 import { Captures } from './captures.ts';
-import { bundleFiles, packBundle, type NodeTimeline } from './bundle.ts';
+import { bundleFilesYielding, packBundle, type NodeTimeline } from './bundle.ts';
 import { describeIncident, incidentWindow, Incidents, type Incident } from './incidents.ts';
 import type { KubeCatalog, KubeEvent } from '../kube/catalog.ts';
 
@@ -100,9 +100,22 @@ export class BundleService {
     return this.#pack(now - sinceMs, now, null, null);
   }
 
+  /** timelines(), a node at a time with the event loop let through between nodes (a node's slice folds its whole window). */
+  async #timelinesYielding(from: number, to: number, nodes: readonly string[] | null): Promise<NodeTimeline[]> {
+    const out: NodeTimeline[] = [];
+    for (const view of [...this.#collector.nodes.values()]) {
+      if (nodes !== null && !nodes.includes(view.name)) continue;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      const entries = this.#collector.history(view.name)?.slice(from, to) ?? [];
+      if (entries.length > 0) out.push({ node: view.name, facts: view.facts, entries });
+    }
+    return out;
+  }
+
   async #pack(from: number, to: number, incident: Incident | null, nodes: readonly string[] | null): Promise<Buffer> {
     const { lines: captures, pcaps } = incident === null ? { lines: new Map(), pcaps: new Map() } : this.captures.of(incident.id);
-    const files = bundleFiles({ from, to, timelines: this.timelines(from, to, nodes), incident, version: this.#version, captures, pcaps, kubernetes: this.kubeEvents(from, to) });
+    const timelines = await this.#timelinesYielding(from, to, nodes);
+    const files = await bundleFilesYielding({ from, to, timelines, incident, version: this.#version, captures, pcaps, kubernetes: this.kubeEvents(from, to) });
     return packBundle(files, `conntrail-${incident?.id ?? new Date(to).toISOString().replace(/[-:.]/g, '')}`);
   }
 }

@@ -43,6 +43,49 @@ export interface Derived {
  * as having received its events as they came.
  */
 export function deriveFindings(timelines: readonly NodeTimeline[], log: Logger = pino({ level: 'silent' }), kubeEvents: readonly KubeEvent[] | null = null): Derived {
+  return runToEnd(deriveSteps(timelines, log, kubeEvents));
+}
+
+/**
+ * The work of a bundle, cut where it may pause: a generator that yields
+ * whenever it has run for YIELD_MS, run to its end at once (deriveFindings,
+ * bundleFiles) or with the event loop let through at each pause
+ * (bundleFilesYielding), so a collector building a bundle of 200 nodes still
+ * answers /healthz and its agents meanwhile.
+ */
+const YIELD_MS = 20;
+type Steps<T> = Generator<void, T, void>;
+
+function runToEnd<T>(steps: Steps<T>): T {
+  for (;;) {
+    const r = steps.next();
+    if (r.done === true) return r.value;
+  }
+}
+
+async function runYielding<T>(steps: Steps<T>): Promise<T> {
+  for (;;) {
+    const r = steps.next();
+    if (r.done === true) return r.value;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
+/** A clock for pauses: `due()` is true (and restarts) once YIELD_MS have passed. */
+function pacer(): { due(): boolean } {
+  let since = performance.now();
+  return {
+    due() {
+      const now = performance.now();
+      if (now - since < YIELD_MS) return false;
+      since = now;
+      return true;
+    },
+  };
+}
+
+function* deriveSteps(timelines: readonly NodeTimeline[], log: Logger, kubeEvents: readonly KubeEvent[] | null): Steps<Derived> {
+  const pace = pacer();
   const findings: FindingLine[] = [];
   let kube: KubeCatalog | null = null;
   if (kubeEvents !== null) {
@@ -54,6 +97,7 @@ export function deriveFindings(timelines: readonly NodeTimeline[], log: Logger =
   const sessions = new Map<string, Session>();
   const events = timelines.flatMap((t) => t.entries.map((entry) => ({ t, entry }))).sort((a, b) => a.entry.time - b.entry.time);
   for (const { t, entry } of events) {
+    if (pace.due()) yield;
     clock = entry.time;
     let session = sessions.get(t.node);
     const send = (msg: AgentMessage) => collector.accept(session as Session, msg);
@@ -128,6 +172,16 @@ export function isBundleEntry(path: string): boolean {
 
 /** The bundle's files, by path. A timeline or capture under a name that is not a node name is left out (and said so in the manifest). */
 export function bundleFiles(input: BundleInput): Map<string, string | Buffer> {
+  return runToEnd(bundleSteps(input));
+}
+
+/** bundleFiles, letting the event loop through every YIELD_MS of work. */
+export function bundleFilesYielding(input: BundleInput): Promise<Map<string, string | Buffer>> {
+  return runYielding(bundleSteps(input));
+}
+
+function* bundleSteps(input: BundleInput): Steps<Map<string, string | Buffer>> {
+  const pace = pacer();
   const files = new Map<string, string | Buffer>();
   const skipped: string[] = [];
   const put = (path: string | null, what: string, content: string | Buffer): void => {
@@ -139,11 +193,12 @@ export function bundleFiles(input: BundleInput): Map<string, string | Buffer> {
     if (!ok) skipped.push(`timeline of ${JSON.stringify(String(t.node).slice(0, 300))}: not a node name`);
     return ok;
   });
-  const derived = deriveFindings(timelines, undefined, input.kubernetes ?? null);
+  const derived = yield* deriveSteps(timelines, pino({ level: 'silent' }), input.kubernetes ?? null);
   files.set('findings.jsonl', jsonl(derived.findings));
   if (input.kubernetes) files.set('kubernetes.jsonl', jsonl(input.kubernetes));
   files.set('endpoints.jsonl', jsonl(derived.endpoints.map((s) => ({ ...s, firstSeen: iso(s.firstSeen), terminatingSince: s.terminatingSince === null ? null : iso(s.terminatingSince), removedAt: s.removedAt === null ? null : iso(s.removedAt) }))));
   for (const t of timelines) {
+    if (pace.due()) yield;
     put(BUNDLE_ENTRIES.timeline(t.node), `timeline of ${t.node}`, jsonl(t.entries));
     const first = t.entries[0];
     const start: readonly SourceChange[] = first?.kind === 'snapshot' ? first.changes : [];
