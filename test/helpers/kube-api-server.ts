@@ -18,6 +18,19 @@
 // issued authenticate (the registry stands in for the signature); an expired
 // one, one for other audiences, or one whose pod is gone does not, with an
 // error worded like kube-apiserver's.
+//
+// And Events (events.k8s.io/v1) as kube-apiserver stores them: POST
+// /apis/events.k8s.io/v1/namespaces/NS/events validated as
+// pkg/apis/core/validation/events.go does for that API (eventTime, action,
+// reason, reportingController and reportingInstance required, type Normal or
+// Warning, note at most 1024 bytes, series.count at least 2, the namespace
+// the regarding object's, a DNS-subdomain name; 422 Invalid otherwise, 409
+// AlreadyExists for a taken name), PATCH …/events/NAME with a strategic or
+// JSON merge patch (the same thing for an Event's scalar and struct fields;
+// immutable fields refused as on update), GET of one, of a namespace's and of
+// all. `forbidden.add('events')` answers their create and patch with 403, as
+// a ClusterRole without those verbs does. Services are also read one at a
+// time (GET /api/v1/namespaces/NS/services/NAME).
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createServer } from 'node:https';
@@ -63,6 +76,15 @@ const KINDS: Record<Resource, { kind: string; apiVersion: string; listKind: stri
 
 const TOKEN_REVIEWS = /^\/apis\/authentication\.k8s\.io\/v1\/tokenreviews$/;
 const ONE_POD = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)$/;
+const ONE_SERVICE = /^\/api\/v1\/namespaces\/([^/]+)\/services\/([^/]+)$/;
+const NS_EVENTS = /^\/apis\/events\.k8s\.io\/v1\/namespaces\/([^/]+)\/events$/;
+const ONE_EVENT = /^\/apis\/events\.k8s\.io\/v1\/namespaces\/([^/]+)\/events\/([^/]+)$/;
+const ALL_EVENTS = /^\/apis\/events\.k8s\.io\/v1\/events$/;
+const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+// apimachinery IsQualifiedName: an optional DNS-subdomain prefix and '/', then a name of at most 63.
+const QUALIFIED_NAME = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+/** The fields ValidateEventUpdate keeps immutable, by their events.k8s.io/v1 names. */
+const EVENT_IMMUTABLE = ['regarding', 'reason', 'note', 'type', 'eventTime', 'action', 'related', 'reportingController', 'reportingInstance', 'deprecatedSource', 'deprecatedFirstTimestamp', 'deprecatedLastTimestamp', 'deprecatedCount'] as const;
 
 export interface RequestSeen {
   readonly method: string;
@@ -74,12 +96,14 @@ export interface RequestSeen {
 export class KubeApiServer {
   readonly token: string;
   /** Resources this server answers 403 for, as RBAC would. */
-  readonly forbidden = new Set<Resource | 'tokenreviews'>();
+  readonly forbidden = new Set<Resource | 'tokenreviews' | 'events'>();
   /** Issued tokens carry the pod's node (kube-apiserver >= 1.30); false acts as an older server, whose reviews name only the pod. */
   podNodeInfo = true;
   /** How long a TokenReview waits before it is answered, as a loaded API server would. */
   tokenReviewDelayMs = 0;
   readonly #issued = new Map<string, IssuedToken>();
+  /** Events by `namespace/name`, as stored (metadata stamped). */
+  readonly #events = new Map<string, Record<string, unknown>>();
   readonly requests: RequestSeen[] = [];
   #rv = 1000;
   /** Events older than this were compacted away: a watch from before it gets 410. */
@@ -281,6 +305,137 @@ export class KubeApiServer {
     });
   }
 
+  /** The Events stored, as a GET would return them. */
+  events(namespace?: string): Record<string, unknown>[] {
+    return [...this.#events.values()].filter((e) => namespace === undefined || (e.metadata as { namespace: string }).namespace === namespace).map((e) => ({ kind: 'Event', apiVersion: 'events.k8s.io/v1', ...e }));
+  }
+
+  /** Forgets an Event, as its TTL (--event-ttl, 1 h by default) does: a PATCH of it is then 404. */
+  expireEvent(namespace: string, name: string): boolean {
+    return this.#events.delete(`${namespace}/${name}`);
+  }
+
+  #readBody(req: IncomingMessage): Promise<string> {
+    return new Promise((resolve) => {
+      let body = '';
+      req.on('data', (d: Buffer) => (body += d.toString()));
+      req.on('end', () => resolve(body));
+    });
+  }
+
+  /** What ValidateEventCreate / validateV1EventSeries say about an events.k8s.io/v1 Event, as field errors. */
+  #eventErrors(e: Record<string, unknown>, namespace: string): string[] {
+    const errors: string[] = [];
+    const meta = (e.metadata ?? {}) as Record<string, unknown>;
+    const name = typeof meta.name === 'string' ? meta.name : '';
+    const str = (k: string): string => {
+      const v = e[k];
+      return typeof v === 'string' ? v : '';
+    };
+    if (name === '') errors.push('metadata.name: Required value: name or generateName is required');
+    else if (name.length > 253 || !DNS1123_SUBDOMAIN.test(name)) errors.push(`metadata.name: Invalid value: "${name}": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'`);
+    if (meta.namespace !== undefined && meta.namespace !== namespace) errors.push(`metadata.namespace: Invalid value: "${String(meta.namespace)}": does not match the namespace of the request`);
+    if (str('eventTime') === '' || Number.isNaN(Date.parse(str('eventTime')))) errors.push('eventTime: Required value');
+    if (e.type !== 'Normal' && e.type !== 'Warning') errors.push(`type: Invalid value: "": has invalid value: ${String(e.type ?? '')}`);
+    const regarding = (e.regarding ?? {}) as Record<string, unknown>;
+    if ((regarding.namespace ?? '') === '' ? namespace !== 'default' && namespace !== 'kube-system' : regarding.namespace !== namespace) errors.push(`regarding.namespace: Invalid value: "${String(regarding.namespace ?? '')}": does not match event.namespace`);
+    const controller = str('reportingController');
+    if (controller === '') errors.push('reportingController: Required value');
+    else if (!QUALIFIED_NAME.test(controller) || controller.length > 316) errors.push(`reportingController: Invalid value: "${controller}": must be a qualified name`);
+    if (str('reportingInstance') === '') errors.push('reportingInstance: Required value');
+    if (str('reportingInstance').length > 128) errors.push('reportingInstance: Invalid value: "": can have at most 128 characters');
+    if (str('action') === '') errors.push('action: Required value');
+    if (str('action').length > 128) errors.push('action: Invalid value: "": can have at most 128 characters');
+    if (str('reason') === '') errors.push('reason: Required value');
+    if (str('reason').length > 128) errors.push('reason: Invalid value: "": can have at most 128 characters');
+    // Go's len: bytes.
+    if (Buffer.byteLength(str('note')) > 1024) errors.push('note: Invalid value: "": can have at most 1024 characters');
+    errors.push(...seriesErrors(e.series));
+    return errors;
+  }
+
+  #eventsRequest(req: IncomingMessage, res: ServerResponse, url: URL, seen: (status: number) => void): boolean {
+    const ns = NS_EVENTS.exec(url.pathname);
+    const one = ONE_EVENT.exec(url.pathname);
+    if (ns === null && one === null && !ALL_EVENTS.test(url.pathname)) return false;
+    const namespace = decodeURIComponent((ns ?? one)?.[1] ?? '');
+    const name = decodeURIComponent(one?.[2] ?? '');
+    const verb = req.method === 'POST' && ns !== null ? 'create' : req.method === 'PATCH' && one !== null ? 'patch' : req.method === 'GET' ? (one !== null ? 'get' : 'list') : null;
+    if (verb === null) {
+      seen(405);
+      status(res, 405, 'MethodNotAllowed', `the server does not allow this method on the requested resource (${req.method} ${url.pathname})`);
+      return true;
+    }
+    if ((verb === 'create' || verb === 'patch') && this.forbidden.has('events')) {
+      seen(403);
+      status(res, 403, 'Forbidden', `events.events.k8s.io${name === '' ? '' : ` "${name}"`} is forbidden: User "system:serviceaccount:conntrail:conntrail-collector" cannot ${verb} resource "events" in API group "events.k8s.io" in the namespace "${namespace}"`);
+      return true;
+    }
+    const answer = (code: number, object: unknown) => {
+      seen(code);
+      res.writeHead(code, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(object));
+    };
+    const invalid = (eventName: string, errors: readonly string[]) => {
+      seen(422);
+      res.writeHead(422, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: `Event.events.k8s.io "${eventName}" is invalid: [${errors.join(', ')}]`, reason: 'Invalid', details: { name: eventName, group: 'events.k8s.io', kind: 'Event', causes: errors.map((m) => ({ reason: 'FieldValueInvalid', message: m, field: m.split(':')[0] })) }, code: 422 }));
+    };
+    if (verb === 'list') {
+      answer(200, { kind: 'EventList', apiVersion: 'events.k8s.io/v1', metadata: { resourceVersion: String(this.#rv) }, items: this.events(ns === null ? undefined : namespace).map(({ kind: _k, apiVersion: _a, ...e }) => e) });
+      return true;
+    }
+    const stored = this.#events.get(`${namespace}/${name}`);
+    if (verb === 'get' || verb === 'patch') {
+      if (stored === undefined) {
+        seen(404);
+        status(res, 404, 'NotFound', `events.events.k8s.io "${name}" not found`);
+        return true;
+      }
+      if (verb === 'get') {
+        answer(200, { kind: 'Event', apiVersion: 'events.k8s.io/v1', ...stored });
+        return true;
+      }
+    }
+    void this.#readBody(req).then((text) => {
+      const body = safeParse(text);
+      if (body === null) {
+        seen(400);
+        return status(res, 400, 'BadRequest', 'the request body is not a JSON object');
+      }
+      if (verb === 'create') {
+        const meta = (body.metadata ?? {}) as Record<string, unknown>;
+        const eventName = typeof meta.name === 'string' ? meta.name : '';
+        const errors = this.#eventErrors(body, namespace);
+        if (errors.length > 0) return invalid(eventName, errors);
+        if (this.#events.has(`${namespace}/${eventName}`)) {
+          seen(409);
+          return status(res, 409, 'AlreadyExists', `events.events.k8s.io "${eventName}" already exists`);
+        }
+        const { kind: _k, apiVersion: _a, ...rest } = body;
+        const event = { ...rest, metadata: { ...meta, namespace, uid: randomUUID(), resourceVersion: String(++this.#rv), creationTimestamp: new Date().toISOString().replace(/\.\d+Z$/, 'Z') } };
+        this.#events.set(`${namespace}/${eventName}`, event);
+        return answer(201, { kind: 'Event', apiVersion: 'events.k8s.io/v1', ...event });
+      }
+      const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim();
+      if (type !== 'application/strategic-merge-patch+json' && type !== 'application/merge-patch+json') {
+        seen(415);
+        return status(res, 415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/strategic-merge-patch+json, application/merge-patch+json (got ${type ?? 'none'})`);
+      }
+      const current = stored as Record<string, unknown>;
+      const next = mergePatch(current, body) as Record<string, unknown>;
+      const errors: string[] = [];
+      for (const field of EVENT_IMMUTABLE) if (JSON.stringify(next[field]) !== JSON.stringify(current[field])) errors.push(`${field}: Invalid value: "": field is immutable`);
+      if (JSON.stringify(next.series) !== JSON.stringify(current.series)) errors.push(...seriesErrors(next.series));
+      if (errors.length > 0) return invalid(name, errors);
+      const meta = { ...(current.metadata as Record<string, unknown>), resourceVersion: String(++this.#rv) };
+      const event = { ...next, metadata: meta };
+      this.#events.set(`${namespace}/${name}`, event);
+      return answer(200, { kind: 'Event', apiVersion: 'events.k8s.io/v1', ...event });
+    });
+    return true;
+  }
+
   /** Ends every open watch, as an API server restart or a load balancer in front of it would. */
   dropWatches(): void {
     for (const w of this.#watches) w.res.end();
@@ -321,6 +476,23 @@ export class KubeApiServer {
         return status(res, 403, 'Forbidden', 'tokenreviews.authentication.k8s.io is forbidden: User "system:serviceaccount:conntrail:conntrail-collector" cannot create resource "tokenreviews" in API group "authentication.k8s.io" at the cluster scope');
       }
       return this.#tokenReview(req, res, seen);
+    }
+    if (this.#eventsRequest(req, res, url, seen)) return;
+    const svc = ONE_SERVICE.exec(url.pathname);
+    if (svc !== null && req.method === 'GET') {
+      const [namespace, name] = [decodeURIComponent(svc[1] ?? ''), decodeURIComponent(svc[2] ?? '')];
+      if (this.forbidden.has('services')) {
+        seen(403);
+        return status(res, 403, 'Forbidden', `services "${name}" is forbidden: User "system:serviceaccount:conntrail:conntrail-collector" cannot get resource "services" in API group "" in the namespace "${namespace}"`);
+      }
+      const service = this.#objects.services.get(`${namespace}/${name}`);
+      if (service === undefined) {
+        seen(404);
+        return status(res, 404, 'NotFound', `services "${name}" not found`);
+      }
+      seen(200);
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return void res.end(JSON.stringify({ kind: 'Service', apiVersion: 'v1', ...service }));
     }
     const one = ONE_POD.exec(url.pathname);
     if (one !== null && req.method === 'GET') {
@@ -377,3 +549,32 @@ function status(res: ServerResponse, code: number, reason: string, message: stri
   res.end(JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code }));
 }
 
+function safeParse(text: string): Record<string, unknown> | null {
+  try {
+    const v = JSON.parse(text) as unknown;
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** RFC 7386 JSON merge patch: objects merge, null deletes, anything else replaces. */
+function mergePatch(target: unknown, patch: unknown): unknown {
+  if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) return patch;
+  const out: Record<string, unknown> = typeof target === 'object' && target !== null && !Array.isArray(target) ? { ...(target as Record<string, unknown>) } : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
+}
+
+/** validateV1EventSeries: a series counts at least 2 and says when it was last seen. */
+function seriesErrors(series: unknown): string[] {
+  if (series === undefined || series === null) return [];
+  const s = series as { count?: unknown; lastObservedTime?: unknown };
+  const errors: string[] = [];
+  if (typeof s.count !== 'number' || s.count < 2) errors.push('series.count: Invalid value: "": should be at least 2');
+  if (typeof s.lastObservedTime !== 'string' || Number.isNaN(Date.parse(s.lastObservedTime))) errors.push('series.lastObservedTime: Required value');
+  return errors;
+}
