@@ -28,6 +28,7 @@ const collectorModules = async () => ({
   ...(await import('../collector/api/server.ts')),
   ...(await import('../collector/api/metrics.ts')),
   ...(await import('../collector/kube/cluster-view.ts')),
+  ...(await import('../collector/kube/events.ts')),
   ...(await import('../collector/detection/finding-log.ts')),
   ...(await import('../collector/api/summary.ts')),
   ...(await import('../collector/receive/token-review.ts')),
@@ -43,7 +44,7 @@ usage:
   conntrail collector [--listen HOST:PORT|unix:PATH] [--token-file F] [--tls-cert F --tls-key F] [--capture 15s|off] [--history 15m]
                       [--kubeconfig F | --no-kubernetes] [--pretty [--color|--no-color]]
                       [--agent-auth token|tokenreview|both] [--agent-service-account NAMESPACE:NAME] [--data-dir DIR]
-                      [--metrics-listen HOST:PORT]
+                      [--metrics-listen HOST:PORT] [--no-events]
   conntrail agent --collector ws://HOST:PORT [--node NAME] [--interval 1s] [--token-file F] [--ca F]
                   [--health-listen HOST:PORT] [--journal-max-age 15m] [--journal-max-bytes 64MiB]
   conntrail local [--interval 1s] [--listen HOST:PORT]   this node: agent, collector, detectors, incidents and the API in one process
@@ -178,10 +179,10 @@ async function runLogs(args: readonly string[]): Promise<number> {
 }
 
 async function runCollector(args: readonly string[]): Promise<number> {
-  const { parseSince, createPipeline, CollectorServer, parseListen, startClusterView, findingLogger, agentAuthFromFlags, DEFAULT_AGENT_SERVICE_ACCOUNT, defaultBudget, parseSize, Store, CollectorMetrics, startMetricsListener } = await collectorModules();
+  const { parseSince, createPipeline, CollectorServer, parseListen, startClusterView, findingLogger, agentAuthFromFlags, DEFAULT_AGENT_SERVICE_ACCOUNT, defaultBudget, parseSize, Store, CollectorMetrics, startMetricsListener, startKubeEvents } = await collectorModules();
   const { values } = parseArgs({
     args: [...args],
-    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, 'memory-budget': { type: 'string' }, 'data-dir': { type: 'string' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false }, kubernetes: { type: 'boolean', default: true }, pretty: { type: 'boolean', default: false }, color: { type: 'boolean' }, 'agent-auth': { type: 'string' }, 'agent-service-account': { type: 'string', default: DEFAULT_AGENT_SERVICE_ACCOUNT }, 'metrics-listen': { type: 'string' } },
+    options: { listen: { type: 'string', default: '0.0.0.0:7470' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, capture: { type: 'string', default: '15s' }, history: { type: 'string', default: '15m' }, 'memory-budget': { type: 'string' }, 'data-dir': { type: 'string' }, kubeconfig: { type: 'string' }, 'no-kubernetes': { type: 'boolean', default: false }, kubernetes: { type: 'boolean', default: true }, pretty: { type: 'boolean', default: false }, color: { type: 'boolean' }, 'agent-auth': { type: 'string' }, 'agent-service-account': { type: 'string', default: DEFAULT_AGENT_SERVICE_ACCOUNT }, 'metrics-listen': { type: 'string' }, events: { type: 'boolean', default: true } },
     allowNegative: true,
   });
   const metricsListen = values['metrics-listen'] === undefined ? null : listenFlag('--metrics-listen', values['metrics-listen'], parseListen);
@@ -203,6 +204,7 @@ async function runCollector(args: readonly string[]): Promise<number> {
   const cluster = await startClusterView({ log, historyMs, disabled: noKubernetes, ...(values.kubeconfig === undefined ? {} : { kubeconfig: values.kubeconfig }) });
   const logFinding = findingLogger(log);
   let metrics: InstanceType<typeof CollectorMetrics> | undefined;
+  let events: Awaited<ReturnType<typeof startKubeEvents>> = null;
   const pipeline = createPipeline({
     log,
     historyMs,
@@ -214,9 +216,12 @@ async function runCollector(args: readonly string[]): Promise<number> {
     onFinding: (line) => {
       logFinding(line);
       metrics?.finding(line);
+      events?.finding(line);
     },
     onIncident: (incident, line, capturing) => log.warn({ incident: incident.id, service: incident.service, node: line.node, capturing, captureMs }, 'incident opened'),
   });
+  // --no-events arrives as `events: false` (allowNegative).
+  events = await startKubeEvents({ log, disabled: !values.events, kube: cluster.catalog, bounds: pipeline.collector.bounds, ...(values.kubeconfig === undefined ? {} : { kubeconfig: values.kubeconfig }) });
   metrics = new CollectorMetrics({ collector: pipeline.collector, incidents: () => pipeline.bundles.incidents.list() });
   const server = new CollectorServer({ collector: pipeline.collector, log, token, bundles: pipeline.bundles, services: pipeline.services, metrics, agentAuth: agentAuth.mode, reviewer: agentAuth.reviewer, ...(tls ? { tls } : {}) });
   const addr = await server.listen(parseListen(values.listen));
@@ -226,6 +231,7 @@ async function runCollector(args: readonly string[]): Promise<number> {
   if (metricsServer !== null) log.info({ listen: metricsServer.address }, 'metrics listening (GET /metrics, no token)');
   await untilSignal();
   pipeline.flush(Date.now());
+  await events?.stop();
   await cluster.stop();
   await metricsServer?.close();
   await server.close();
