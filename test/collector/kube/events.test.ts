@@ -3,6 +3,7 @@
 // (`conntrail replay … --kube …`), each finding line handed to the Events
 // recorder as the collector hands it, and the Events read back from the API
 // as `kubectl get events` would.
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +14,9 @@ import type { FindingLine } from '../../../collector/detection/aggregate.ts';
 import { KubeCatalog } from '../../../collector/kube/catalog.ts';
 import { microTime, NOTE_LIMIT_BYTES, reasonOf, startKubeEvents, truncateBytes, type KubeEvents } from '../../../collector/kube/events.ts';
 import { Bounds } from '../../../collector/state/bounds.ts';
-import { captureLog } from '../../helpers/capture-log.ts';
+import { captureLog, collectJsonLines, waitFor } from '../../helpers/capture-log.ts';
+import { cli } from '../../helpers/collector-process.ts';
+import { nodeBinary } from '../../lab/traffic.ts';
 import { KubeApiServer, type Resource } from '../../helpers/kube-api-server.ts';
 
 const root = new URL('../../..', import.meta.url).pathname;
@@ -213,6 +216,32 @@ describe('Kubernetes Events for findings', { timeout: 30_000 }, () => {
     expect(r.eventRequests()).toEqual([]);
     expect(r.server.events()).toEqual([]);
     expect(r.lines.filter((l) => l.kubernetesEvents === 'off').map((l) => l.msg)).toEqual(['Kubernetes Events off (--no-events): findings are only logged']);
+  });
+
+  it('`conntrail collector` turns Events on with API access, naming its pod as reportingInstance, and --no-events turns them off', async () => {
+    const server = new KubeApiServer();
+    await server.listen();
+    const dir = mkdtempSync(join(tmpdir(), 'conntrail-events-cli-'));
+    cleanups.push(async () => {
+      await server.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+    const kubeconfig = server.writeKubeconfig(dir);
+    const said: Record<string, unknown>[] = [];
+    for (const flags of [[], ['--no-events']]) {
+      const child = spawn(nodeBinary(), [cli, 'collector', '--listen', '127.0.0.1:0', '--kubeconfig', kubeconfig, '--capture', 'off', ...flags], { env: { ...process.env, POD_NAME, CONNTRAIL_TOKEN: 'events-test' }, stdio: ['ignore', 'pipe', 'pipe'] });
+      cleanups.push(() => void child.kill('SIGKILL'));
+      const lines: Record<string, unknown>[] = [];
+      collectJsonLines(child.stdout, lines);
+      await waitFor('collector listening', () => lines.find((l) => l.msg === 'collector listening'), 15_000);
+      said.push(...lines.filter((l) => l.kubernetesEvents !== undefined));
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
+    expect(said.map((l) => [l.kubernetesEvents, l.reportingInstance])).toEqual([
+      ['on', POD_NAME],
+      ['off', undefined],
+    ]);
   });
 
   it('posts no Event for a Service name the API never gave (node data alone) and never puts such a name in a path', async () => {
