@@ -81,7 +81,7 @@ describe('conntrail parse', () => {
 
   it('says which file it cannot read', async () => {
     const err = await run(process.execPath, [cli, 'parse', 'conntrack', '/nonexistent/x']).catch((e: { code: number; stderr: string }) => e);
-    expect(err).toMatchObject({ code: 1 });
+    expect(err).toMatchObject({ code: 2 });
     expect((err as { stderr: string }).stderr).toMatch(/cannot read \/nonexistent\/x/);
   });
 });

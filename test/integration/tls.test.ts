@@ -76,7 +76,7 @@ describe('TLS between agents, the collector and the CLI', { timeout: 60_000 }, (
     const incidents = await run(process.execPath, [cli, 'incidents', '--collector', `https://127.0.0.1:${port}`, '--ca', join(dir, 'ca.pem'), '--token-file', join(dir, 'token'), '--json']);
     expect(JSON.parse(incidents.stdout)).toEqual([]);
     const withoutCa = await run(process.execPath, [cli, 'incidents', '--collector', `https://127.0.0.1:${port}`, '--token-file', join(dir, 'token')]).catch((err: { stderr: string; code: number }) => err);
-    expect(withoutCa).toMatchObject({ code: 1, stderr: expect.stringContaining('pass the CA that signed the collector\'s certificate with --ca') });
+    expect(withoutCa).toMatchObject({ code: 3, stderr: expect.stringContaining('pass the CA that signed the collector\'s certificate with --ca') });
     expect(trusting.child.exitCode).toBeNull();
   });
 });
