@@ -182,16 +182,20 @@ function axisRange(r: ReportInput, groups: readonly Group[]): [number, number] {
   return [Math.max(Math.min(r.from, lo), lo - pad), Math.min(Math.max(r.to, hi), hi + pad)];
 }
 
+/** An endpoint as a moment's label names it: its address, and its pod (without the namespace the Service row names) when the API said. */
+export const momentName = (e: { readonly endpoint: string; readonly pod?: string | null }): string => (e.pod ? `${e.endpoint} ${e.pod.slice(e.pod.indexOf('/') + 1)}` : e.endpoint);
+
 function serviceBlock(service: string, eps: ReportInput['endpoints'], groups: readonly Group[], range: [number, number], startedAt: number): string {
   const [from, to] = range;
   const x = (t: number) => PLOT_LEFT + ((Math.min(Math.max(t, from), to) - from) / (to - from)) * (PLOT_RIGHT - PLOT_LEFT);
   const laneY = (i: number) => i * ROW;
   const marks: Mark[] = [];
   eps.forEach((e, i) => {
+    const who = momentName(e);
     // Endpoints there at the first sample did not appear: they were already serving.
-    if (e.firstSeen > startedAt) marks.push({ time: e.firstSeen, text: `${hms(e.firstSeen)} ${e.endpoint} appeared`, cls: 'm-appeared', laneY: laneY(i) });
-    if (e.terminatingSince !== null) marks.push({ time: e.terminatingSince, text: `${hms(e.terminatingSince)} ${e.endpoint} drained`, cls: 'm-drained', laneY: laneY(i) });
-    if (e.removedAt !== null) marks.push({ time: e.removedAt, text: `${hms(e.removedAt)} ${e.endpoint} left`, cls: 'm-left', laneY: laneY(i) });
+    if (e.firstSeen > startedAt) marks.push({ time: e.firstSeen, text: `${hms(e.firstSeen)} ${who} appeared`, cls: 'm-appeared', laneY: laneY(i) });
+    if (e.terminatingSince !== null) marks.push({ time: e.terminatingSince, text: `${hms(e.terminatingSince)} ${who} drained`, cls: 'm-drained', laneY: laneY(i) });
+    if (e.removedAt !== null) marks.push({ time: e.removedAt, text: `${hms(e.removedAt)} ${who} left`, cls: 'm-left', laneY: laneY(i) });
   });
   const findingsLane = laneY(eps.length);
   for (const g of groups) {

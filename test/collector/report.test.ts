@@ -19,7 +19,7 @@ import { recordedFiles, SYSCTL_RECORDED } from '../../agent/sources/registry.ts'
 import { parseSysctl } from '../../agent/sources/sysctl.ts';
 import { InProcessAgent } from '../../bin/in-process.ts';
 import { readTimeline } from '../../bin/replay.ts';
-import { renderReport } from '../../collector/api/report.ts';
+import { momentName, renderReport } from '../../collector/api/report.ts';
 import type { FindingLine } from '../../collector/detection/aggregate.ts';
 import { Detection } from '../../collector/detection/detection.ts';
 import type { EndpointSpan } from '../../collector/detection/endpoint-history.ts';
@@ -104,6 +104,8 @@ interface Measured {
   readonly fix: string;
   readonly advice: { readonly text: string; readonly code: string[] }[];
   readonly injected: number;
+  readonly bodyWidth: number;
+  readonly sections: { readonly cls: string; readonly shadow: string; readonly breakBefore: string }[];
 }
 
 // Runs in the page (a copy with this script appended; the report itself has none): where everything landed, in CSS pixels of the 1000 px viewport.
@@ -120,6 +122,8 @@ const MEASURE = `(() => {
     fix: document.querySelector('section.summary .fix')?.innerHTML ?? '',
     advice: [...document.querySelectorAll('.advice')].map((a) => ({ text: a.textContent, code: [...a.querySelectorAll('code')].map((c) => c.textContent) })),
     injected: document.querySelectorAll('script:not(#measure), img, iframe').length,
+    bodyWidth: document.body.getBoundingClientRect().width,
+    sections: [...document.querySelectorAll('section')].map((s) => ({ cls: s.getAttribute('class'), shadow: getComputedStyle(s).boxShadow, breakBefore: getComputedStyle(s).breakBefore })),
   };
   const out = document.createElement('script');
   out.type = 'application/json';
@@ -264,7 +268,7 @@ describe('report.html', () => {
       return ca + ((ms % 86_400_000) - ta) * ((cb - ca) / (tb - ta));
     };
     const start = Math.min(...seed002.endpoints.map((e) => e.firstSeen));
-    const expected = seed002.endpoints.flatMap((e) => [
+    const expected = seed002.endpoints.map((e) => ({ ...e, endpoint: momentName(e) })).flatMap((e) => [
       ...(e.firstSeen > start ? [{ t: e.firstSeen, text: `${hms(e.firstSeen)} ${e.endpoint} appeared` }] : []),
       ...(e.terminatingSince === null ? [] : [{ t: e.terminatingSince, text: `${hms(e.terminatingSince)} ${e.endpoint} drained` }]),
       ...(e.removedAt === null ? [] : [{ t: e.removedAt, text: `${hms(e.removedAt)} ${e.endpoint} left` }]),
@@ -361,4 +365,32 @@ describe('report.html', () => {
     expect(m.evidence.map((e) => e.text)).toContain(`[${f.evidence[0]?.time} ${f.node} iptables] ${hostile}`);
     expectNothingCutOff(m);
   }, 90_000);
+
+  it('prints each finding on its own page, full width and without shadows', async () => {
+    const findings = groupsIn(seed003);
+    expect(findings).toBeGreaterThan(1);
+    // On screen the boxes have shadows and the page a maximum width.
+    const screen = await render('screen', seed003.html);
+    expect(screen.m.sections.every((s) => s.shadow !== 'none')).toBe(true);
+    // The print rules, applied on screen at a Letter page's printable width (8.5 in less 0.4 in margins, at 96 px an inch).
+    expect(seed003.html).toContain('@media print{');
+    const { m } = await render('print', seed003.html.replace('@media print{', '@media all{'), 739);
+    expect(m.scrollWidth).toBeLessThanOrEqual(739);
+    expect(m.bodyWidth).toBe(739);
+    expect(m.sections.map((s) => s.shadow)).toEqual(m.sections.map(() => 'none'));
+    const sections = m.sections.filter((s) => /\bfinding\b/.test(s.cls));
+    expect(sections).toHaveLength(findings);
+    expect(sections.map((s) => s.breakBefore)).toEqual(sections.map((_, i) => (i === 0 ? 'auto' : 'page')));
+    // And Chromium prints it: a page for the summary and timeline, then one at least for each finding.
+    const dir = mkdtempSync(join(work, 'pdf-'));
+    writeFileSync(join(dir, 'report.html'), seed003.html);
+    await run(CHROMIUM, [...chromiumArgs(dir, WIDTH), '--no-pdf-header-footer', `--print-to-pdf=${join(dir, 'report.pdf')}`, `file://${join(dir, 'report.html')}`], { timeout: 60_000 });
+    const pages = Number(/\/Type \/Pages\b[^>]*?\/Count (\d+)|\/Count (\d+)[^>]*?\/Type \/Pages\b/.exec(readFileSync(join(dir, 'report.pdf'), 'latin1'))?.slice(1).find(Boolean));
+    expect(pages).toBeGreaterThanOrEqual(1 + findings);
+  }, 90_000);
 });
+
+/** Findings the report shows: one per kind, node, Service, endpoint and severity, repeats folded in. */
+function groupsIn(b: Bundle): number {
+  return new Set(b.findings.map((f) => `${f.finding}|${f.node}|${f.service ?? ''}|${f.endpoint ?? ''}|${f.severity}`)).size;
+}
