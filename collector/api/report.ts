@@ -43,7 +43,18 @@ const SEVERITY_RANK: Readonly<Record<Severity, number>> = { error: 0, warning: 1
 const plural = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
 /** "2020-06-08 09:58:26 UTC": the date is part of it, so a report read days later is not ambiguous. */
 const utc = (ms: number): string => (Number.isFinite(ms) ? `${iso(ms).slice(0, 10)} ${iso(ms).slice(11, 19)} UTC` : 'unknown time');
-const hms = (ms: number): string => iso(ms).slice(11, 19);
+const hms = (ms: number): string => (Number.isFinite(ms) ? iso(ms).slice(11, 19) : '--:--:--');
+// A loop, not Math.min(...xs): a bundle of a long incident can hold more values than a call takes arguments.
+const least = (xs: Iterable<number>): number => {
+  let m = Infinity;
+  for (const x of xs) if (x < m) m = x;
+  return m;
+};
+const most = (xs: Iterable<number>): number => {
+  let m = -Infinity;
+  for (const x of xs) if (x > m) m = x;
+  return m;
+};
 const parseIso = (s: string, fallback: number): number => {
   const t = Date.parse(s);
   return Number.isNaN(t) ? fallback : t;
@@ -99,8 +110,8 @@ function groupFindings(findings: readonly FindingLine[]): Group[] {
     }
     groups.push({
       lines,
-      first: Math.min(...lines.map((l) => Math.min(l.time, parseIso(l.firstSeen, l.time)))),
-      last: Math.max(...lines.map((l) => Math.max(l.time, parseIso(l.lastSeen, l.time)))),
+      first: least(lines.map((l) => Math.min(l.time, parseIso(l.firstSeen, l.time)))),
+      last: most(lines.map((l) => Math.max(l.time, parseIso(l.lastSeen, l.time)))),
       count: lines.reduce((n, l) => n + l.count, 0),
       tuples: [...tuples.values()],
       moreTuples,
@@ -127,8 +138,8 @@ const NICE_STEPS = [1, 2, 5, 10, 15, 30].map((s) => s * SECOND).concat([1, 2, 5,
 
 /** Tick times for [from, to]: the smallest nice step that leaves TICK_PX between labels, at multiples of the step (so on whole UTC seconds, minutes, hours). */
 export function ticks(from: number, to: number, width = PLOT_RIGHT - PLOT_LEFT): number[] {
-  const most = Math.max(2, Math.floor(width / TICK_PX));
-  const step = NICE_STEPS.find((s) => (to - from) / s <= most) ?? Math.ceil((to - from) / most / (24 * HOUR)) * 24 * HOUR;
+  const room = Math.max(2, Math.floor(width / TICK_PX));
+  const step = NICE_STEPS.find((s) => (to - from) / s <= room) ?? Math.ceil((to - from) / room / (24 * HOUR)) * 24 * HOUR;
   const out: number[] = [];
   for (let t = Math.ceil(from / step) * step; t <= to; t += step) out.push(t);
   return out;
@@ -148,8 +159,25 @@ interface Placed extends Mark {
   readonly anchor: 'start' | 'end';
 }
 
+/** Many endpoints doing the same thing in the same second (a rollout of a big Deployment) are one label, or the rows would fill the page. */
+function merged(marks: readonly Mark[]): Mark[] {
+  const bySecond = new Map<string, Mark[]>();
+  for (const m of marks) {
+    const key = `${Math.floor(m.time / SECOND)}|${m.cls}`;
+    const same = bySecond.get(key);
+    if (same === undefined) bySecond.set(key, [m]);
+    else same.push(m);
+  }
+  return [...bySecond.values()].flatMap((same) => {
+    const m = same[0];
+    if (m === undefined || same.length <= MAX_SAME || !['m-appeared', 'm-drained', 'm-left'].includes(m.cls)) return same;
+    return [{ ...m, text: `${hms(m.time)} ${same.length} endpoints ${m.cls.slice(2)}` }];
+  });
+}
+const MAX_SAME = 3;
+
 /** Puts each label in the first row where it overlaps nothing, so labels of moments close in time stack instead of overprinting. */
-export function placeLabels(marks: readonly Mark[], x: (t: number) => number): Placed[] {
+function placeLabels(marks: readonly Mark[], x: (t: number) => number): Placed[] {
   const rows: [number, number][][] = [];
   const out: Placed[] = [];
   for (const m of [...marks].sort((a, b) => a.time - b.time || a.text.localeCompare(b.text))) {
@@ -176,8 +204,8 @@ function axisRange(r: ReportInput, groups: readonly Group[]): [number, number] {
     ...groups.flatMap((g) => [g.first, g.last]),
   ].filter(Number.isFinite);
   if (moments.length === 0) return [r.from, Math.max(r.to, r.from + SECOND)];
-  const lo = Math.min(...moments);
-  const hi = Math.max(...moments);
+  const lo = least(moments);
+  const hi = most(moments);
   const pad = Math.max(2 * SECOND, (hi - lo) * 0.08);
   return [Math.max(Math.min(r.from, lo), lo - pad), Math.min(Math.max(r.to, hi), hi + pad)];
 }
@@ -203,8 +231,8 @@ function serviceBlock(service: string, eps: ReportInput['endpoints'], groups: re
     if (f === undefined) continue;
     marks.push({ time: g.first, text: `${hms(g.first)} ${f.severity} ${KIND_SHORT[f.finding]}${g.count > 1 ? ` ×${g.count}` : ''}`, cls: `m-${f.severity}`, laneY: findingsLane });
   }
-  const placed = placeLabels(marks, x);
-  const labelRows = Math.max(1, ...placed.map((p) => p.row + 1));
+  const placed = placeLabels(merged(marks), x);
+  const labelRows = Math.max(1, most(placed.map((p) => p.row + 1)));
   const top = 24 + labelRows * LABEL_ROW + 6;
   const lanesEnd = top + (eps.length + 1) * ROW;
   const axisY = lanesEnd + 8;
@@ -274,7 +302,7 @@ function summaryHtml(r: ReportInput, groups: readonly Group[]): string {
   return `<section class="summary"><h2>Summary</h2><dl>
 <dt>What</dt><dd><ul>${what}</ul></dd>
 <dt>Where</dt><dd>nodes: ${list([...new Set(lines.map((l) => l.node))])}<br>Services: ${list([...new Set(lines.map((l) => l.service ?? '(no Service)'))])}<br>endpoints: ${list(endpoints)}</dd>
-<dt>When</dt><dd>first seen ${esc(utc(Math.min(...groups.map((g) => g.first))))}, last seen ${esc(utc(Math.max(...groups.map((g) => g.last))))}</dd>
+<dt>When</dt><dd>first seen ${esc(utc(least(groups.map((g) => g.first))))}, last seen ${esc(utc(most(groups.map((g) => g.last))))}</dd>
 <dt>How many</dt><dd>${esc(plural(count, 'finding'))} from ${more > 0 ? 'at least ' : ''}${esc(plural(tuples.size + more, 'distinct client tuple'))}</dd>
 ${worst === undefined ? '' : `<dt>Fix</dt><dd class="fix">${adviceHtml(firstSentence(worst.advice))}</dd>`}
 </dl></section>`;
@@ -301,7 +329,7 @@ function findingHtml(g: Group): string {
 export function renderReport(r: ReportInput): string {
   const groups = groupFindings(r.findings);
   const range = axisRange(r, groups);
-  const startedAt = Math.min(...r.endpoints.map((e) => e.firstSeen));
+  const startedAt = least(r.endpoints.map((e) => e.firstSeen));
   const svcOf = (g: Group) => g.lines[0]?.service ?? '(no Service)';
   const services = [...new Set([...r.endpoints.map((e) => e.service), ...groups.map(svcOf)])].sort();
   const blocks = services.map((s) =>

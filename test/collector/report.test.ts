@@ -19,7 +19,7 @@ import { recordedFiles, SYSCTL_RECORDED } from '../../agent/sources/registry.ts'
 import { parseSysctl } from '../../agent/sources/sysctl.ts';
 import { InProcessAgent } from '../../bin/in-process.ts';
 import { readTimeline } from '../../bin/replay.ts';
-import { momentName, renderReport } from '../../collector/api/report.ts';
+import { adviceHtml, firstSentence, momentName, renderReport, ticks } from '../../collector/api/report.ts';
 import type { FindingLine } from '../../collector/detection/aggregate.ts';
 import { Detection } from '../../collector/detection/detection.ts';
 import type { EndpointSpan } from '../../collector/detection/endpoint-history.ts';
@@ -394,3 +394,48 @@ describe('report.html', () => {
 function groupsIn(b: Bundle): number {
   return new Set(b.findings.map((f) => `${f.finding}|${f.node}|${f.service ?? ''}|${f.endpoint ?? ''}|${f.severity}`)).size;
 }
+
+describe('report.html parts', () => {
+  it.each([
+    // The axis is 710 units wide and wants 90 between labels: at most 7 steps.
+    ['6 s', 0, 6_000, 1_000],
+    ['8 s', 0, 8_000, 2_000],
+    ['40 s', 0, 40_000, 10_000],
+    ['3 min', 0, 180_000, 30_000],
+    ['15 min', 0, 900_000, 300_000],
+    ['2 h', 0, 7_200_000, 1_800_000],
+  ])('ticks a %s span at the smallest nice step that leaves room for the labels, on whole multiples of it', (_, from, to, step) => {
+    const t = ticks(from + 300, to + 300);
+    expect(t.slice(1).map((x, i) => x - (t[i] ?? 0))).toEqual(t.slice(1).map(() => step));
+    expect(t.every((x) => x % step === 0)).toBe(true);
+    expect(t.length).toBeLessThanOrEqual(8);
+  });
+
+  it.each([
+    ['Delete the entry: `conntrack -D -p udp --orig-dst 10.0.0.1`. Then check kube-proxy.', 'Delete the entry: `conntrack -D -p udp --orig-dst 10.0.0.1`.'],
+    ['Set net.ipv4.vs.conn_reuse_mode=1 (kubernetes/kubernetes#81775). On older kernels upgrade.', 'Set net.ipv4.vs.conn_reuse_mode=1 (kubernetes/kubernetes#81775).'],
+    ['Run `a. B` first. Then more.', 'Run `a. B` first.'],
+    ['No full stop at all', 'No full stop at all'],
+  ])('takes the first sentence of %j', (text, first) => {
+    expect(firstSentence(text)).toBe(first);
+  });
+
+  it('renders code spans as <code>, escapes everything, and keeps an unmatched backtick as text', () => {
+    expect(adviceHtml('run `tcpdump -nn host <ip>` & see')).toBe('run <code>tcpdump -nn host &#60;ip&#62;</code> &#38; see');
+    expect(adviceHtml('a `b` c ` d')).toBe('a <code>b</code> c ` d');
+  });
+
+  it('writes one label for many endpoints leaving in the same second', () => {
+    const service = 'ns/big:http';
+    const endpoints = Array.from({ length: 50 }, (_, i) => ({ service, endpoint: `10.1.0.${i}:80`, firstSeen: 1_000, terminatingSince: null, removedAt: 5_500, raw: '', rawAt: 1_000 }));
+    const html = renderReport({ title: 't', from: 0, to: 10_000, nodes: ['n'], endpoints, findings: [] });
+    const labels = [...html.matchAll(/<text class="mlabel[^"]*"[^>]*>([^<]*)</g)].map((m) => m[1]);
+    expect(labels).toEqual(['00:00:05 50 endpoints left']);
+  });
+
+  it('renders a report with no endpoint and no finding', () => {
+    const html = renderReport({ title: 't', from: 0, to: 60_000, nodes: [], endpoints: [], findings: [] });
+    expect(html).toContain('No finding in this window');
+    expect(html).toContain('No Service was programmed');
+  });
+});
