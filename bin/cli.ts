@@ -138,7 +138,9 @@ function commandHelp(command: string): string {
     if (i > start && (line.trim() === '' || line.startsWith('  conntrail ') || !line.startsWith('   '))) break;
     synopsis.push(line.slice(2));
   }
-  return `usage: ${synopsis.join('\n       ')}\n\nconntrail ${command} ${DETAILS[command] ?? ''}\n\ndurations: ${DURATION_HINT}\n${EXIT_STATUS}\n`;
+  const details = DETAILS[command] ?? '';
+  const durations = /--(interval|capture|history|gap|since|journal-max-age)\b/.test(details) ? `durations: ${DURATION_HINT.replace(/^a duration like /, '')}\n` : '';
+  return `usage: ${synopsis.join('\n       ')}\n\nconntrail ${command} ${details}\n\n${durations}${EXIT_STATUS}\n`;
 }
 
 /** The command line is wrong: exit 2. The message names the flag or path. */

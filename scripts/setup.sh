@@ -2,7 +2,8 @@
 # Installs what conntrail needs on a fresh Debian machine: the node tools it
 # reads (iptables with both backends, nftables, conntrack, ipvsadm, iproute2,
 # tcpdump) and the npm packages, including the Node.js 24 runtime itself
-# (npm package `node`, which puts Node 24 first on PATH for every npm script).
+# (npm package `node`, which puts Node 24 first on PATH for every npm script),
+# and a Node.js 22 beside it for the test of the packed package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +30,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
-echo "setup: done ($(node_modules/.bin/node --version), $(iptables --version), $(conntrack --version 2>&1 | head -1))"
+
+# Node.js 22, the older LTS the client commands (logs, parse, replay, ...) also
+# run on: the test that installs the packed package globally runs it there.
+# npm's `node` package again, in its own folder: the project's own tree has
+# room for one `node`, and that is 24.
+node22=.cache/node22
+if ! "$node22/node_modules/node/bin/node" --version 2>/dev/null | grep -q '^v22\.'; then
+  echo "setup: installing Node.js 22 into $node22 (for test/bin/global-install.test.ts)"
+  npm install --prefix "$node22" --no-save --no-package-lock --no-audit --no-fund 'node@~22.23.0'
+fi
+echo "setup: done ($(node_modules/.bin/node --version), Node $("$node22/node_modules/node/bin/node" --version) for the client commands' test, $(iptables --version), $(conntrack --version 2>&1 | head -1))"
