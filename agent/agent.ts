@@ -11,6 +11,7 @@ import WebSocket from 'ws';
 import { encode, decodeCollectorMessage, SUBPROTOCOL, type Ack, type AgentMessage, type CaptureRequest } from '../contract/protocol.ts';
 import { DEFAULT_JOURNAL, Journal, type JournalBounds } from './journal.ts';
 import type { CaptureSink } from './capture.ts';
+import { jittered, watchLiveness } from './liveness.ts';
 import type { NodeFacts } from '../contract/records.ts';
 import type { AgentMeter } from './metrics.ts';
 import type { NodeState } from './node-state.ts';
@@ -31,6 +32,9 @@ export interface AgentOptions {
   readonly readFacts: () => Promise<NodeFacts>;
   /** TLS: extra CA bundle for wss:// */
   readonly ca?: string;
+  /** Ping interval and liveness limit (agent/liveness.ts), shortened by tests. */
+  readonly pingIntervalMs?: number;
+  readonly livenessMs?: number;
   /** Bounds of the diff journal (default 15 minutes or 64 MiB, whichever is smaller); maxBytes 0 turns it off. */
   readonly journal?: JournalBounds;
   /** Told of every frame sent and every connection opened (agent/metrics.ts). */
@@ -136,6 +140,7 @@ export class Agent {
     /** The collector answered the upgrade with an HTTP error: logged once, not again as a socket error. */
     let refused = false;
     this.#ws = ws;
+    const stopLiveness = watchLiveness(ws, (silentMs) => this.#o.log.warn({ silentMs, collector: this.#o.collectorUrl }, 'collector connection silent past the liveness limit; reconnecting'), this.#o.pingIntervalMs, this.#o.livenessMs);
     ws.on('open', () => {
       this.#o.metrics?.opened();
       this.#connected = true;
@@ -209,10 +214,11 @@ export class Agent {
       this.#streaming = false;
       this.#awaitingAck = false;
       this.#ws = null;
+      stopLiveness();
       if (wasConnected && this.#journal.enabled) this.#o.log.info({ durableSeq: this.#durableSeq, seq: this.#seq }, 'diffs go into the journal until the collector is back');
       if (this.#stopped) return;
       if (wasConnected) this.#o.log.warn({ code }, 'collector connection closed; reconnecting');
-      this.#reconnectTimer = setTimeout(() => this.#connect(), this.#backoffMs);
+      this.#reconnectTimer = setTimeout(() => this.#connect(), jittered(this.#backoffMs));
       this.#backoffMs = Math.min(this.#backoffMs * 2, 10_000);
     });
   }
