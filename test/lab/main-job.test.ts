@@ -548,7 +548,7 @@ describe('npm start (conntrail local) on a lab node', { timeout: 120_000 }, () =
     await waitUntil('the incident on screen', job, () => job.out.lines.find((l) => l.text.startsWith('incident ') && l.text.includes(s.facts.service.key) && l.text.includes('stale-nat-to-removed-endpoint')), 3_000);
     // Without the token the API refuses; with it (the same variable local read), the incident is listed.
     const refused = await incidents(lab, s.facts.node, api);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(3);
     expect(refused.stderr).toContain('answered 401');
     const listed = await incidents(lab, s.facts.node, api, { CONNTRAIL_TOKEN: token });
     expect(listed.code, listed.stderr).toBe(0);
