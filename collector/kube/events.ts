@@ -21,8 +21,16 @@ import { kubeServiceOf } from './enrich.ts';
 import { findKubeConfig } from './watcher.ts';
 
 export const REPORTING_CONTROLLER = 'conntrail.io/collector';
-/** Required by events.k8s.io/v1 (at most 128 characters): what was done regarding the object. */
+/**
+ * Required by events.k8s.io/v1 (at most 128 characters): what was done
+ * regarding the object. It is part of the series key, and an Event's note
+ * cannot change: a latent risk (warning) and drops seen (error) are told
+ * apart here, so the error gets its own Event and note instead of folding
+ * into the warning's series.
+ */
 export const ACTION = 'Detected';
+export const ACTION_RISK = 'RiskSeen';
+export const actionOf = (severity: string): string => (severity === 'error' ? ACTION : ACTION_RISK);
 /**
  * kube-apiserver's pkg/apis/core/validation/events.go: NoteLengthLimit = 1024
  * (compared with Go's len, so bytes), ReportingInstanceLengthLimit = 128.
@@ -181,6 +189,7 @@ export function targetsOf(line: FindingLine, kube: KubeView): Target[] {
 
 interface Job {
   readonly reason: string;
+  readonly action: string;
   readonly note: string;
   readonly time: number;
   readonly lastSeen: number;
@@ -301,7 +310,7 @@ export class KubeEvents {
         return;
       }
       const lastSeen = Date.parse(line.lastSeen);
-      this.#jobs.push({ reason: reasonOf(line.finding), note: truncateBytes(line.summary), time: line.time, lastSeen: Number.isFinite(lastSeen) ? lastSeen : line.time, count: Math.max(1, line.count), targets });
+      this.#jobs.push({ reason: reasonOf(line.finding), action: actionOf(line.severity), note: truncateBytes(line.summary), time: line.time, lastSeen: Number.isFinite(lastSeen) ? lastSeen : line.time, count: Math.max(1, line.count), targets });
       this.#pump();
     } catch (err) {
       this.#failed(err, 'queueing a finding');
@@ -444,7 +453,7 @@ export class KubeEvents {
     const service = t.kind === 'Pod' ? all.find((x) => x.kind === 'Service') : undefined;
     const serviceState = service === undefined ? undefined : this.#objects.get(`Service ${service.namespace}/${service.name}`);
     const related: ObjectRef | null = service === undefined || serviceState === undefined || serviceState.uid === null ? null : { kind: 'Service', apiVersion: 'v1', namespace: service.namespace, name: service.name, uid: serviceState.uid };
-    const body: Omit<EventBody, 'name' | 'series'> = { namespace: t.namespace, eventTime: job.time, type: 'Warning', reason: job.reason, action: ACTION, note: job.note, regarding, related, reportingController: REPORTING_CONTROLLER, reportingInstance: this.#instance };
+    const body: Omit<EventBody, 'name' | 'series'> = { namespace: t.namespace, eventTime: job.time, type: 'Warning', reason: job.reason, action: job.action, note: job.note, regarding, related, reportingController: REPORTING_CONTROLLER, reportingInstance: this.#instance };
     // client-go's isomorphism key (getKey): type, action, reason, reporting controller and instance, regarding, related.
     const key = JSON.stringify([body.type, body.action, body.reason, body.reportingController, body.reportingInstance, regarding, related]);
     const now = this.#now();

@@ -95,66 +95,68 @@ type Event = {
   series?: { count: number; lastObservedTime: string };
 };
 const eventsOn = (server: KubeApiServer, kind: string): Event[] => (server.events() as Event[]).filter((e) => e.regarding.kind === kind);
+/** The Event of drops seen (action Detected), apart from the latent-risk one (RiskSeen): an Event's note never changes. */
+const errorEventOn = (server: KubeApiServer, kind: string): Event | undefined => eventsOn(server, kind).find((e) => e.action === 'Detected');
+const riskEventOn = (server: KubeApiServer, kind: string): Event | undefined => eventsOn(server, kind).find((e) => e.action === 'RiskSeen');
 
 describe('Kubernetes Events for findings', { timeout: 30_000 }, () => {
-  it('puts a Warning on the Service and on the endpoint pod, with the finding as its note, and folds the repeats into its series by PATCH', async () => {
+  it('puts a Warning on the Service and on the endpoint pod, with the finding as its note, the latent risk and the drops as separate Events, and folds the repeats into the series by PATCH', async () => {
     const r = await rig();
     const findings = await r.replayed();
     await r.events.idle();
-    // Seed 003 with its API: three lb-healthcheck-dropped lines on hc/web, endpoint pod hc/web.
-    expect(findings.map((f) => [f.finding, f.service, f.pod])).toEqual([
-      ['lb-healthcheck-dropped', 'hc/web:http', 'hc/web'],
-      ['lb-healthcheck-dropped', 'hc/web:http', 'hc/web'],
-      ['lb-healthcheck-dropped', 'hc/web:http', 'hc/web'],
+    // Seed 003 with its API: a warning then two errors, all lb-healthcheck-dropped on hc/web, endpoint pod hc/web.
+    expect(findings.map((f) => [f.finding, f.severity, f.service, f.pod])).toEqual([
+      ['lb-healthcheck-dropped', 'warning', 'hc/web:http', 'hc/web'],
+      ['lb-healthcheck-dropped', 'error', 'hc/web:http', 'hc/web'],
+      ['lb-healthcheck-dropped', 'error', 'hc/web:http', 'hc/web'],
     ]);
-    const [first, , last] = findings as [FindingLine, FindingLine, FindingLine];
-    const [service] = eventsOn(r.server, 'Service');
-    const [pod] = eventsOn(r.server, 'Pod');
-    expect(r.server.events()).toHaveLength(2);
+    const [warning, firstError, last] = findings as [FindingLine, FindingLine, FindingLine];
+    expect(r.server.events()).toHaveLength(4);
     const serviceRef = { kind: 'Service', apiVersion: 'v1', namespace: 'hc', name: 'web', uid: uidOf('Service') };
-    expect(service).toMatchObject({
+    const common = { type: 'Warning', reason: 'LbHealthcheckDropped', reportingController: 'conntrail.io/collector', reportingInstance: POD_NAME };
+    // The latent risk: one occurrence, its own note.
+    expect(riskEventOn(r.server, 'Service')).toMatchObject({ ...common, metadata: { namespace: 'hc' }, action: 'RiskSeen', note: warning.summary, eventTime: microTime(warning.time), regarding: serviceRef });
+    expect(riskEventOn(r.server, 'Service')?.series).toBeUndefined();
+    // The drops: the error's own note, and the repeat in its series.
+    expect(errorEventOn(r.server, 'Service')).toMatchObject({
+      ...common,
       metadata: { namespace: 'hc' },
-      type: 'Warning',
-      reason: 'LbHealthcheckDropped',
       action: 'Detected',
-      note: first.summary,
-      eventTime: microTime(first.time),
+      note: firstError.summary,
+      eventTime: microTime(firstError.time),
       regarding: serviceRef,
-      reportingController: 'conntrail.io/collector',
-      reportingInstance: POD_NAME,
-      series: { count: 3, lastObservedTime: microTime(Date.parse(last.lastSeen)) },
+      series: { count: 2, lastObservedTime: microTime(Date.parse(last.lastSeen)) },
     });
-    expect(service?.metadata.name).toMatch(/^web\.[0-9a-f]+$/);
-    expect(pod).toMatchObject({
-      type: 'Warning',
-      reason: 'LbHealthcheckDropped',
-      note: first.summary,
+    expect(errorEventOn(r.server, 'Service')?.metadata.name).toMatch(/^web\.[0-9a-f]+$/);
+    expect(errorEventOn(r.server, 'Pod')).toMatchObject({
+      ...common,
+      action: 'Detected',
+      note: firstError.summary,
       regarding: { kind: 'Pod', apiVersion: 'v1', namespace: 'hc', name: 'web', uid: uidOf('Pod') },
       related: serviceRef,
-      reportingController: 'conntrail.io/collector',
-      series: { count: 3 },
+      series: { count: 2 },
     });
-    // One create per object, then one strategic merge PATCH per repeat; the uids were read once each.
-    expect(r.eventRequests()).toEqual(['POST 201', 'POST 201', 'PATCH 200', 'PATCH 200', 'PATCH 200', 'PATCH 200']);
+    // A create per object and action, then a strategic merge PATCH per repeat; the uids were read once each.
+    expect(r.eventRequests()).toEqual(['POST 201', 'POST 201', 'POST 201', 'POST 201', 'PATCH 200', 'PATCH 200']);
     expect(r.server.requests.filter((q) => q.method === 'GET' && /\/namespaces\/hc\/(services|pods)\/web$/.test(q.path)).map((q) => q.path)).toEqual(['/api/v1/namespaces/hc/services/web', '/api/v1/namespaces/hc/pods/web']);
-    expect(r.events.stats()).toMatchObject({ created: 2, patched: 4, throttled: 0, errors: 0, forbidden: 0 });
+    expect(r.events.stats()).toMatchObject({ created: 4, patched: 2, throttled: 0, errors: 0, forbidden: 0 });
     expect(r.lines.filter((l) => l.level === 40 || l.level === 50)).toEqual([]);
   });
 
   it('starts a new Event carrying the series on when the API has dropped the old one (its TTL), as client-go does', async () => {
     const r = await rig();
-    const [first, second] = (await r.replayed()).slice(0, 2) as [FindingLine, FindingLine];
+    const [, firstError, again] = (await r.replayed()) as [FindingLine, FindingLine, FindingLine];
     await r.events.idle();
-    const before = eventsOn(r.server, 'Service')[0];
-    expect(before?.series?.count).toBe(3);
+    const before = errorEventOn(r.server, 'Service');
+    expect(before?.series?.count).toBe(2);
     r.server.expireEvent('hc', before?.metadata.name ?? '');
     r.clock.now += 1_000;
-    r.events.finding(second);
+    r.events.finding(again);
     await r.events.idle();
-    const after = eventsOn(r.server, 'Service');
+    const after = eventsOn(r.server, 'Service').filter((e) => e.action === 'Detected');
     expect(after).toHaveLength(1);
     expect(after[0]?.metadata.name).not.toBe(before?.metadata.name);
-    expect(after[0]).toMatchObject({ note: first.summary, series: { count: 4 } });
+    expect(after[0]).toMatchObject({ note: firstError.summary, series: { count: 3 } });
     // The Service's PATCH finds nothing and a create follows; the pod's Event is still there.
     expect(r.eventRequests().slice(-3)).toEqual(['PATCH 404', 'POST 201', 'PATCH 200']);
   });
@@ -164,11 +166,11 @@ describe('Kubernetes Events for findings', { timeout: 30_000 }, () => {
     const findings = await r.replayed();
     await r.events.idle();
     const line = findings[2] as FindingLine;
-    // 3 requests per object so far (a create, two patches); 40 more repeats at the same instant.
+    // 3 requests per object so far (the risk's create, the drops' create and a patch); 40 more repeats at the same instant.
     for (let i = 0; i < 40; i++) r.events.finding(line);
     await r.events.idle();
     expect(r.eventRequests().filter((q) => q === 'POST 201' || q === 'PATCH 200')).toHaveLength(2 * 25);
-    expect(eventsOn(r.server, 'Service')[0]?.series?.count).toBe(25);
+    expect(errorEventOn(r.server, 'Service')?.series?.count).toBe(24);
     expect(r.events.stats().throttled).toBe(2 * (3 + 40 - 25));
     const rate = r.bounds.list().filter((b) => b.bound === 'kubernetes-events-rate');
     expect(rate.map((b) => [b.subject, b.limit, b.hits])).toEqual([
@@ -180,10 +182,10 @@ describe('Kubernetes Events for findings', { timeout: 30_000 }, () => {
     r.clock.now += 5 * 60_000;
     r.events.sweep();
     await r.events.idle();
-    expect(r.eventRequests().filter((q) => q === 'PATCH 200')).toHaveLength(2 * 25 - 2 + 2);
-    expect(eventsOn(r.server, 'Service')[0]?.series?.count).toBe(43);
-    expect(eventsOn(r.server, 'Pod')[0]?.series?.count).toBe(43);
-    expect(r.server.events()).toHaveLength(2);
+    expect(r.eventRequests().filter((q) => q === 'PATCH 200')).toHaveLength(2 * (25 - 2) + 2);
+    expect(errorEventOn(r.server, 'Service')?.series?.count).toBe(42);
+    expect(errorEventOn(r.server, 'Pod')?.series?.count).toBe(42);
+    expect(r.server.events()).toHaveLength(4);
     // Nothing more to write: a sweep with tokens to spare sends nothing.
     r.clock.now += 60 * 60_000;
     const sent = r.eventRequests().length;
