@@ -109,9 +109,11 @@ function* deriveSteps(timelines: readonly NodeTimeline[], log: Logger, kubeEvent
     }
     if (entry.kind === 'snapshot') {
       for (const c of entry.changes) {
-        const parts = Math.max(1, Math.ceil(c.added.length / SNAPSHOT_CHUNK));
+        // Read once: a snapshot step's records may be read out of a compact store at every access (state/node-view.ts).
+        const added = c.added;
+        const parts = Math.max(1, Math.ceil(added.length / SNAPSHOT_CHUNK));
         for (let part = 0; part < parts; part++)
-          send({ v: 1, type: 'snapshot', seq: entry.seq, time: entry.time, source: c.source, part, parts, records: c.added.slice(part * SNAPSHOT_CHUNK, (part + 1) * SNAPSHOT_CHUNK) });
+          send({ v: 1, type: 'snapshot', seq: entry.seq, time: entry.time, source: c.source, part, parts, records: added.slice(part * SNAPSHOT_CHUNK, (part + 1) * SNAPSHOT_CHUNK) });
       }
       send({ v: 1, type: 'snapshot-end', seq: entry.seq, time: entry.time, status: [] });
     } else {
