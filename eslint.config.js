@@ -21,7 +21,8 @@ const collectorFromAgent = {
 };
 
 export default defineConfig(
-  { ignores: ['test/fixtures/**'] },
+  // dist/ is what `npm pack` emits (prepack); .cache/ holds setup's Node 22: neither is source.
+  { ignores: ['test/fixtures/**', 'dist/**', '.cache/**'] },
   {
     files: ['{agent,collector,contract,bin,test}/**/*.ts'],
     extends: [tseslint.configs.base],
