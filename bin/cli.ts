@@ -406,8 +406,8 @@ async function runCollector(args: readonly string[]): Promise<number> {
   const agentAuth = await agentAuthFromFlags({ mode: values['agent-auth'], serviceAccount: values['agent-service-account'], noKubernetes, log, ...(values.kubeconfig === undefined ? {} : { kubeconfig: values.kubeconfig }) });
   if (!agentAuth.ok) throw new UsageError(agentAuth.error);
   const dataDir = values['data-dir'];
-  if (dataDir === undefined) log.info('no --data-dir: timelines, incidents and findings are kept in memory only, and a restart loses them');
-  const store = dataDir === undefined ? null : atPath('--data-dir', dataDir, () => Store.open(dataDir, log, { windowMs: historyMs }));
+  // Without --data-dir history still goes to a store, on a temporary file (it says so): one path, and a heap that does not grow with the window.
+  const store = dataDir === undefined ? Store.temporary(log, { windowMs: historyMs }) : atPath('--data-dir', dataDir, () => Store.open(dataDir, log, { windowMs: historyMs }));
   const cluster = await startClusterView({ log, historyMs, disabled: noKubernetes, ...(values.kubeconfig === undefined ? {} : { kubeconfig: values.kubeconfig }) });
   const logFinding = findingLogger(log);
   let metrics: InstanceType<typeof CollectorMetrics> | undefined;

@@ -12,6 +12,7 @@ import type { Incident } from './incidents/incidents.ts';
 import type { KubeCatalog, KubeView } from './kube/catalog.ts';
 import { describeServices } from './detection/services.ts';
 import type { Loaded, Store } from './store/store.ts';
+import type { HistoryStore } from './state/history.ts';
 
 export interface PipelineOptions {
   readonly log: Logger;
@@ -37,6 +38,8 @@ export interface PipelineOptions {
    * incidents it held are reloaded before any agent connects.
    */
   readonly store?: { readonly store: Store; readonly loaded: Loaded } | null;
+  /** Where history past its last seconds goes without a store (a bundle's replay: nowhere); absent: the heap. */
+  readonly historyStore?: HistoryStore | null;
 }
 
 export interface Pipeline {
@@ -52,10 +55,11 @@ export interface Pipeline {
 
 export function createPipeline(o: PipelineOptions): Pipeline {
   const memory = o.memoryBudget == null ? null : new MemoryBudget(o.memoryBudget, o.historyMs ?? 15 * 60_000);
-  const collector = new Collector({ log: o.log, memory, ...(o.historyMs === undefined ? {} : { historyMs: o.historyMs }), ...(o.now === undefined ? {} : { now: o.now }) });
+  const store = o.store?.store ?? null;
+  // With a store, history past its last seconds is read back from it rather than held in the heap.
+  const collector = new Collector({ log: o.log, memory, historyStore: store ?? o.historyStore ?? null, ...(o.historyMs === undefined ? {} : { historyMs: o.historyMs }), ...(o.now === undefined ? {} : { now: o.now }) });
   const bundles = new BundleService(collector, o.log, { version: o.version ?? 'dev', kube: o.catalog ?? null, ...(o.historyMs === undefined ? {} : { windowMs: o.historyMs }), ...(o.now === undefined ? {} : { now: o.now }) });
   const captureMs = o.captureMs ?? 0;
-  const store = o.store?.store ?? null;
   // The store's listener comes first: a step is queued for writing by the same call that applied it, before detection reads it.
   if (store !== null)
     collector.onTimeline((view, entry) => {
@@ -120,7 +124,13 @@ function reload(o: PipelineOptions, collector: Collector, detection: Detection, 
     if (v === undefined) return null;
     return { run: collector.runOf(node), lastSeq: v.lastSeq, lastTime: v.lastSampleTime, connectedAt: v.connectedAt, lastReceivedAt: v.lastReceivedAt, agentVersion: v.agentVersion, intervalMs: v.intervalMs, facts: v.facts, statuses: v.statuses() };
   });
-  store.onDurable((node, run, seq, time) => collector.acknowledge(node, run, seq, time));
+  store.stateSource((node) => {
+    const v = collector.nodes.get(node);
+    if (v === undefined || v.awaitingSnapshot || v.lastSeq === null || v.lastSampleTime === null) return null;
+    return { seq: v.lastSeq, time: v.lastSampleTime, kind: 'snapshot', changes: v.sources().map((source) => ({ source, added: v.records(source), removed: [], changed: [], refreshed: [] })) };
+  });
+  // A temporary store outlives nothing: telling an agent its steps are durable there would be untrue.
+  if (!store.temporary) store.onDurable((node, run, seq, time) => collector.acknowledge(node, run, seq, time));
   collector.onExpired((nodes) => store.forget(nodes));
   let steps = 0;
   collector.quietly(() => {
@@ -133,9 +143,10 @@ function reload(o: PipelineOptions, collector: Collector, detection: Detection, 
     detection.flush(now());
   });
   bundles.incidents.restore(loaded.incidents, loaded.opened);
-  o.log.info(
+  if (!store.temporary)
+    o.log.info(
     { path: store.path, nodes: loaded.nodes.map((n) => n.node).slice(0, 20), nodeCount: loaded.nodes.length, steps, incidents: loaded.incidents.length, findings: loaded.findings, ...(Object.keys(loaded.unreadable).length > 0 ? { unreadable: loaded.unreadable } : {}) },
     'reloaded from the data store',
   );
-  store.start(() => ({ bases: [...collector.nodes.keys()].map((n) => [n, collector.history(n)?.baseEntry() ?? null] as const), liveIncidents: bundles.incidents.list().map((i) => i.id) }), now);
+  store.start(() => bundles.incidents.list().map((i) => i.id), now);
 }

@@ -5,7 +5,7 @@ import { parseDuration } from '../../contract/duration.ts';
 import type { Logger } from 'pino';
 import type { Collector } from '../receive/collector.ts';
 import { Captures } from './captures.ts';
-import { bundleFilesYielding, packBundle, type NodeTimeline } from './bundle.ts';
+import { packBundleStreaming, type HeldTimeline, type NodeTimeline } from './bundle.ts';
 import { describeIncident, incidentWindow, Incidents, type Incident } from './incidents.ts';
 import type { KubeCatalog, KubeEvent } from '../kube/catalog.ts';
 
@@ -57,8 +57,9 @@ export class BundleService {
     return i === undefined ? undefined : { ...describeIncident(i), findingLines: i.findings };
   }
 
-  timelines(from: number, to: number, nodes: readonly string[] | null): NodeTimeline[] {
-    const out: NodeTimeline[] = [];
+  /** Each node's slice, whole (tests and small callers; bundles stream theirs). */
+  timelines(from: number, to: number, nodes: readonly string[] | null): HeldTimeline[] {
+    const out: HeldTimeline[] = [];
     for (const view of this.#collector.nodes.values()) {
       if (nodes !== null && !nodes.includes(view.name)) continue;
       const entries = this.#collector.history(view.name)?.slice(from, to) ?? [];
@@ -100,23 +101,29 @@ export class BundleService {
     return this.#pack(now - sinceMs, now, null, null);
   }
 
-  /** timelines(), a node at a time with the event loop let through between nodes (a node's slice folds its whole window). */
-  async #timelinesYielding(from: number, to: number, nodes: readonly string[] | null): Promise<NodeTimeline[]> {
+  /**
+   * The nodes' timelines for a bundle, each read from its history when the
+   * bundle gets to it (from the store, a page at a time, with a store), and
+   * read again for the timeline file: no node's slice is held whole, and
+   * never all nodes' at once.
+   */
+  #timelineSources(from: number, to: number, nodes: readonly string[] | null): NodeTimeline[] {
     const out: NodeTimeline[] = [];
     for (const view of [...this.#collector.nodes.values()]) {
       if (nodes !== null && !nodes.includes(view.name)) continue;
-      await new Promise<void>((resolve) => setImmediate(resolve));
-      const entries = this.#collector.history(view.name)?.slice(from, to) ?? [];
-      if (entries.length > 0) out.push({ node: view.name, facts: view.facts, entries });
+      const history = this.#collector.history(view.name);
+      if (history === undefined) continue;
+      // A node with nothing in the window has no timeline, as before: the first step tells.
+      if (history.stream(from, to).next().done === true) continue;
+      out.push({ node: view.name, facts: view.facts, entries: { [Symbol.iterator]: () => history.stream(from, to) } });
     }
     return out;
   }
 
   async #pack(from: number, to: number, incident: Incident | null, nodes: readonly string[] | null): Promise<Buffer> {
     const { lines: captures, pcaps } = incident === null ? { lines: new Map(), pcaps: new Map() } : this.captures.of(incident.id);
-    const timelines = await this.#timelinesYielding(from, to, nodes);
-    const files = await bundleFilesYielding({ from, to, timelines, incident, version: this.#version, captures, pcaps, kubernetes: this.kubeEvents(from, to) });
-    return packBundle(files, `conntrail-${incident?.id ?? new Date(to).toISOString().replace(/[-:.]/g, '')}`);
+    const timelines = this.#timelineSources(from, to, nodes);
+    return packBundleStreaming({ from, to, timelines, incident, version: this.#version, captures, pcaps, kubernetes: this.kubeEvents(from, to) }, `conntrail-${incident?.id ?? new Date(to).toISOString().replace(/[-:.]/g, '')}`);
   }
 }
 

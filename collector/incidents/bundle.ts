@@ -3,8 +3,8 @@
 // The findings in a bundle are the ones its own timeline yields when replayed
 // (same code as `conntrail replay`), so a bundle always agrees with itself.
 // Nothing secret goes in: no token, no configuration, only what nodes showed.
-import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash, type Hash } from 'node:crypto';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { pino, type Logger } from 'pino';
@@ -20,6 +20,7 @@ import { iso, tupleText } from '../detection/findings.ts';
 import { KubeCatalog, type KubeEvent } from '../kube/catalog.ts';
 import type { Incident } from './incidents.ts';
 import type { TimelineEntry } from '../state/node-view.ts';
+import type { HistoryStore } from '../state/history.ts';
 import { renderReport } from '../api/report.ts';
 
 export const BUNDLE_FORMAT = 1;
@@ -27,8 +28,24 @@ export const BUNDLE_FORMAT = 1;
 export interface NodeTimeline {
   readonly node: string;
   readonly facts: NodeFacts | null;
-  readonly entries: readonly TimelineEntry[];
+  /**
+   * The node's steps, the first a snapshot. Iterated more than once (the
+   * replay, then the timeline file), each time from the start: an array, or
+   * a slice read again from the store each time, so no node's steps need be
+   * held whole.
+   */
+  readonly entries: Iterable<TimelineEntry>;
 }
+
+/** A timeline held whole, as a bundle file holds it. */
+export type HeldTimeline = NodeTimeline & { readonly entries: readonly TimelineEntry[] };
+
+/** The replay inside a bundle reads each step once and never slices it again: its history keeps nothing past the last seconds. */
+const NO_HISTORY: HistoryStore = {
+  *slice() {
+    // Nothing is kept to read back.
+  },
+};
 
 export interface Derived {
   readonly findings: FindingLine[];
@@ -93,10 +110,9 @@ function* deriveSteps(timelines: readonly NodeTimeline[], log: Logger, kubeEvent
     for (const e of [...kubeEvents].sort((a, b) => a.time - b.time)) kube.apply(e);
   }
   let clock = 0;
-  const { collector, detection } = createPipeline({ log, now: () => clock, historyMs: Number.MAX_SAFE_INTEGER, kube, onFinding: (l) => findings.push(l) });
+  const { collector, detection } = createPipeline({ log, now: () => clock, historyMs: Number.MAX_SAFE_INTEGER, kube, onFinding: (l) => findings.push(l), historyStore: NO_HISTORY });
   const sessions = new Map<string, Session>();
-  const events = timelines.flatMap((t) => t.entries.map((entry) => ({ t, entry }))).sort((a, b) => a.entry.time - b.entry.time);
-  for (const { t, entry } of events) {
+  for (const { t, entry } of mergeByTime(timelines)) {
     if (pace.due()) yield;
     clock = entry.time;
     let session = sessions.get(t.node);
@@ -130,6 +146,28 @@ function* deriveSteps(timelines: readonly NodeTimeline[], log: Logger, kubeEvent
       return { ...span, pod: address === undefined ? null : (catalog.podAt(address, span.firstSeen)?.span.pod ?? null) };
     });
   return { findings, endpoints };
+}
+
+/**
+ * Every node's steps in time order (ties in node order, as a stable sort
+ * of them all would give), read from each node's iterator as they are
+ * needed, so only the next step of each node is held.
+ */
+function* mergeByTime(timelines: readonly NodeTimeline[]): Generator<{ t: NodeTimeline; entry: TimelineEntry }, void, void> {
+  const heads = timelines.map((t) => ({ t, it: t.entries[Symbol.iterator](), next: null as TimelineEntry | null }));
+  for (const h of heads) {
+    const r = h.it.next();
+    h.next = r.done === true ? null : r.value;
+  }
+  for (;;) {
+    let best: (typeof heads)[number] | null = null;
+    for (const h of heads) if (h.next !== null && (best === null || best.next === null || h.next.time < best.next.time)) best = h;
+    if (best === null || best.next === null) return;
+    const entry = best.next;
+    const r = best.it.next();
+    best.next = r.done === true ? null : r.value;
+    yield { t: best.t, entry };
+  }
 }
 
 export interface BundleInput {
@@ -172,23 +210,122 @@ export function isBundleEntry(path: string): boolean {
   return ENTRY_PATTERN.test(path) && !path.split('/').some((seg) => seg === '..' || seg === '.' || seg === '');
 }
 
+/** Where a bundle's files go as they are made: appended to chunk by chunk, each file's size and hash kept for the manifest. */
+interface Sink {
+  write(path: string, chunk: string | Buffer): void;
+  /** Every file written, with its bytes and sha256. */
+  written(): [string, { bytes: number; sha256: string }][];
+}
+
+class Tally {
+  bytes = 0;
+  readonly hash: Hash = createHash('sha256');
+  add(chunk: string | Buffer): void {
+    this.bytes += typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length;
+    this.hash.update(chunk);
+  }
+}
+
+/** Files kept in memory (bundleFiles: tests, and small bundles). */
+class MemorySink implements Sink {
+  readonly chunks = new Map<string, (string | Buffer)[]>();
+  write(path: string, chunk: string | Buffer): void {
+    let list = this.chunks.get(path);
+    if (list === undefined) this.chunks.set(path, (list = []));
+    list.push(chunk);
+  }
+  written(): [string, { bytes: number; sha256: string }][] {
+    return [...this.chunks].map(([p, list]) => {
+      const t = new Tally();
+      for (const c of list) t.add(c);
+      return [p, { bytes: t.bytes, sha256: t.hash.digest('hex') }];
+    });
+  }
+  files(): Map<string, string | Buffer> {
+    return new Map([...this.chunks].map(([p, list]) => [p, list.length === 1 && Buffer.isBuffer(list[0]) ? list[0] : list.every((c) => typeof c === 'string') ? list.join('') : Buffer.concat(list.map((c) => (typeof c === 'string' ? Buffer.from(c) : c)))]));
+  }
+}
+
+/** Files written under `root` as they are made (a collector's bundles: a node's timeline is never held whole). */
+class DiskSink implements Sink {
+  readonly #root: string;
+  readonly #tallies = new Map<string, Tally>();
+  #open: { path: string; fd: number } | null = null;
+  constructor(root: string) {
+    this.#root = root;
+  }
+  write(path: string, chunk: string | Buffer): void {
+    // Checked before anything is written, as packBundle checks its map.
+    if (!isBundleEntry(path)) throw new Error(`${JSON.stringify(path.slice(0, 300))} is not a bundle entry name`);
+    if (this.#open?.path !== path) {
+      this.close();
+      const full = join(this.#root, path);
+      mkdirSync(dirname(full), { recursive: true });
+      this.#open = { path, fd: openSync(full, this.#tallies.has(path) ? 'a' : 'w') };
+    }
+    let t = this.#tallies.get(path);
+    if (t === undefined) this.#tallies.set(path, (t = new Tally()));
+    t.add(chunk);
+    if (typeof chunk === 'string') writeSync(this.#open.fd, chunk);
+    else writeSync(this.#open.fd, chunk);
+  }
+  close(): void {
+    if (this.#open !== null) closeSync(this.#open.fd);
+    this.#open = null;
+  }
+  written(): [string, { bytes: number; sha256: string }][] {
+    return [...this.#tallies].map(([p, t]) => [p, { bytes: t.bytes, sha256: t.hash.copy().digest('hex') }]);
+  }
+}
+
 /** The bundle's files, by path. A timeline or capture under a name that is not a node name is left out (and said so in the manifest). */
 export function bundleFiles(input: BundleInput): Map<string, string | Buffer> {
-  return runToEnd(bundleSteps(input));
+  const sink = new MemorySink();
+  runToEnd(bundleSteps(input, sink));
+  return sink.files();
 }
 
 /** bundleFiles, letting the event loop through every YIELD_MS of work. */
-export function bundleFilesYielding(input: BundleInput): Promise<Map<string, string | Buffer>> {
-  return runYielding(bundleSteps(input));
+export async function bundleFilesYielding(input: BundleInput): Promise<Map<string, string | Buffer>> {
+  const sink = new MemorySink();
+  await runYielding(bundleSteps(input, sink));
+  return sink.files();
 }
 
-function* bundleSteps(input: BundleInput): Steps<Map<string, string | Buffer>> {
+/**
+ * The bundle packed as a .tar.gz, its files written to a temporary
+ * directory as they are made (a timeline a step at a time, read from the
+ * store by its iterator), with the event loop let through every YIELD_MS.
+ */
+export async function packBundleStreaming(input: BundleInput, prefix: string): Promise<Buffer> {
+  if (!/^conntrail-[A-Za-z0-9._-]{1,100}$/.test(prefix)) throw new Error(`bundle prefix ${JSON.stringify(prefix.slice(0, 120))} is not a bundle name`);
+  const dir = mkdtempSync(join(tmpdir(), 'conntrail-bundle-'));
+  try {
+    const sink = new DiskSink(join(dir, prefix));
+    try {
+      await runYielding(bundleSteps(input, sink));
+    } finally {
+      sink.close();
+    }
+    return await tarOf(dir, prefix);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function tarOf(dir: string, prefix: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  const stream = tar.c({ gzip: true, cwd: dir, portable: true }, [prefix]);
+  for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(Buffer.from(chunk));
+  return Buffer.concat(chunks);
+}
+
+function* bundleSteps(input: BundleInput, sink: Sink): Steps<void> {
   const pace = pacer();
-  const files = new Map<string, string | Buffer>();
   const skipped: string[] = [];
   const put = (path: string | null, what: string, content: string | Buffer): void => {
     if (path === null) skipped.push(what.slice(0, 300));
-    else files.set(path, content);
+    else sink.write(path, content);
   };
   const timelines = input.timelines.filter((t) => {
     const ok = isNodeName(t.node);
@@ -196,13 +333,25 @@ function* bundleSteps(input: BundleInput): Steps<Map<string, string | Buffer>> {
     return ok;
   });
   const derived = yield* deriveSteps(timelines, pino({ level: 'silent' }), input.kubernetes ?? null);
-  files.set('findings.jsonl', jsonl(derived.findings));
-  if (input.kubernetes) files.set('kubernetes.jsonl', jsonl(input.kubernetes));
-  files.set('endpoints.jsonl', jsonl(derived.endpoints.map((s) => ({ ...s, firstSeen: iso(s.firstSeen), terminatingSince: s.terminatingSince === null ? null : iso(s.terminatingSince), removedAt: s.removedAt === null ? null : iso(s.removedAt) }))));
+  sink.write('findings.jsonl', jsonl(derived.findings));
+  if (input.kubernetes) sink.write('kubernetes.jsonl', jsonl(input.kubernetes));
+  sink.write('endpoints.jsonl', jsonl(derived.endpoints.map((s) => ({ ...s, firstSeen: iso(s.firstSeen), terminatingSince: s.terminatingSince === null ? null : iso(s.terminatingSince), removedAt: s.removedAt === null ? null : iso(s.removedAt) }))));
   for (const t of timelines) {
     if (pace.due()) yield;
-    put(BUNDLE_ENTRIES.timeline(t.node), `timeline of ${t.node}`, jsonl(t.entries));
-    const first = t.entries[0];
+    const path = BUNDLE_ENTRIES.timeline(t.node);
+    let first: TimelineEntry | null = null;
+    if (path === null) skipped.push(`timeline of ${t.node}`);
+    else {
+      // A step at a time: the file grows on disk while the store is read a page at a time.
+      let any = false;
+      for (const e of t.entries) {
+        first ??= e;
+        any = true;
+        sink.write(path, `${JSON.stringify(e)}\n`);
+        if (pace.due()) yield;
+      }
+      if (!any) sink.write(path, '');
+    }
     const start: readonly SourceChange[] = first?.kind === 'snapshot' ? first.changes : [];
     for (const c of start) put(BUNDLE_ENTRIES.snapshot(t.node, c.source), `snapshot of ${JSON.stringify(c.source)} on ${t.node}`, c.added.map((r) => `${(r as { raw: string }).raw}\n`).join(''));
     const sysctl = start.find((c) => c.source === 'sysctl')?.added ?? [];
@@ -212,8 +361,8 @@ function* bundleSteps(input: BundleInput): Steps<Map<string, string | Buffer>> {
     for (const [tool, c] of tools)
       put(BUNDLE_ENTRIES.capture(node, tool), `capture ${JSON.stringify(tool)} of ${JSON.stringify(node)}`, `${c.lines.map((l: string) => `${l}\n`).join('')}${c.error ? `# conntrail: ${c.error}\n` : c.ended ? '' : '# conntrail: capture still running when the bundle was made\n'}`);
   for (const [node, pcap] of input.pcaps ?? new Map()) put(BUNDLE_ENTRIES.pcap(node), `pcap of ${JSON.stringify(node)}`, pcap);
-  files.set('summary.md', summary({ ...input, timelines }, derived));
-  files.set(
+  sink.write('summary.md', summary({ ...input, timelines }, derived));
+  sink.write(
     'report.html',
     renderReport({
       title: input.incident ? `conntrail incident ${input.incident.id}${input.incident.service ? ` on ${input.incident.service}` : ''}` : 'conntrail bundle',
@@ -232,10 +381,9 @@ function* bundleSteps(input: BundleInput): Steps<Map<string, string | Buffer>> {
     to: iso(input.to),
     nodes: timelines.map((t) => t.node),
     ...(skipped.length > 0 ? { skipped: skipped.slice(0, 100) } : {}),
-    files: Object.fromEntries([...files].sort(([a], [b]) => a.localeCompare(b)).map(([p, text]) => [p, { bytes: typeof text === 'string' ? Buffer.byteLength(text) : text.length, sha256: createHash('sha256').update(text).digest('hex') }])),
+    files: Object.fromEntries(sink.written().sort(([a], [b]) => a.localeCompare(b))),
   };
-  files.set('manifest.json', `${JSON.stringify(manifest, null, 2)}\n`);
-  return files;
+  sink.write('manifest.json', `${JSON.stringify(manifest, null, 2)}\n`);
 }
 
 function summary(input: BundleInput, derived: Derived): string {
@@ -273,10 +421,7 @@ export async function packBundle(files: ReadonlyMap<string, string | Buffer>, pr
       mkdirSync(dirname(full), { recursive: true });
       writeFileSync(full, text);
     }
-    const chunks: Buffer[] = [];
-    const stream = tar.c({ gzip: true, cwd: dir, portable: true }, [prefix]);
-    for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(Buffer.from(chunk));
-    return Buffer.concat(chunks);
+    return await tarOf(dir, prefix);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -329,8 +474,8 @@ export function bundleKubeEvents(files: ReadonlyMap<string, string>): KubeEvent[
 }
 
 /** The timelines stored in a bundle. */
-export function bundleTimelines(files: ReadonlyMap<string, string>): NodeTimeline[] {
-  const out: NodeTimeline[] = [];
+export function bundleTimelines(files: ReadonlyMap<string, string>): HeldTimeline[] {
+  const out: HeldTimeline[] = [];
   for (const [p, text] of files) {
     const m = /^timeline\/(.+)\.jsonl$/.exec(p);
     if (m === null || m[1] === undefined) continue;

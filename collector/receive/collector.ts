@@ -5,7 +5,7 @@ import { decodeAgentMessage, type AgentMessage, type CaptureRequest, type Collec
 import type { NodeFacts } from '../../contract/records.ts';
 import { Bounds } from '../state/bounds.ts';
 import type { MemoryBudget } from '../state/memory.ts';
-import { NodeHistory } from '../state/history.ts';
+import { NodeHistory, type HistoryStore } from '../state/history.ts';
 import { MAX_STAGING_MS, maxRecords, NodeView, type ApplyOutcome, type TimelineEntry, type Transition } from '../state/node-view.ts';
 import type { SourceName } from '../../contract/sources.ts';
 
@@ -21,6 +21,12 @@ export interface CollectorOptions {
   readonly memory?: MemoryBudget | null;
   /** Records held per node and source, when not the defaults of `maxRecords` (a smaller collector, or a test). */
   readonly maxRecords?: (source: SourceName) => number;
+  /**
+   * Where history lives past its last seconds (the durable store, or its
+   * temporary twin); null or absent: the whole window in the heap (replays,
+   * bundles, in-process tests).
+   */
+  readonly historyStore?: HistoryStore | null;
 }
 
 /** How often a long-running collector sweeps: nodes gone past the window, snapshots that stopped arriving. */
@@ -68,8 +74,8 @@ export interface RestoredNode {
   readonly lastReceivedAt: number | null;
   /** Each source's status as of the last step. */
   readonly statuses: readonly SourceStatus[];
-  /** Applied steps, oldest first; the first is a snapshot. */
-  readonly steps: readonly TimelineEntry[];
+  /** Applied steps, oldest first; the first is a snapshot. Iterated once, as they are applied (the store reads them lazily). */
+  readonly steps: Iterable<TimelineEntry>;
 }
 
 export class Collector {
@@ -103,7 +109,10 @@ export class Collector {
     this.#maxRecords = options.maxRecords ?? maxRecords;
     this.bounds = options.bounds ?? new Bounds(options.log, this.#now);
     this.#memory = options.memory ?? null;
+    this.#historyStore = options.historyStore ?? null;
   }
+
+  readonly #historyStore: HistoryStore | null;
 
   readonly #memory: MemoryBudget | null;
 
@@ -219,7 +228,7 @@ export class Collector {
    * every step applied, that run may resume from the last step.
    */
   restore(saved: RestoredNode): { applied: number; problem: string | null } {
-    const at = saved.lastReceivedAt ?? saved.steps.at(-1)?.time ?? this.#now();
+    const steps = saved.steps[Symbol.iterator]();
     const view = new NodeView(saved.node, this.bounds);
     view.facts = saved.facts;
     view.agentVersion = saved.agentVersion;
@@ -229,12 +238,16 @@ export class Collector {
     let applied = 0;
     let problem: string | null = null;
     this.#restoring = true;
+    let lastTime: number | null = null;
     try {
-      for (let i = 0; i < saved.steps.length; i++) {
-        const e = saved.steps[i];
-        if (e === undefined) continue;
-        // Statuses are stored once per node, as of the last step: they go with it.
-        const status = i === saved.steps.length - 1 ? saved.statuses : [];
+      // One step of lookahead: statuses are stored once per node, as of the last step, and go with it.
+      let next = steps.next();
+      for (let i = 0; next.done !== true; i++) {
+        const e = next.value;
+        next = steps.next();
+        lastTime = e.time;
+        const status = next.done === true ? saved.statuses : [];
+        const at = saved.lastReceivedAt ?? e.time;
         let outcome: ApplyOutcome;
         if (e.kind === 'snapshot') {
           outcome = { kind: 'staged' };
@@ -256,7 +269,7 @@ export class Collector {
       this.#restoring = false;
     }
     view.connectedAt = saved.connectedAt;
-    view.lastReceivedAt = at;
+    view.lastReceivedAt = saved.lastReceivedAt ?? lastTime ?? this.#now();
     if (problem === null && applied > 0 && saved.run !== null) this.#runs.set(saved.node, saved.run);
     return { applied, problem };
   }
@@ -473,7 +486,7 @@ export class Collector {
   #record(view: NodeView, entry: TimelineEntry, transitions: readonly Transition[]): void {
     let history = this.#histories.get(view.name);
     if (history === undefined) {
-      history = new NodeHistory(this.#historyMs, MAX_TIMELINE_ENTRIES);
+      history = new NodeHistory(this.#historyMs, MAX_TIMELINE_ENTRIES, this.#historyStore === null ? null : { store: this.#historyStore, node: view.name });
       this.#histories.set(view.name, history);
     }
     if (history.push(entry) && history.overflowed === 1)

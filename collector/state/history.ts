@@ -1,15 +1,31 @@
 // A node's recent past: the timeline of applied steps within the history
-// window, plus the state just before the oldest kept step (steps that age out
-// are folded into it). Any slice of the window can then start with a full
-// snapshot, which is what a bundle needs to be replayed on its own.
+// window, from which a bundle slices any part, starting with a full snapshot
+// so it can be replayed on its own.
+//
+// Two modes. Backed by a store (the collector process: its `--data-dir`, or
+// a temporary file without one), the heap keeps only the last HOT_MS of
+// steps, and a slice reads the store, where every step is written as the
+// frame it came from (store/store.ts): the heap does not grow with the
+// window. Without a store (replays, a bundle's own replay, in-process tests:
+// short runs), every step of the window is kept here, with the state just
+// before the oldest (steps that age out are folded into it).
 import { applyDiff } from '../../contract/diff.ts';
 import type { SourceChange } from '../../contract/protocol.ts';
 import { specOf, type RecordOf, type SourceName } from '../../contract/sources.ts';
 import type { TimelineEntry } from './node-view.ts';
 
-type State = Map<SourceName, Map<string, RecordOf<SourceName>>>;
+export type State = Map<SourceName, Map<string, RecordOf<SourceName>>>;
 
-function fold(state: State, entry: TimelineEntry): void {
+/** How much of a store-backed history stays in the heap: the last seconds, as steps a caller may still look at. */
+export const HOT_MS = 30_000;
+
+/** Where a store-backed history reads what the heap no longer holds. */
+export interface HistoryStore {
+  /** The node's stored steps from `from` to `to`, starting with a full snapshot (see NodeHistory.slice). */
+  slice(node: string, from: number, to: number): Generator<TimelineEntry, void, void>;
+}
+
+export function fold(state: State, entry: TimelineEntry): void {
   if (entry.kind === 'snapshot') state.clear();
   for (const c of entry.changes) {
     let map = state.get(c.source);
@@ -21,7 +37,14 @@ function fold(state: State, entry: TimelineEntry): void {
   }
 }
 
-function snapshotOf(state: State, seq: number, time: number): TimelineEntry {
+/** A snapshot step's state, as maps by key. */
+export function stateOf(snapshot: TimelineEntry): State {
+  const state: State = new Map();
+  fold(state, snapshot);
+  return state;
+}
+
+export function snapshotOf(state: State, seq: number, time: number): TimelineEntry {
   const changes: SourceChange[] = [...state].map(([source, map]) => ({ source, added: [...map.values()], removed: [], changed: [], refreshed: [] }));
   return { seq, time, kind: 'snapshot', changes };
 }
@@ -33,14 +56,18 @@ export class NodeHistory {
   #baseTime = 0;
   #windowMs: number;
   readonly #maxEntries: number;
+  readonly #store: { readonly store: HistoryStore; readonly node: string } | null;
   /** How many steps were folded early because the count bound was hit. */
   overflowed = 0;
 
-  constructor(windowMs: number, maxEntries: number) {
+  /** With `store`, only the last HOT_MS stay in the heap and slices read the store. */
+  constructor(windowMs: number, maxEntries: number, store: { readonly store: HistoryStore; readonly node: string } | null = null) {
     this.#windowMs = windowMs;
     this.#maxEntries = maxEntries;
+    this.#store = store;
   }
 
+  /** The steps held in the heap: the whole window without a store, the last HOT_MS with one. */
   get entries(): readonly TimelineEntry[] {
     return this.#entries;
   }
@@ -50,26 +77,46 @@ export class NodeHistory {
     this.#windowMs = Math.min(this.#windowMs, keepMs);
     const last = this.#entries.at(-1);
     if (last === undefined) return 0;
-    const horizon = last.time - this.#windowMs;
-    let folded = 0;
+    return this.#drop(last.time - this.#heldMs(), false).dropped;
+  }
+
+  /** How far back the heap holds steps. */
+  #heldMs(): number {
+    return this.#store === null ? this.#windowMs : Math.min(this.#windowMs, HOT_MS);
+  }
+
+  /**
+   * Removes steps older than `horizon` (and, with `bound`, past the count
+   * bound) from the heap; without a store they are folded into the base.
+   * Says how many went, and whether the count bound (not age) took any.
+   */
+  #drop(horizon: number, bound: boolean): { dropped: number; bounded: boolean } {
+    let dropped = 0;
+    let bounded = false;
     while (this.#entries.length > 1) {
       const oldest = this.#entries[0];
-      if (oldest === undefined || oldest.time >= horizon) break;
+      if (oldest === undefined) break;
+      const tooOld = oldest.time < horizon;
+      const tooMany = bound && this.#entries.length > this.#maxEntries;
+      if (!tooOld && !tooMany) break;
+      if (!tooOld) bounded = true;
       this.#entries.shift();
+      dropped++;
+      // With a store the step is there already (written by the call that applied it); nothing to fold.
+      if (this.#store !== null) continue;
       this.#base ??= new Map();
       fold(this.#base, oldest);
       this.#baseSeq = oldest.seq;
       this.#baseTime = oldest.time;
-      folded++;
     }
-    return folded;
+    return { dropped, bounded };
   }
 
   /**
-   * The state the window starts from (every step that aged out, folded), as
-   * one snapshot step at the seq and time of the last step folded into it;
-   * null while nothing has aged out. The store keeps it in place of the steps
-   * it deletes, so a reload starts from the same state.
+   * The state the in-memory window starts from (every step that aged out,
+   * folded), as one snapshot step at the seq and time of the last step
+   * folded into it; null while nothing has aged out, and always with a store
+   * (which keeps its own bases).
    */
   baseEntry(): TimelineEntry | null {
     return this.#base === null ? null : snapshotOf(this.#base, this.#baseSeq, this.#baseTime);
@@ -78,27 +125,24 @@ export class NodeHistory {
   /** Adds a step; returns true when the count bound (not age) pushed a step out. */
   push(entry: TimelineEntry): boolean {
     this.#entries.push(entry);
-    const horizon = entry.time - this.#windowMs;
-    let bounded = false;
-    while (this.#entries.length > 1) {
-      const oldest = this.#entries[0];
-      if (oldest === undefined) break;
-      const tooOld = oldest.time < horizon;
-      const tooMany = this.#entries.length > this.#maxEntries;
-      if (!tooOld && !tooMany) break;
-      if (!tooOld) bounded = true;
-      this.#entries.shift();
-      this.#base ??= new Map();
-      fold(this.#base, oldest);
-      this.#baseSeq = oldest.seq;
-      this.#baseTime = oldest.time;
-    }
-    if (bounded) this.overflowed++;
-    return bounded;
+    const { bounded } = this.#drop(entry.time - this.#heldMs(), true);
+    // With a store nothing is lost to the bound: every step is stored, the bound only trims the heap.
+    if (!bounded || this.#store !== null) return false;
+    this.overflowed++;
+    return true;
   }
 
   /** The steps from `from` to `to`, starting with a full snapshot of the state at `from` (or as near after it as kept). */
   slice(from: number, to: number): TimelineEntry[] {
+    return [...this.stream(from, to)];
+  }
+
+  /** slice(), a step at a time: with a store, read from it a page at a time rather than all at once. */
+  *stream(from: number, to: number): Generator<TimelineEntry, void, void> {
+    if (this.#store !== null) {
+      yield* this.#store.store.slice(this.#store.node, from, to);
+      return;
+    }
     const state: State = new Map();
     let seq = this.#baseSeq;
     let time = this.#baseTime;
@@ -107,10 +151,10 @@ export class NodeHistory {
       for (const [s, m] of this.#base) state.set(s, new Map(m));
       have = true;
     }
-    const out: TimelineEntry[] = [];
+    let emitted = false;
     for (const e of this.#entries) {
       // Before the slice (or before any snapshot to start from): fold into the starting state.
-      if (out.length === 0 && (e.time < from || (!have && e.kind !== 'snapshot'))) {
+      if (!emitted && (e.time < from || (!have && e.kind !== 'snapshot'))) {
         fold(state, e);
         seq = e.seq;
         time = e.time;
@@ -118,10 +162,10 @@ export class NodeHistory {
         continue;
       }
       if (e.time > to) break;
-      if (out.length === 0 && e.kind !== 'snapshot') out.push(snapshotOf(state, seq, time));
-      out.push(e);
+      if (!emitted && e.kind !== 'snapshot') yield snapshotOf(state, seq, time);
+      emitted = true;
+      yield e;
     }
-    if (out.length === 0 && have) out.push(snapshotOf(state, seq, time));
-    return out;
+    if (!emitted && have) yield snapshotOf(state, seq, time);
   }
 }

@@ -13,10 +13,21 @@
 // one transaction every 250 ms that is seconds at most), never corrupt the
 // file. The agents' journals cover such a loss when their run is still alive.
 //
-// Retention follows the history window: steps that fold out of a node's
-// window are deleted and replaced by one snapshot of the folded state (the
-// `bases` table), so a reload starts from the same state the window did.
-import { mkdirSync, renameSync, existsSync } from 'node:fs';
+// The store is also where history lives: a running collector keeps only the
+// last seconds of each node's steps in the heap (state/history.ts) and reads
+// older ones back from here (`slice`) for bundles. Without `--data-dir` the
+// same store runs on a temporary file (`Store.temporary`), removed at exit.
+//
+// Retention: a node's stored timeline starts from a base, either a snapshot
+// step the agent sent or a checkpoint (the node's live state after one
+// stored step, written at most every CHECKPOINT_MS of the node's sample
+// time, at most CHECKPOINTS_PER_FLUSH per commit). Every RETAIN_MS the steps
+// before the newest base older than the window are deleted, with the bases
+// before it: plain deletes, nothing folded or rewritten. So the store holds
+// the window plus at most one checkpoint interval, and a reload or a slice
+// starts from a base and applies the steps after it.
+import { mkdirSync, mkdtempSync, renameSync, existsSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import type { Logger } from 'pino';
@@ -26,6 +37,7 @@ import { array, nullable } from '../../contract/schema.ts';
 import type { FindingLine } from '../detection/aggregate.ts';
 import type { Incident } from '../incidents/incidents.ts';
 import type { RestoredNode } from '../receive/collector.ts';
+import { fold, snapshotOf, stateOf, type HistoryStore } from '../state/history.ts';
 import type { TimelineEntry } from '../state/node-view.ts';
 
 export const STORE_FILE = 'conntrail.db';
@@ -33,6 +45,12 @@ export const STORE_FILE = 'conntrail.db';
 export const FLUSH_MS = 250;
 /** How often steps that left the window are deleted. */
 export const RETAIN_MS = 60_000;
+/** Checkpoints per node are this far apart in sample time (less for a short window: a third of it). */
+export const CHECKPOINT_MS = 5 * 60_000;
+/** A checkpoint encodes a node's whole state (5,000 records: a few ms): a commit writes at most this many. */
+const CHECKPOINTS_PER_FLUSH = 2;
+/** Steps read from the database at a time when a slice or a reload streams a node's timeline. */
+const PAGE = 128;
 const SCHEMA_VERSION = 1;
 
 /** What the store keeps of a node besides its steps, as of the last queued step. */
@@ -72,6 +90,7 @@ const SCHEMA = `
 CREATE TABLE IF NOT EXISTS steps (id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL, kind TEXT NOT NULL, frame TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS steps_by_node ON steps (node, id);
 CREATE TABLE IF NOT EXISTS bases (node TEXT PRIMARY KEY, seq INTEGER NOT NULL, time INTEGER NOT NULL, frame TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (node TEXT NOT NULL, after_id INTEGER NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL, frame TEXT NOT NULL, PRIMARY KEY (node, after_id));
 CREATE TABLE IF NOT EXISTS nodes (node TEXT PRIMARY KEY, run TEXT, last_seq INTEGER, last_time INTEGER, connected_at INTEGER, last_received_at INTEGER, agent_version TEXT, interval_ms INTEGER, facts TEXT, statuses TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS incidents (id TEXT PRIMARY KEY, ordinal INTEGER NOT NULL, service TEXT, nodes TEXT NOT NULL, first_finding INTEGER NOT NULL, last_finding INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS findings (id INTEGER PRIMARY KEY AUTOINCREMENT, incident TEXT, time INTEGER NOT NULL, line TEXT NOT NULL);
@@ -115,7 +134,24 @@ function isFindingLine(v: unknown): v is FindingLine {
 
 const ordinalOf = (id: string): number => Number(/-(\d+)$/.exec(id)?.[1] ?? 0);
 
-export class Store {
+/** Where a stored timeline can start: a decoded snapshot and the step id it stands after. */
+interface Start {
+  readonly afterId: number;
+  readonly entry: TimelineEntry;
+}
+
+/** Temporary stores still on disk: removed when the process exits, if their close did not. */
+const temporaryDirs = new Set<string>();
+let exitHookSet = false;
+function removeTemporaryDirs(): void {
+  for (const dir of temporaryDirs) rmSync(dir, { recursive: true, force: true });
+  temporaryDirs.clear();
+}
+
+/** The state a node is in: what checkpoints are taken from (the live view, after its last applied step). */
+export type StateSource = (node: string) => TimelineEntry | null;
+
+export class Store implements HistoryStore {
   readonly path: string;
   readonly #db: DatabaseSync;
   readonly #log: Logger;
@@ -126,6 +162,11 @@ export class Store {
   #timers: NodeJS.Timeout[] = [];
   #failedWrites = 0;
   #closed = false;
+  #tempDir: string | null = null;
+  #stateOf: StateSource | null = null;
+  /** Sample time of each node's newest base (a snapshot step or a checkpoint). */
+  readonly #lastBase = new Map<string, number>();
+  readonly #checkpointMs: number;
   readonly #stmt: {
     step: StatementSync;
     node: StatementSync;
@@ -138,6 +179,7 @@ export class Store {
     this.#db = db;
     this.#log = log;
     this.#windowMs = windowMs;
+    this.#checkpointMs = Math.max(1_000, Math.min(CHECKPOINT_MS, Math.floor(windowMs / 3)));
     this.#stmt = {
       step: db.prepare('INSERT INTO steps (node, seq, time, kind, frame) VALUES (?, ?, ?, ?, ?)'),
       node: db.prepare(
@@ -179,6 +221,29 @@ export class Store {
     }
   }
 
+  /**
+   * The same store on a private temporary file, for a collector run without
+   * `--data-dir`: history still lives on disk rather than in the heap, and
+   * the file goes when the store is closed or the process exits.
+   */
+  static temporary(log: Logger, options: { windowMs: number; now?: () => number }): { store: Store; loaded: Loaded } {
+    const dir = mkdtempSync(join(tmpdir(), 'conntrail-history-'));
+    temporaryDirs.add(dir);
+    if (!exitHookSet) {
+      process.once('exit', removeTemporaryDirs);
+      exitHookSet = true;
+    }
+    const opened = Store.open(dir, log, options);
+    opened.store.#tempDir = dir;
+    log.info({ path: opened.store.path }, `history kept in a temporary store at ${opened.store.path}; pass --data-dir to keep it across restarts`);
+    return opened;
+  }
+
+  /** True for a store on a temporary file (no --data-dir): nothing in it outlives the process. */
+  get temporary(): boolean {
+    return this.#tempDir !== null;
+  }
+
   static #openAt(path: string, log: Logger, windowMs: number): Store {
     const db = new DatabaseSync(path);
     try {
@@ -191,6 +256,8 @@ export class Store {
       db.exec('PRAGMA journal_mode = WAL');
       db.exec('PRAGMA synchronous = NORMAL');
       db.exec(SCHEMA);
+      // A store written before checkpoints kept one folded base per node, with every step after it: a checkpoint before all steps.
+      db.exec('INSERT OR IGNORE INTO checkpoints (node, after_id, seq, time, frame) SELECT node, 0, seq, time, frame FROM bases; DELETE FROM bases;');
       db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
       return new Store(path, db, log, windowMs);
     } catch (err) {
@@ -202,6 +269,11 @@ export class Store {
   /** Where each node's meta comes from at commit time (the collector's views). */
   nodeMeta(source: (node: string) => NodeMeta | null): void {
     this.#meta = source;
+  }
+
+  /** Where checkpoints are taken from: each node's state after its last applied step. */
+  stateSource(source: StateSource): void {
+    this.#stateOf = source;
   }
 
   /** Called after each commit, per node, with the newest seq written. */
@@ -228,12 +300,16 @@ export class Store {
     const batch = this.#pending;
     this.#pending = [];
     const last = new Map<string, TimelineEntry>();
+    const lastId = new Map<string, number>();
+    const bases = new Map<string, number>();
     try {
       this.#db.exec('BEGIN');
       for (const p of batch) {
         if (p.kind === 'step') {
-          this.#stmt.step.run(p.node, p.entry.seq, p.entry.time, p.entry.kind, frameOf(p.entry));
+          const r = this.#stmt.step.run(p.node, p.entry.seq, p.entry.time, p.entry.kind, frameOf(p.entry));
           last.set(p.node, p.entry);
+          lastId.set(p.node, Number(r.lastInsertRowid));
+          if (p.entry.kind === 'snapshot') bases.set(p.node, p.entry.time);
         } else if (p.kind === 'finding') this.#stmt.finding.run(p.incident, p.line.time, JSON.stringify(p.line));
         else {
           const i = p.incident;
@@ -247,7 +323,9 @@ export class Store {
         metas.set(node, m);
         this.#stmt.node.run(node, m.run, m.lastSeq, m.lastTime, m.connectedAt, m.lastReceivedAt, m.agentVersion, m.intervalMs, m.facts === null ? null : JSON.stringify(m.facts), JSON.stringify(m.statuses));
       }
+      this.#checkpoints(last, lastId, bases);
       this.#db.exec('COMMIT');
+      for (const [node, time] of bases) this.#lastBase.set(node, Math.max(time, this.#lastBase.get(node) ?? time));
       for (const [node, entry] of last) {
         const run = metas.get(node)?.run ?? null;
         if (run !== null) for (const l of this.#durable) l(node, run, entry.seq, entry.time);
@@ -266,25 +344,60 @@ export class Store {
   }
 
   /**
-   * Deletes what left the window: for each node, the steps folded into its
-   * history's base (replaced by one snapshot of that base), incidents no
-   * longer held, and finding lines older than the window outside them.
+   * Writes a checkpoint (the live state after the node's last step in this
+   * commit) for nodes whose newest base is CHECKPOINT_MS of sample time old,
+   * at most CHECKPOINTS_PER_FLUSH of them. The state comes from the view,
+   * which has applied exactly the steps queued so far: the commit drained
+   * them all, so it is the state after the last one written.
    */
-  retain(now: number, bases: Iterable<readonly [string, TimelineEntry | null]>, liveIncidents: readonly string[]): void {
+  #checkpoints(last: ReadonlyMap<string, TimelineEntry>, lastId: ReadonlyMap<string, number>, bases: Map<string, number>): void {
+    if (this.#stateOf === null) return;
+    let written = 0;
+    const insert = this.#db.prepare('INSERT OR REPLACE INTO checkpoints (node, after_id, seq, time, frame) VALUES (?, ?, ?, ?, ?)');
+    for (const [node, entry] of last) {
+      if (written >= CHECKPOINTS_PER_FLUSH) break;
+      const id = lastId.get(node);
+      const base = bases.get(node) ?? this.#lastBase.get(node);
+      if (id === undefined || entry.kind === 'snapshot' || (base !== undefined && entry.time - base < this.#checkpointMs)) continue;
+      const state = this.#stateOf(node);
+      if (state === null || state.seq !== entry.seq || state.time !== entry.time) continue;
+      insert.run(node, id, state.seq, state.time, frameOf(state));
+      bases.set(node, state.time);
+      written++;
+    }
+  }
+
+  /**
+   * Deletes what left the window: for each node, the steps before its newest
+   * base at or before `now - window` (and the bases before that one),
+   * incidents no longer held, and finding lines older than the window
+   * outside them. Nothing is folded or rewritten: the bases were written as
+   * the steps came.
+   */
+  retain(now: number, liveIncidents: readonly string[]): void {
     this.flush();
     if (this.#closed) return;
+    const horizon = now - this.#windowMs;
     try {
       this.#db.exec('BEGIN');
-      const lastFolded = this.#db.prepare('SELECT id FROM steps WHERE node = ? AND seq = ? AND time = ? ORDER BY id DESC LIMIT 1');
-      const drop = this.#db.prepare('DELETE FROM steps WHERE node = ? AND id <= ?');
-      const base = this.#db.prepare('INSERT INTO bases (node, seq, time, frame) VALUES (?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET seq = excluded.seq, time = excluded.time, frame = excluded.frame');
-      for (const [node, entry] of bases) {
-        if (entry === null) continue;
-        const id = intOrNull(lastFolded.get(node, entry.seq, entry.time)?.id);
-        // Nothing newly folded since the last pass: the stored base is this one already.
-        if (id === null) continue;
-        drop.run(node, id);
-        base.run(node, entry.seq, entry.time, frameOf(entry));
+      const checkpoint = this.#db.prepare('SELECT max(after_id) AS id FROM checkpoints WHERE node = ? AND time <= ?');
+      const snapshot = this.#db.prepare("SELECT max(id) AS id FROM steps WHERE node = ? AND kind = 'snapshot' AND time <= ?");
+      const dropSteps = this.#db.prepare('DELETE FROM steps WHERE node = ? AND id < ?');
+      const dropCheckpoints = this.#db.prepare('DELETE FROM checkpoints WHERE node = ? AND after_id < ?');
+      for (const row of this.#db.prepare('SELECT DISTINCT node FROM checkpoints UNION SELECT DISTINCT node FROM steps').all()) {
+        const node = String(row.node);
+        const cp = intOrNull(checkpoint.get(node, horizon)?.id);
+        const sn = intOrNull(snapshot.get(node, horizon)?.id);
+        if (cp === null && sn === null) continue;
+        if (sn !== null && (cp === null || sn > cp)) {
+          // The snapshot step is the base: it stays, what precedes it goes.
+          dropSteps.run(node, sn);
+          dropCheckpoints.run(node, sn);
+        } else if (cp !== null) {
+          // The checkpoint stands for every step up to after_id.
+          dropSteps.run(node, cp + 1);
+          dropCheckpoints.run(node, cp);
+        }
       }
       this.#db.prepare('DELETE FROM incidents WHERE id NOT IN (SELECT value FROM json_each(?))').run(JSON.stringify(liveIncidents));
       this.#db.prepare('DELETE FROM findings WHERE time < ? AND (incident IS NULL OR incident NOT IN (SELECT id FROM incidents))').run(now - this.#windowMs);
@@ -299,13 +412,87 @@ export class Store {
     }
   }
 
+  /**
+   * A node's stored steps from `from` to `to`, starting with a full snapshot
+   * of the state at `from` (or as near after it as stored): the newest base
+   * at or before `from`, with the steps between folded into it. Read a page
+   * at a time, so only the base's state and one page are decoded at once.
+   * Queued steps are committed first, so the slice reaches the newest one.
+   */
+  *slice(node: string, from: number, to: number): Generator<TimelineEntry, void, void> {
+    this.flush();
+    if (this.#closed) return;
+    const start = this.#startAt(node, from) ?? this.#startAt(node, null);
+    if (start === null) return;
+    const state = stateOf(start.entry);
+    let seq = start.entry.seq;
+    let time = start.entry.time;
+    let emitted = false;
+    for (const e of this.#stepsAfter(node, start.afterId, () => undefined)) {
+      if (!emitted && e.time < from) {
+        fold(state, e);
+        seq = e.seq;
+        time = e.time;
+        continue;
+      }
+      if (e.time > to) break;
+      if (!emitted && e.kind !== 'snapshot') yield snapshotOf(state, seq, time);
+      emitted = true;
+      yield e;
+    }
+    if (!emitted) yield snapshotOf(state, seq, time);
+  }
+
+  /** The newest base at or before `at` (null: the oldest base there is). */
+  #startAt(node: string, at: number | null): Start | null {
+    const newest = at !== null;
+    const t = at ?? Number.MAX_SAFE_INTEGER;
+    const order = newest ? 'DESC' : 'ASC';
+    const cp = this.#db.prepare(`SELECT after_id AS id, frame FROM checkpoints WHERE node = ? AND time <= ? ORDER BY after_id ${order} LIMIT 1`).get(node, t);
+    const sn = this.#db.prepare(`SELECT id, frame FROM steps WHERE node = ? AND kind = 'snapshot' AND time <= ? ORDER BY id ${order} LIMIT 1`).get(node, t);
+    const candidates = [cp === undefined ? null : { afterId: Number(cp.id), frame: String(cp.frame) }, sn === undefined ? null : { afterId: Number(sn.id), frame: String(sn.frame) }]
+      .filter((c): c is { afterId: number; frame: string } => c !== null)
+      .sort((a, b) => (newest ? b.afterId - a.afterId : a.afterId - b.afterId));
+    for (const c of candidates) {
+      const entry = entryOf(c.frame, 'snapshot');
+      if (entry !== null) return { afterId: c.afterId, entry };
+    }
+    return null;
+  }
+
+  /** A node's steps after step `afterId`, a page at a time; an unreadable one ends them (what follows cannot apply without it). */
+  *#stepsAfter(node: string, afterId: number, unreadable: () => void): Generator<TimelineEntry, void, void> {
+    const page = this.#db.prepare('SELECT id, kind, frame FROM steps WHERE node = ? AND id > ? ORDER BY id LIMIT ?');
+    let after = afterId;
+    for (;;) {
+      let rows: Record<string, unknown>[];
+      try {
+        rows = page.all(node, after, PAGE);
+      } catch {
+        unreadable();
+        return;
+      }
+      if (rows.length === 0) return;
+      for (const row of rows) {
+        after = Number(row.id);
+        const entry = entryOf(String(row.frame), String(row.kind));
+        if (entry === null) {
+          unreadable();
+          return;
+        }
+        yield entry;
+      }
+      if (this.#closed) return;
+    }
+  }
+
   /** Drops everything stored for nodes the collector dropped. */
   forget(nodes: readonly string[]): void {
     if (nodes.length === 0 || this.#closed) return;
     this.flush();
     try {
       this.#db.exec('BEGIN');
-      for (const table of ['steps', 'bases', 'nodes']) {
+      for (const table of ['steps', 'bases', 'checkpoints', 'nodes']) {
         const del = this.#db.prepare(`DELETE FROM ${table} WHERE node = ?`);
         for (const n of nodes) del.run(n);
       }
@@ -321,12 +508,9 @@ export class Store {
   }
 
   /** Commits every FLUSH_MS and runs `retain` every RETAIN_MS until `close`. */
-  start(retainArgs: () => { bases: Iterable<readonly [string, TimelineEntry | null]>; liveIncidents: readonly string[] }, now: () => number = Date.now): void {
+  start(liveIncidents: () => readonly string[], now: () => number = Date.now): void {
     const flush = setInterval(() => this.flush(), FLUSH_MS);
-    const retain = setInterval(() => {
-      const a = retainArgs();
-      this.retain(now(), a.bases, a.liveIncidents);
-    }, RETAIN_MS);
+    const retain = setInterval(() => this.retain(now(), liveIncidents()), RETAIN_MS);
     flush.unref();
     retain.unref();
     this.#timers = [flush, retain];
@@ -338,6 +522,10 @@ export class Store {
     this.flush();
     this.#closed = true;
     this.#db.close();
+    if (this.#tempDir !== null) {
+      rmSync(this.#tempDir, { recursive: true, force: true });
+      temporaryDirs.delete(this.#tempDir);
+    }
   }
 
   #load(now: number): Loaded {
@@ -346,14 +534,10 @@ export class Store {
       unreadable[what] = (unreadable[what] ?? 0) + 1;
     };
     const nodes: RestoredNode[] = [];
-    const bases = new Map<string, TimelineEntry>();
-    for (const row of this.#db.prepare('SELECT node, frame FROM bases').all()) {
-      const node = strOrNull(row.node);
-      const entry = entryOf(String(row.frame), 'snapshot');
-      if (node === null || entry === null) bad('base');
-      else bases.set(node, entry);
+    for (const row of this.#db.prepare("SELECT node, max(time) AS time FROM (SELECT node, time FROM checkpoints UNION ALL SELECT node, time FROM steps WHERE kind = 'snapshot') GROUP BY node").all()) {
+      const time = intOrNull(row.time);
+      if (time !== null) this.#lastBase.set(String(row.node), time);
     }
-    const stepsOf = this.#db.prepare('SELECT kind, frame FROM steps WHERE node = ? ORDER BY id');
     for (const row of this.#db.prepare('SELECT * FROM nodes ORDER BY node').all()) {
       const node = strOrNull(row.node);
       if (node === null || !isNodeName(node)) {
@@ -368,33 +552,37 @@ export class Store {
         bad('node');
         continue;
       }
-      const steps: TimelineEntry[] = [];
-      const base = bases.get(node);
-      if (base !== undefined) steps.push(base);
+      // Steps are applied from a base: any before the oldest one have nothing to apply on.
+      const start = this.#startAt(node, null);
+      if (start === null) {
+        if (intOrNull(this.#db.prepare('SELECT count(*) AS n FROM checkpoints WHERE node = ?').get(node)?.n) !== 0) bad('base');
+        continue;
+      }
+      const run = strOrNull(row.run);
       let broken = false;
-      for (const s of stepsOf.all(node)) {
-        const entry = broken ? null : entryOf(String(s.frame), String(s.kind));
-        if (entry === null) {
-          // A step that cannot be read breaks the chain: what follows it cannot be applied on what precedes it.
+      const stepsAfter = (): Generator<TimelineEntry, void, void> =>
+        this.#stepsAfter(node, start.afterId, () => {
           bad('step');
           broken = true;
-          continue;
-        }
-        steps.push(entry);
-      }
-      // Steps are applied from a snapshot: any before the first one (its base was lost) have nothing to apply on.
-      const first = steps.findIndex((e) => e.kind === 'snapshot');
-      if (first < 0) continue;
+        });
+      // Read as the restore applies them: a node's 15 minutes are never all decoded at once.
+      const steps = (function* (): Generator<TimelineEntry, void, void> {
+        yield start.entry;
+        yield* stepsAfter();
+      })();
       nodes.push({
         node,
-        run: broken ? null : strOrNull(row.run),
+        // A step that could not be read breaks the chain: the run cannot resume from what applied before it.
+        get run(): string | null {
+          return broken ? null : run;
+        },
         facts: decodedFacts.value,
         agentVersion: strOrNull(row.agent_version),
         intervalMs: intOrNull(row.interval_ms),
         connectedAt: intOrNull(row.connected_at),
         lastReceivedAt: intOrNull(row.last_received_at),
         statuses: decodedStatuses.value,
-        steps: steps.slice(first),
+        steps,
       });
     }
     const incidents: Incident[] = [];

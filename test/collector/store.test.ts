@@ -192,30 +192,45 @@ describe('collector store: write and reload', () => {
 });
 
 describe('collector store: retention', () => {
-  it('deletes steps that left the window, keeping one snapshot of their folded state, so a reload starts from the same state', () => {
+  it('deletes the steps before the newest checkpoint older than the window, without rewriting any state, so a reload starts from the same state', () => {
     const dir = tempDir();
     const r1 = rig(dir, T0, 10_000);
     const a = new FakeAgent(r1);
-    a.hello();
-    a.step(T0, { iptables: rules([KEPT, OLD]), conntrack: timeWait(60) });
-    // 30 steps a second apart, each changing the TIME_WAIT timer; sport 1000+i comes and goes.
-    for (let i = 1; i <= 30; i++) a.step(T0 + i * 1000, { conntrack: timeWait(60 - i) + (i % 2 === 0 ? timeWait(50, 1000 + i) : '') });
     const store = r1.pipeline.store;
     if (store === null) throw new Error('no store');
-    store.retain(r1.clock, [[NODE, r1.pipeline.collector.history(NODE)?.baseEntry() ?? null]], []);
-    const db = new DatabaseSync(join(dir, STORE_FILE));
-    const rows = Number(db.prepare('SELECT count(*) AS n FROM steps').get()?.n);
-    const base = db.prepare('SELECT seq FROM bases WHERE node = ?').get(NODE);
-    db.close();
-    // The window keeps 10 s of steps (and the step at its edge); everything before is in the base.
-    expect(rows).toBe(r1.pipeline.collector.timeline(NODE).length);
-    expect(rows).toBeLessThan(15);
-    expect(base?.seq).toBe(31 - rows);
+    a.hello();
+    a.step(T0, { iptables: rules([KEPT, OLD]), conntrack: timeWait(60) });
+    // 30 steps a second apart, each changing the TIME_WAIT timer; sport 1000+i comes and goes; committed as the 250 ms timer would.
+    for (let i = 1; i <= 30; i++) {
+      a.step(T0 + i * 1000, { conntrack: timeWait(60 - i) + (i % 2 === 0 ? timeWait(50, 1000 + i) : '') });
+      store.flush();
+    }
+    const read = (): { steps: number; oldest: number; checkpoints: number[] } => {
+      const db = new DatabaseSync(join(dir, STORE_FILE));
+      const steps = Number(db.prepare('SELECT count(*) AS n FROM steps').get()?.n);
+      const oldest = Number(db.prepare('SELECT min(time) AS t FROM steps').get()?.t);
+      const checkpoints = db.prepare('SELECT time FROM checkpoints ORDER BY time').all().map((r) => Number(r.time));
+      db.close();
+      return { steps, oldest, checkpoints };
+    };
+    // A window of 10 s takes a checkpoint every 3.3 s of sample time: after steps 4, 8, ... 28 (the snapshot at 0 is the first base).
+    expect(read().checkpoints.map((t) => (t - T0) / 1000)).toEqual([4, 8, 12, 16, 20, 24, 28]);
+    store.retain(r1.clock, []);
+    const after = read();
+    // The newest base at or before the horizon (30 - 10 = 20 s) is the checkpoint at 20 s: the steps up to it go, the window stays.
+    expect(after.checkpoints.map((t) => (t - T0) / 1000)).toEqual([20, 24, 28]);
+    expect((after.oldest - T0) / 1000).toBe(21);
+    expect(after.steps).toBe(10);
+    // A bundle of the last 10 s still starts from the state at its start.
+    const timeline = r1.pipeline.bundles.timelines(r1.clock - 10_000, r1.clock, null)[0];
+    expect(timeline?.entries[0]?.kind).toBe('snapshot');
+    expect(timeline?.entries.length).toBe(11);
     const r2 = rig(dir, r1.clock + 1000, 10_000);
     expect(conntrackOf(r2.pipeline)).toEqual(conntrackOf(r1.pipeline));
     expect(r2.pipeline.collector.nodes.get(NODE)?.recordMap('iptables').size).toBe(r1.pipeline.collector.nodes.get(NODE)?.recordMap('iptables').size);
-    // A second pass with nothing newly folded changes nothing.
-    r2.pipeline.store?.retain(r2.clock, [[NODE, r2.pipeline.collector.history(NODE)?.baseEntry() ?? null]], []);
+    // A second pass with nothing newly past the window changes nothing.
+    r2.pipeline.store?.retain(r2.clock, []);
+    expect(read()).toEqual(after);
     const r3 = rig(dir, r1.clock + 2000, 10_000);
     expect(conntrackOf(r3.pipeline)).toEqual(conntrackOf(r1.pipeline));
   });
@@ -224,7 +239,7 @@ describe('collector store: retention', () => {
     const dir = tempDir();
     const r1 = rig(dir, T0, 60_000);
     liveReuse(r1);
-    r1.pipeline.store?.retain(T0 + 10 * 60_000, [], []);
+    r1.pipeline.store?.retain(T0 + 10 * 60_000, []);
     const r2 = rig(dir, T0 + 10 * 60_000, 60_000);
     expect(r2.pipeline.bundles.incidents.list()).toEqual([]);
     expect(r2.log.find('reloaded from the data store')).toMatchObject({ incidents: 0, findings: 0 });
