@@ -174,6 +174,12 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
+  // For the README's "Metrics and alerts": the real text each endpoint served, written only when asked for.
+  const dump = process.env.CONNTRAIL_METRICS_DUMP;
+  if (dump && healthPort) {
+    const scrape = async (url: string, headers: Record<string, string> = {}) => `# GET ${url.replace(/127\.0\.0\.1:\d+/, '…')}\n${await (await fetch(url, { headers })).text()}`;
+    writeFileSync(dump, [await scrape(`http://127.0.0.1:${collector.port}/metrics`, { authorization: `Bearer ${collector.token}` }), await scrape(`http://127.0.0.1:${healthPort}/metrics`)].join('\n'));
+  }
   await stop(prometheus);
   await replayAgent?.stop();
   await stop(agentProcess);
