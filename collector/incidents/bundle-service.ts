@@ -114,7 +114,7 @@ export class BundleService {
       const history = this.#collector.history(view.name);
       if (history === undefined) continue;
       // A node with nothing in the window has no timeline, as before: the first step tells.
-      if (history.stream(from, to).next().done === true) continue;
+      if (history.isEmpty()) continue;
       out.push({ node: view.name, facts: view.facts, entries: { [Symbol.iterator]: () => history.stream(from, to) } });
     }
     return out;

@@ -45,6 +45,7 @@ const NO_HISTORY: HistoryStore = {
   *slice() {
     // Nothing is kept to read back.
   },
+  has: () => false,
 };
 
 export interface Derived {
@@ -112,8 +113,10 @@ function* deriveSteps(timelines: readonly NodeTimeline[], log: Logger, kubeEvent
   let clock = 0;
   const { collector, detection } = createPipeline({ log, now: () => clock, historyMs: Number.MAX_SAFE_INTEGER, kube, onFinding: (l) => findings.push(l), historyStore: NO_HISTORY });
   const sessions = new Map<string, Session>();
-  for (const { t, entry } of mergeByTime(timelines)) {
+  for (const next of mergeByTime(timelines)) {
     if (pace.due()) yield;
+    if (next === null) continue;
+    const { t, entry } = next;
     clock = entry.time;
     let session = sessions.get(t.node);
     const send = (msg: AgentMessage) => collector.accept(session as Session, msg);
@@ -151,13 +154,16 @@ function* deriveSteps(timelines: readonly NodeTimeline[], log: Logger, kubeEvent
 /**
  * Every node's steps in time order (ties in node order, as a stable sort
  * of them all would give), read from each node's iterator as they are
- * needed, so only the next step of each node is held.
+ * needed, so only the next step of each node is held. Yields null where
+ * the caller may pause: after each node's first step, which may be a whole
+ * state rebuilt from the store.
  */
-function* mergeByTime(timelines: readonly NodeTimeline[]): Generator<{ t: NodeTimeline; entry: TimelineEntry }, void, void> {
+function* mergeByTime(timelines: readonly NodeTimeline[]): Generator<{ t: NodeTimeline; entry: TimelineEntry } | null, void, void> {
   const heads = timelines.map((t) => ({ t, it: t.entries[Symbol.iterator](), next: null as TimelineEntry | null }));
   for (const h of heads) {
     const r = h.it.next();
     h.next = r.done === true ? null : r.value;
+    yield null;
   }
   for (;;) {
     let best: (typeof heads)[number] | null = null;

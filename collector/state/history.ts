@@ -23,6 +23,8 @@ export const HOT_MS = 30_000;
 export interface HistoryStore {
   /** The node's stored steps from `from` to `to`, starting with a full snapshot (see NodeHistory.slice). */
   slice(node: string, from: number, to: number): Generator<TimelineEntry, void, void>;
+  /** True when the node has anything to slice from. */
+  has(node: string): boolean;
 }
 
 export function fold(state: State, entry: TimelineEntry): void {
@@ -135,6 +137,12 @@ export class NodeHistory {
   /** The steps from `from` to `to`, starting with a full snapshot of the state at `from` (or as near after it as kept). */
   slice(from: number, to: number): TimelineEntry[] {
     return [...this.stream(from, to)];
+  }
+
+  /** False when every slice is empty (nothing to start one from): cheap, unlike reading one. */
+  isEmpty(): boolean {
+    if (this.#store !== null) return !this.#store.store.has(this.#store.node);
+    return this.#base === null && !this.#entries.some((e) => e.kind === 'snapshot');
   }
 
   /** slice(), a step at a time: with a store, read from it a page at a time rather than all at once. */

@@ -50,7 +50,7 @@ export const CHECKPOINT_MS = 5 * 60_000;
 /** A checkpoint encodes a node's whole state (5,000 records: a few ms): a commit writes at most this many. */
 const CHECKPOINTS_PER_FLUSH = 2;
 /** Steps read from the database at a time when a slice or a reload streams a node's timeline. */
-const PAGE = 128;
+const PAGE = 16;
 const SCHEMA_VERSION = 1;
 
 /** What the store keeps of a node besides its steps, as of the last queued step. */
@@ -424,23 +424,33 @@ export class Store implements HistoryStore {
     if (this.#closed) return;
     const start = this.#startAt(node, from) ?? this.#startAt(node, null);
     if (start === null) return;
-    const state = stateOf(start.entry);
+    // Dropped once the first step is out: a bundle holds many nodes' slices open at once, each should keep only its next page.
+    let state: ReturnType<typeof stateOf> | null = stateOf(start.entry);
     let seq = start.entry.seq;
     let time = start.entry.time;
-    let emitted = false;
     for (const e of this.#stepsAfter(node, start.afterId, () => undefined)) {
-      if (!emitted && e.time < from) {
+      if (state !== null && e.time < from) {
         fold(state, e);
         seq = e.seq;
         time = e.time;
         continue;
       }
       if (e.time > to) break;
-      if (!emitted && e.kind !== 'snapshot') yield snapshotOf(state, seq, time);
-      emitted = true;
+      if (state !== null) {
+        const first = e.kind === 'snapshot' ? null : snapshotOf(state, seq, time);
+        state = null;
+        if (first !== null) yield first;
+      }
       yield e;
     }
-    if (!emitted) yield snapshotOf(state, seq, time);
+    if (state !== null) yield snapshotOf(state, seq, time);
+  }
+
+  /** True when a slice of the node would hold anything: it has a base to start from. */
+  has(node: string): boolean {
+    this.flush();
+    if (this.#closed) return false;
+    return this.#db.prepare("SELECT 1 AS x FROM checkpoints WHERE node = ? UNION ALL SELECT 1 FROM steps WHERE node = ? AND kind = 'snapshot' LIMIT 1").get(node, node) !== undefined;
   }
 
   /** The newest base at or before `at` (null: the oldest base there is). */
