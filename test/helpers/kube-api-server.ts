@@ -31,6 +31,15 @@
 // all. `forbidden.add('events')` answers their create and patch with 403, as
 // a ClusterRole without those verbs does. Services are also read one at a
 // time (GET /api/v1/namespaces/NS/services/NAME).
+//
+// For `kubectl describe service|pod` against it: /version, the legacy
+// discovery documents (/api, /api/v1, /apis, /apis/GROUP/VERSION) for what it
+// serves, and the core v1 view of the stored Events (GET
+// /api/v1/namespaces/NS/events with a fieldSelector on involvedObject.*, type
+// and reason), converted from events.k8s.io/v1 as kube-apiserver's
+// pkg/apis/events/v1 conversion does: regarding -> involvedObject, note ->
+// message, reportingController -> reportingComponent, deprecated* -> count,
+// firstTimestamp, lastTimestamp and source.
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createServer } from 'node:https';
@@ -80,6 +89,30 @@ const ONE_SERVICE = /^\/api\/v1\/namespaces\/([^/]+)\/services\/([^/]+)$/;
 const NS_EVENTS = /^\/apis\/events\.k8s\.io\/v1\/namespaces\/([^/]+)\/events$/;
 const ONE_EVENT = /^\/apis\/events\.k8s\.io\/v1\/namespaces\/([^/]+)\/events\/([^/]+)$/;
 const ALL_EVENTS = /^\/apis\/events\.k8s\.io\/v1\/events$/;
+const CORE_NS_EVENTS = /^\/api\/v1\/namespaces\/([^/]+)\/events$/;
+const NS_ENDPOINTSLICES = /^\/apis\/discovery\.k8s\.io\/v1\/namespaces\/([^/]+)\/endpointslices$/;
+
+/** What discovery lists, by group version: only what this server answers. */
+const DISCOVERY: Record<string, readonly { name: string; singularName: string; namespaced: boolean; kind: string; verbs: readonly string[]; shortNames?: readonly string[] }[]> = {
+  v1: [
+    { name: 'events', singularName: 'event', namespaced: true, kind: 'Event', verbs: ['list'], shortNames: ['ev'] },
+    { name: 'pods', singularName: 'pod', namespaced: true, kind: 'Pod', verbs: ['get', 'list', 'watch'], shortNames: ['po'] },
+    { name: 'services', singularName: 'service', namespaced: true, kind: 'Service', verbs: ['get', 'list', 'watch'], shortNames: ['svc'] },
+  ],
+  'authentication.k8s.io/v1': [{ name: 'tokenreviews', singularName: 'tokenreview', namespaced: false, kind: 'TokenReview', verbs: ['create'] }],
+  'discovery.k8s.io/v1': [{ name: 'endpointslices', singularName: 'endpointslice', namespaced: true, kind: 'EndpointSlice', verbs: ['list', 'watch'] }],
+  'events.k8s.io/v1': [{ name: 'events', singularName: 'event', namespaced: true, kind: 'Event', verbs: ['create', 'get', 'list', 'patch'], shortNames: ['ev'] }],
+};
+/** The core v1 Event fields a fieldSelector may name here (kube-apiserver's pkg/registry/core/event.ToSelectableFields, the ones kubectl uses). */
+const EVENT_FIELDS: Record<string, (e: Record<string, unknown>) => unknown> = {
+  'involvedObject.kind': (e) => (e.involvedObject as Record<string, unknown> | undefined)?.kind,
+  'involvedObject.namespace': (e) => (e.involvedObject as Record<string, unknown> | undefined)?.namespace,
+  'involvedObject.name': (e) => (e.involvedObject as Record<string, unknown> | undefined)?.name,
+  'involvedObject.uid': (e) => (e.involvedObject as Record<string, unknown> | undefined)?.uid,
+  'involvedObject.apiVersion': (e) => (e.involvedObject as Record<string, unknown> | undefined)?.apiVersion,
+  type: (e) => e.type,
+  reason: (e) => e.reason,
+};
 const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 // apimachinery IsQualifiedName: an optional DNS-subdomain prefix and '/', then a name of at most 63.
 const QUALIFIED_NAME = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
@@ -436,6 +469,73 @@ export class KubeApiServer {
     return true;
   }
 
+  /** /version and the legacy discovery documents, as kubectl reads them before it can name a resource. */
+  #discovery(url: URL, res: ServerResponse, seen: (status: number) => void): boolean {
+    const answer = (object: unknown) => {
+      seen(200);
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(object));
+      return true;
+    };
+    const path = url.pathname.replace(/\/$/, '');
+    if (path === '/version') return answer({ major: '1', minor: '32', gitVersion: 'v1.32.0', platform: 'linux/amd64' });
+    if (path === '/api') return answer({ kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: `127.0.0.1:${this.#port}` }] });
+    const groups = Object.keys(DISCOVERY).filter((gv) => gv.includes('/'));
+    if (path === '/apis') {
+      return answer({
+        kind: 'APIGroupList',
+        apiVersion: 'v1',
+        groups: groups.map((gv) => {
+          const [name = '', version = ''] = gv.split('/');
+          return { name, versions: [{ groupVersion: gv, version }], preferredVersion: { groupVersion: gv, version } };
+        }),
+      });
+    }
+    const gv = path === '/api/v1' ? 'v1' : path.startsWith('/apis/') ? path.slice('/apis/'.length) : null;
+    const resources = gv === null ? undefined : DISCOVERY[gv];
+    if (gv === null || resources === undefined) return false;
+    return answer({ kind: 'APIResourceList', apiVersion: 'v1', groupVersion: gv, resources });
+  }
+
+  /** The stored Events as core v1 Events (kube-apiserver serves one store under both APIs), filtered by a fieldSelector of `field=value` terms. */
+  #coreEvents(namespace: string, selector: string, res: ServerResponse, seen: (status: number) => void): void {
+    const terms: [string, string][] = [];
+    for (const term of selector.split(',').filter((t) => t !== '')) {
+      const m = /^([^=!]+)==?(.*)$/.exec(term);
+      const field = m?.[1];
+      if (m === null || field === undefined || EVENT_FIELDS[field] === undefined) {
+        seen(400);
+        return status(res, 400, 'BadRequest', `"${term.split(/[=!]/)[0] ?? term}" is not a known field selector: only "${Object.keys(EVENT_FIELDS).join('", "')}"`);
+      }
+      terms.push([field, m[2] ?? '']);
+    }
+    const items = this.events(namespace)
+      .map(coreEvent)
+      .filter((e) => terms.every(([field, value]) => String(EVENT_FIELDS[field]?.(e) ?? '') === value));
+    seen(200);
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ kind: 'EventList', apiVersion: 'v1', metadata: { resourceVersion: String(this.#rv) }, items }));
+  }
+
+  /** A namespace's EndpointSlices with every `key=value` label of the selector (how kubectl describe service finds a Service's slices). */
+  #namespacedSlices(namespace: string, selector: string, res: ServerResponse, seen: (status: number) => void): void {
+    if (this.forbidden.has('endpointslices')) {
+      seen(403);
+      return status(res, 403, 'Forbidden', `endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:conntrail:conntrail-collector" cannot list resource "endpointslices" in API group "discovery.k8s.io" in the namespace "${namespace}"`);
+    }
+    const wanted = selector
+      .split(',')
+      .filter((t) => t !== '')
+      .map((t) => t.split(/==?/) as [string, string?]);
+    const items = [...this.#objects.endpointslices.values()].filter((o) => {
+      const meta = o.metadata as { namespace?: string; labels?: Record<string, string> };
+      return meta.namespace === namespace && wanted.every(([k, v]) => meta.labels?.[k] === (v ?? ''));
+    });
+    seen(200);
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ kind: 'EndpointSliceList', apiVersion: 'discovery.k8s.io/v1', metadata: { resourceVersion: String(this.#rv) }, items }));
+  }
+
   /** Ends every open watch, as an API server restart or a load balancer in front of it would. */
   dropWatches(): void {
     for (const w of this.#watches) w.res.end();
@@ -477,7 +577,12 @@ export class KubeApiServer {
       }
       return this.#tokenReview(req, res, seen);
     }
+    if (req.method === 'GET' && this.#discovery(url, res, seen)) return;
     if (this.#eventsRequest(req, res, url, seen)) return;
+    const coreEvents = CORE_NS_EVENTS.exec(url.pathname);
+    if (coreEvents !== null && req.method === 'GET') return this.#coreEvents(decodeURIComponent(coreEvents[1] ?? ''), query.fieldSelector ?? '', res, seen);
+    const slices = NS_ENDPOINTSLICES.exec(url.pathname);
+    if (slices !== null && req.method === 'GET' && query.watch === undefined) return this.#namespacedSlices(decodeURIComponent(slices[1] ?? ''), query.labelSelector ?? '', res, seen);
     const svc = ONE_SERVICE.exec(url.pathname);
     if (svc !== null && req.method === 'GET') {
       const [namespace, name] = [decodeURIComponent(svc[1] ?? ''), decodeURIComponent(svc[2] ?? '')];
@@ -556,6 +661,21 @@ function safeParse(text: string): Record<string, unknown> | null {
   } catch {
     return null;
   }
+}
+
+/** An events.k8s.io/v1 Event as core v1 shows it (pkg/apis/events/v1 Convert_v1_Event_To_core_Event, through the internal type). */
+function coreEvent(e: Record<string, unknown>): Record<string, unknown> {
+  const { kind: _k, apiVersion: _a, regarding, note, reportingController, deprecatedSource, deprecatedFirstTimestamp, deprecatedLastTimestamp, deprecatedCount, ...rest } = e;
+  return {
+    ...rest,
+    involvedObject: regarding ?? {},
+    message: note ?? '',
+    reportingComponent: reportingController ?? '',
+    source: deprecatedSource ?? {},
+    firstTimestamp: deprecatedFirstTimestamp ?? null,
+    lastTimestamp: deprecatedLastTimestamp ?? null,
+    ...(deprecatedCount === undefined ? {} : { count: deprecatedCount }),
+  };
 }
 
 /** RFC 7386 JSON merge patch: objects merge, null deletes, anything else replaces. */

@@ -3,10 +3,11 @@
 // (`conntrail replay … --kube …`), each finding line handed to the Events
 // recorder as the collector hands it, and the Events read back from the API
 // as `kubectl get events` would.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { replay } from '../../../bin/replay.ts';
 import { readKubeRecording } from '../../../bin/replay-kube.ts';
@@ -141,6 +142,46 @@ describe('Kubernetes Events for findings', { timeout: 30_000 }, () => {
     expect(r.server.requests.filter((q) => q.method === 'GET' && /\/namespaces\/hc\/(services|pods)\/web$/.test(q.path)).map((q) => q.path)).toEqual(['/api/v1/namespaces/hc/services/web', '/api/v1/namespaces/hc/pods/web']);
     expect(r.events.stats()).toMatchObject({ created: 4, patched: 2, throttled: 0, errors: 0, forbidden: 0 });
     expect(r.lines.filter((l) => l.level === 40 || l.level === 50)).toEqual([]);
+  });
+
+  it('shows them in `kubectl describe service` and `kubectl describe pod`: Warning, the reason, the series as (x2 over …), From conntrail.io/collector, the note', async () => {
+    const r = await rig();
+    const [warning, firstError] = (await r.replayed()) as [FindingLine, FindingLine, FindingLine];
+    await r.events.idle();
+    const dir = mkdtempSync(join(tmpdir(), 'conntrail-events-kubectl-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const kubeconfig = r.server.writeKubeconfig(dir);
+    // The real kubectl (setup installs it), asynchronously: the API server answers from this process.
+    const describe = async (kind: string): Promise<string> => {
+      try {
+        return (await promisify(execFile)('kubectl', ['--kubeconfig', kubeconfig, '--cache-dir', join(dir, 'cache'), 'describe', kind, '-n', 'hc', 'web'], { encoding: 'utf8' })).stdout;
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException & { stderr?: string };
+        throw new Error(e.code === 'ENOENT' ? 'kubectl not installed: run npm run setup (it installs Debian kubernetes-client where there is no kubectl)' : `kubectl describe ${kind} failed: ${e.stderr ?? e.message}`);
+      }
+    };
+    const outputs = { service: await describe('service'), pod: await describe('pod') };
+    // For the README's "Events": what kubectl printed, and the Events it read, written only when asked for.
+    const dump = process.env.CONNTRAIL_EVENTS_DUMP;
+    if (dump) {
+      mkdirSync(dump, { recursive: true });
+      writeFileSync(join(dump, 'events.json'), `${JSON.stringify(r.server.events(), null, 2)}\n`);
+      for (const [kind, text] of Object.entries(outputs)) writeFileSync(join(dump, `describe-${kind}.txt`), text);
+    }
+    for (const text of Object.values(outputs)) {
+      const table = text.slice(text.indexOf('\nEvents:\n') + 1).split('\n');
+      expect(table.slice(0, 3).map((l) => l.trim().split(/\s+/))).toEqual([['Events:'], ['Type', 'Reason', 'Age', 'From', 'Message'], ['----', '------', '----', '----', '-------']]);
+      // Oldest first: the risk once, then the drops with their repeat; kubectl's columns are tab-aligned, split on the two-space gutter.
+      const rows = table.slice(3).filter((l) => l.trim() !== '').map((l) => l.trim().split(/ {2,}/));
+      expect(rows.map(([type, reason, , from]) => [type, reason, from])).toEqual([
+        ['Warning', 'LbHealthcheckDropped', 'conntrail.io/collector'],
+        ['Warning', 'LbHealthcheckDropped', 'conntrail.io/collector'],
+      ]);
+      expect(rows[0]?.[2]).not.toContain('(x');
+      expect(rows[1]?.[2]).toMatch(/^\S+ \(x2 over \S+\)$/);
+      expect(rows.map((row) => row.slice(4).join('  '))).toEqual([warning.summary, firstError.summary]);
+    }
+    expect(outputs.service).toMatch(/\nEndpoints: +198\.19\.1\.10:8080\n/);
   });
 
   it('starts a new Event carrying the series on when the API has dropped the old one (its TTL), as client-go does', async () => {
