@@ -22,6 +22,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { parseAllDocuments } from 'yaml';
 import { parseDuration } from '../../contract/duration.ts';
 
 const root = new URL('../..', import.meta.url).pathname;
@@ -107,12 +108,24 @@ function probe(base: string): { phase: string; samples: Map<string, number[]>; s
   return state;
 }
 
+/** The collector container's memory settings (NODE_OPTIONS, MALLOC_*) from the Deployment in `dir` (a checkout or a worktree of the commit measured). */
+function deployedCollectorEnv(dir: string): Record<string, string> {
+  const path = join(dir, 'manifests/collector.yaml');
+  if (!existsSync(path)) return {};
+  type Doc = { kind?: string; spec?: { template?: { spec?: { containers?: { name: string; env?: { name: string; value?: string }[] }[] } } } };
+  const docs = parseAllDocuments(readFileSync(path, 'utf8')).map((d) => d.toJS() as Doc);
+  const c = docs.find((d) => d.kind === 'Deployment')?.spec?.template?.spec?.containers?.find((x) => x.name === 'collector');
+  // Only what shapes memory: TMPDIR and the like name paths of the container, not of this machine.
+  return Object.fromEntries((c?.env ?? []).flatMap((e) => (e.value === undefined || !/^(NODE_OPTIONS|MALLOC_)/.test(e.name) ? [] : [[e.name, e.value]])));
+}
+
 async function runOne(label: string, dir: string, n: number): Promise<Record<string, string | number>> {
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   const collector = spawn(process.execPath, [join(dir, 'bin/conntrail.js'), 'collector', '--listen', `127.0.0.1:${port}`, '--no-kubernetes', '--capture', 'off'], {
     stdio: ['ignore', 'ignore', 'inherit'],
-    env: { ...process.env, CONNTRAIL_TOKEN: TOKEN, LOG_LEVEL: 'warn' },
+    // As deployed: the Deployment's literal environment (NODE_OPTIONS caps V8's heap under the memory limit).
+    env: { ...process.env, CONNTRAIL_TOKEN: TOKEN, LOG_LEVEL: 'warn', ...deployedCollectorEnv(dir) },
   });
   let gen: ChildProcess | null = null;
   try {
