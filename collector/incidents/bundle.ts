@@ -29,10 +29,10 @@ export interface NodeTimeline {
   readonly node: string;
   readonly facts: NodeFacts | null;
   /**
-   * The node's steps, the first a snapshot. Iterated more than once (the
-   * replay, then the timeline file), each time from the start: an array, or
-   * a slice read again from the store each time, so no node's steps need be
-   * held whole.
+   * The node's steps, the first a snapshot. A bundle reads them once, when
+   * it gets to the node (replay and timeline file from the same pass): an
+   * array, or a slice read from the store a page at a time, so no node's
+   * steps need be held whole.
    */
   readonly entries: Iterable<TimelineEntry>;
 }
@@ -102,78 +102,101 @@ function pacer(): { due(): boolean } {
   };
 }
 
-function* deriveSteps(timelines: readonly NodeTimeline[], log: Logger, kubeEvents: readonly KubeEvent[] | null): Steps<Derived> {
-  const pace = pacer();
-  const findings: FindingLine[] = [];
-  let kube: KubeCatalog | null = null;
-  if (kubeEvents !== null) {
-    kube = new KubeCatalog();
-    for (const e of [...kubeEvents].sort((a, b) => a.time - b.time)) kube.apply(e);
-  }
-  let clock = 0;
-  const { collector, detection } = createPipeline({ log, now: () => clock, historyMs: Number.MAX_SAFE_INTEGER, kube, onFinding: (l) => findings.push(l), historyStore: NO_HISTORY });
-  const sessions = new Map<string, Session>();
-  for (const next of mergeByTime(timelines)) {
-    if (pace.due()) yield;
-    if (next === null) continue;
-    const { t, entry } = next;
-    clock = entry.time;
-    let session = sessions.get(t.node);
-    const send = (msg: AgentMessage) => collector.accept(session as Session, msg);
-    if (session === undefined) {
-      session = { node: null, remote: `bundle:${t.node}`, send: () => undefined };
-      sessions.set(t.node, session);
-      send({ v: 1, type: 'hello', node: t.node, agentVersion: 'bundle', intervalMs: 1000, startedAt: entry.time });
-      if (t.facts !== null) send({ v: 1, type: 'facts', facts: t.facts });
-    }
-    if (entry.kind === 'snapshot') {
-      for (const c of entry.changes) {
-        // Read once: a snapshot step's records may be read out of a compact store at every access (state/node-view.ts).
-        const added = c.added;
-        const parts = Math.max(1, Math.ceil(added.length / SNAPSHOT_CHUNK));
-        for (let part = 0; part < parts; part++)
-          send({ v: 1, type: 'snapshot', seq: entry.seq, time: entry.time, source: c.source, part, parts, records: added.slice(part * SNAPSHOT_CHUNK, (part + 1) * SNAPSHOT_CHUNK) });
-      }
-      send({ v: 1, type: 'snapshot-end', seq: entry.seq, time: entry.time, status: [] });
-    } else {
-      send({ v: 1, type: 'diff', seq: entry.seq, time: entry.time, changes: entry.changes, status: [] });
-    }
-  }
-  detection.flush(clock + 3_600_000);
-  const catalog = kube;
-  const endpoints = timelines
-    .flatMap((t) => detection.history(t.node).all())
-    .map((span) => {
-      if (catalog === null) return span;
-      const address = /^\[?([^\]]+?)\]?:\d+$/.exec(span.endpoint)?.[1];
-      return { ...span, pod: address === undefined ? null : (catalog.podAt(address, span.firstSeen)?.span.pod ?? null) };
-    });
-  return { findings, endpoints };
+/** The API's record as a catalog, loaded whole before any step (it answers "as of T"); null without API access. */
+function catalogOf(kubeEvents: readonly KubeEvent[] | null): KubeCatalog | null {
+  if (kubeEvents === null) return null;
+  const kube = new KubeCatalog();
+  for (const e of [...kubeEvents].sort((a, b) => a.time - b.time)) kube.apply(e);
+  return kube;
+}
+
+/** What one node's replay found. */
+interface NodeDerived {
+  readonly node: string;
+  readonly findings: readonly FindingLine[];
+  readonly endpoints: Derived['endpoints'];
 }
 
 /**
- * Every node's steps in time order (ties in node order, as a stable sort
- * of them all would give), read from each node's iterator as they are
- * needed, so only the next step of each node is held. Yields null where
- * the caller may pause: after each node's first step, which may be a whole
- * state rebuilt from the store.
+ * One node's replay: a pipeline of its own, fed the node's steps one at a
+ * time, then dropped with everything it held (its view, in the compact
+ * store where the view keeps one, and what detection derived).
+ *
+ * A node on its own finds what it finds among all nodes. Detection keeps
+ * nothing across nodes that changes a finding: what a specific finding
+ * explained (`#explained`) is keyed by node and client, repeats fold per
+ * node (the aggregator's key holds the node), and a fold another node's
+ * step closes would be closed by this node's next step anyway, before
+ * anything is added to it (every finding is at its step's time, and closing
+ * only depends on that time). The catalog is shared and only read: it was
+ * loaded whole first. What differs is only when a folded line comes out, so
+ * the lines of all nodes are put in time order after (mergeFindings).
  */
-function* mergeByTime(timelines: readonly NodeTimeline[]): Generator<{ t: NodeTimeline; entry: TimelineEntry } | null, void, void> {
-  const heads = timelines.map((t) => ({ t, it: t.entries[Symbol.iterator](), next: null as TimelineEntry | null }));
-  for (const h of heads) {
-    const r = h.it.next();
-    h.next = r.done === true ? null : r.value;
-    yield null;
+function nodeReplay(node: string, facts: NodeFacts | null, kube: KubeCatalog | null, log: Logger): { step(entry: TimelineEntry): void; end(): NodeDerived } {
+  const findings: FindingLine[] = [];
+  let clock = 0;
+  const { collector, detection } = createPipeline({ log, now: () => clock, historyMs: Number.MAX_SAFE_INTEGER, kube, onFinding: (l) => findings.push(l), historyStore: NO_HISTORY });
+  const session: Session = { node: null, remote: `bundle:${node}`, send: () => undefined };
+  const send = (msg: AgentMessage) => collector.accept(session, msg);
+  let started = false;
+  return {
+    step(entry) {
+      clock = entry.time;
+      if (!started) {
+        started = true;
+        send({ v: 1, type: 'hello', node, agentVersion: 'bundle', intervalMs: 1000, startedAt: entry.time });
+        if (facts !== null) send({ v: 1, type: 'facts', facts });
+      }
+      if (entry.kind === 'snapshot') {
+        for (const c of entry.changes) {
+          // Read once: a snapshot step's records may be read out of a compact store at every access (state/node-view.ts).
+          const added = c.added;
+          const parts = Math.max(1, Math.ceil(added.length / SNAPSHOT_CHUNK));
+          for (let part = 0; part < parts; part++)
+            send({ v: 1, type: 'snapshot', seq: entry.seq, time: entry.time, source: c.source, part, parts, records: added.slice(part * SNAPSHOT_CHUNK, (part + 1) * SNAPSHOT_CHUNK) });
+        }
+        send({ v: 1, type: 'snapshot-end', seq: entry.seq, time: entry.time, status: [] });
+      } else {
+        send({ v: 1, type: 'diff', seq: entry.seq, time: entry.time, changes: entry.changes, status: [] });
+      }
+    },
+    end() {
+      // Every fold still open is closed (`all`): the time given does not matter.
+      detection.flush(clock + 3_600_000);
+      const endpoints = detection.history(node).all().map((span) => {
+        if (kube === null) return span;
+        const address = /^\[?([^\]]+?)\]?:\d+$/.exec(span.endpoint)?.[1];
+        return { ...span, pod: address === undefined ? null : (kube.podAt(address, span.firstSeen)?.span.pod ?? null) };
+      });
+      return { node, findings, endpoints };
+    },
+  };
+}
+
+/**
+ * All nodes' finding lines in time order; lines at the same time in node
+ * name order (the order a bundle's replay reads its timelines in, whatever
+ * order they were made in), each node's in the order it logged them.
+ */
+function mergeFindings(nodes: readonly NodeDerived[]): FindingLine[] {
+  const byName = [...nodes].sort((a, b) => a.node.localeCompare(b.node));
+  // A stable sort: ties keep node order, then each node's own order.
+  return byName.flatMap((n) => n.findings).sort((a, b) => a.time - b.time);
+}
+
+function* deriveSteps(timelines: readonly NodeTimeline[], log: Logger, kubeEvents: readonly KubeEvent[] | null): Steps<Derived> {
+  const pace = pacer();
+  const kube = catalogOf(kubeEvents);
+  const nodes: NodeDerived[] = [];
+  for (const t of timelines) {
+    const replay = nodeReplay(t.node, t.facts, kube, log);
+    for (const entry of t.entries) {
+      replay.step(entry);
+      if (pace.due()) yield;
+    }
+    nodes.push(replay.end());
   }
-  for (;;) {
-    let best: (typeof heads)[number] | null = null;
-    for (const h of heads) if (h.next !== null && (best === null || best.next === null || h.next.time < best.next.time)) best = h;
-    if (best === null || best.next === null) return;
-    const entry = best.next;
-    const r = best.it.next();
-    best.next = r.done === true ? null : r.value;
-    yield { t: best.t, entry };
-  }
+  return { findings: mergeFindings(nodes), endpoints: nodes.flatMap((n) => n.endpoints) };
 }
 
 export interface BundleInput {
@@ -338,31 +361,35 @@ function* bundleSteps(input: BundleInput, sink: Sink): Steps<void> {
     if (!ok) skipped.push(`timeline of ${JSON.stringify(String(t.node).slice(0, 300))}: not a node name`);
     return ok;
   });
-  const derived = yield* deriveSteps(timelines, pino({ level: 'silent' }), input.kubernetes ?? null);
-  sink.write('findings.jsonl', jsonl(derived.findings));
-  if (input.kubernetes) sink.write('kubernetes.jsonl', jsonl(input.kubernetes));
-  sink.write('endpoints.jsonl', jsonl(derived.endpoints.map((s) => ({ ...s, firstSeen: iso(s.firstSeen), terminatingSince: s.terminatingSince === null ? null : iso(s.terminatingSince), removedAt: s.removedAt === null ? null : iso(s.removedAt) }))));
+  // Node by node, each read once: its steps go to the timeline file and to its own replay as they come from the store, and only its findings outlive it.
+  const log = pino({ level: 'silent' });
+  const kube = catalogOf(input.kubernetes ?? null);
+  const nodes: NodeDerived[] = [];
   for (const t of timelines) {
     if (pace.due()) yield;
     const path = BUNDLE_ENTRIES.timeline(t.node);
-    let first: TimelineEntry | null = null;
     if (path === null) skipped.push(`timeline of ${t.node}`);
-    else {
-      // A step at a time: the file grows on disk while the store is read a page at a time.
-      let any = false;
-      for (const e of t.entries) {
-        first ??= e;
-        any = true;
-        sink.write(path, `${JSON.stringify(e)}\n`);
-        if (pace.due()) yield;
-      }
-      if (!any) sink.write(path, '');
+    const replay = nodeReplay(t.node, t.facts, kube, log);
+    let first = true;
+    for (const e of t.entries) {
+      if (path !== null) sink.write(path, `${JSON.stringify(e)}\n`);
+      // The starting state's files come from the first step, so it need not be kept past it.
+      if (first) nodeFiles(t, e.kind === 'snapshot' ? e.changes : [], put);
+      first = false;
+      replay.step(e);
+      if (pace.due()) yield;
     }
-    const start: readonly SourceChange[] = first?.kind === 'snapshot' ? first.changes : [];
-    for (const c of start) put(BUNDLE_ENTRIES.snapshot(t.node, c.source), `snapshot of ${JSON.stringify(c.source)} on ${t.node}`, c.added.map((r) => `${(r as { raw: string }).raw}\n`).join(''));
-    const sysctl = start.find((c) => c.source === 'sysctl')?.added ?? [];
-    put(BUNDLE_ENTRIES.node(t.node), `facts of ${t.node}`, `${JSON.stringify({ node: t.node, facts: t.facts, sysctl: Object.fromEntries(sysctl.map((r) => [(r as { name: string }).name, (r as { value: string }).value])) }, null, 2)}\n`);
+    if (first) {
+      if (path !== null) sink.write(path, '');
+      nodeFiles(t, [], put);
+    }
+    nodes.push(replay.end());
   }
+  const derived: Derived = { findings: mergeFindings(nodes), endpoints: nodes.flatMap((n) => n.endpoints) };
+  nodes.length = 0;
+  sink.write('findings.jsonl', jsonl(derived.findings));
+  if (input.kubernetes) sink.write('kubernetes.jsonl', jsonl(input.kubernetes));
+  sink.write('endpoints.jsonl', jsonl(derived.endpoints.map((s) => ({ ...s, firstSeen: iso(s.firstSeen), terminatingSince: s.terminatingSince === null ? null : iso(s.terminatingSince), removedAt: s.removedAt === null ? null : iso(s.removedAt) }))));
   for (const [node, tools] of input.captures ?? new Map())
     for (const [tool, c] of tools)
       put(BUNDLE_ENTRIES.capture(node, tool), `capture ${JSON.stringify(tool)} of ${JSON.stringify(node)}`, `${c.lines.map((l: string) => `${l}\n`).join('')}${c.error ? `# conntrail: ${c.error}\n` : c.ended ? '' : '# conntrail: capture still running when the bundle was made\n'}`);
@@ -390,6 +417,17 @@ function* bundleSteps(input: BundleInput, sink: Sink): Steps<void> {
     files: Object.fromEntries(sink.written().sort(([a], [b]) => a.localeCompare(b))),
   };
   sink.write('manifest.json', `${JSON.stringify(manifest, null, 2)}\n`);
+}
+
+/** A node's snapshot files (each source's records at the start, one raw line each) and its facts file with its kernel knobs. */
+function nodeFiles(t: NodeTimeline, start: readonly SourceChange[], put: (path: string | null, what: string, content: string) => void): void {
+  let sysctl: readonly unknown[] | null = null;
+  for (const c of start) {
+    const added = c.added;
+    if (c.source === 'sysctl') sysctl ??= added;
+    put(BUNDLE_ENTRIES.snapshot(t.node, c.source), `snapshot of ${JSON.stringify(c.source)} on ${t.node}`, added.map((r) => `${(r as { raw: string }).raw}\n`).join(''));
+  }
+  put(BUNDLE_ENTRIES.node(t.node), `facts of ${t.node}`, `${JSON.stringify({ node: t.node, facts: t.facts, sysctl: Object.fromEntries((sysctl ?? []).map((r) => [(r as { name: string }).name, (r as { value: string }).value])) }, null, 2)}\n`);
 }
 
 function summary(input: BundleInput, derived: Derived): string {

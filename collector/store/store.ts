@@ -108,7 +108,9 @@ function entryOf(frame: string, kind: string): TimelineEntry | null {
   const d = decodeAgentMessage(frame);
   if (!d.ok || d.msg.type !== 'diff') return null;
   if (kind === 'snapshot' && d.msg.changes.some((c) => c.removed.length + c.changed.length + c.refreshed.length > 0)) return null;
-  return { seq: d.msg.seq, time: d.msg.time, kind, changes: d.msg.changes };
+  // A snapshot step reads back as the collector's view wrote it (its fields in that order), so a bundle's timeline from the store is the one from the heap, byte for byte.
+  const changes = kind === 'snapshot' ? d.msg.changes.map((c) => ({ source: c.source, added: c.added, removed: [], changed: [], refreshed: [] })) : d.msg.changes;
+  return { seq: d.msg.seq, time: d.msg.time, kind, changes };
 }
 
 const statusesSchema = array(sourceStatus, 64);
@@ -422,12 +424,11 @@ export class Store implements HistoryStore {
   *slice(node: string, from: number, to: number): Generator<TimelineEntry, void, void> {
     this.flush();
     if (this.#closed) return;
-    const start = this.#startAt(node, from) ?? this.#startAt(node, null);
+    const start = this.#startStateAt(node, from);
     if (start === null) return;
-    // Dropped once the first step is out: a bundle holds many nodes' slices open at once, each should keep only its next page.
-    let state: ReturnType<typeof stateOf> | null = stateOf(start.entry);
-    let seq = start.entry.seq;
-    let time = start.entry.time;
+    // Dropped once the first step is out: only the state being folded is held, never the decoded base beside it.
+    let state: ReturnType<typeof stateOf> | null = start.state;
+    let { seq, time } = start;
     for (const e of this.#stepsAfter(node, start.afterId, () => undefined)) {
       if (state !== null && e.time < from) {
         fold(state, e);
@@ -451,6 +452,13 @@ export class Store implements HistoryStore {
     this.flush();
     if (this.#closed) return false;
     return this.#db.prepare("SELECT 1 AS x FROM checkpoints WHERE node = ? UNION ALL SELECT 1 FROM steps WHERE node = ? AND kind = 'snapshot' LIMIT 1").get(node, node) !== undefined;
+  }
+
+  /** The state of slice()'s base (the newest at or before `from`, else the oldest), as maps: the decoded step itself is not kept past this call. */
+  #startStateAt(node: string, from: number): { state: ReturnType<typeof stateOf>; seq: number; time: number; afterId: number } | null {
+    const start = this.#startAt(node, from) ?? this.#startAt(node, null);
+    if (start === null) return null;
+    return { state: stateOf(start.entry), seq: start.entry.seq, time: start.entry.time, afterId: start.afterId };
   }
 
   /** The newest base at or before `at` (null: the oldest base there is). */
