@@ -7,6 +7,7 @@ import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
+import { getHeapStatistics } from 'node:v8';
 import { pino, type Logger } from 'pino';
 import { renderStream, wantColor } from '../collector/api/log-render.ts';
 import { isConntrailError } from '../contract/errors.ts';
@@ -382,6 +383,11 @@ async function runLogs(args: readonly string[]): Promise<number> {
   return 0;
 }
 
+/** The old-space cap that keeps V8's whole heap limit within four fifths of a memory budget. */
+export function suggestedOldSpaceMb(budget: number): number {
+  return Math.max(96, Math.floor((budget * 0.8) / 2 ** 20) - 192);
+}
+
 async function runCollector(args: readonly string[]): Promise<number> {
   const { createPipeline, CollectorServer, parseListen, startClusterView, findingLogger, agentAuthFromFlags, DEFAULT_AGENT_SERVICE_ACCOUNT, defaultBudget, parseSize, Store, CollectorMetrics, startMetricsListener, startKubeEvents } = await collectorModules();
   const { values } = parseArgs({
@@ -433,6 +439,14 @@ async function runCollector(args: readonly string[]): Promise<number> {
   const server = new CollectorServer({ collector: pipeline.collector, log, token, bundles: pipeline.bundles, services: pipeline.services, metrics, agentAuth: agentAuth.mode, reviewer: agentAuth.reviewer, ...(tls ? { tls } : {}) });
   const addr = await listenOn('--listen', values.listen, () => server.listen(listen));
   log.info({ listen: addr, auth: token === null ? 'none' : 'bearer token', agentAuth: agentAuth.mode, tls: tls !== undefined }, 'collector listening');
+  // Shedding history cannot hold RSS down if V8 lets garbage pile up to a heap limit it took from the machine, not the budget.
+  // heap_size_limit is the old space plus V8's young generation and other spaces (192 MiB on 64-bit Node 24): the cap suggested leaves a fifth of the budget outside the heap.
+  const heapLimit = getHeapStatistics().heap_size_limit;
+  if (heapLimit > memoryBudget)
+    log.warn(
+      { heapLimitMB: Math.round(heapLimit / 2 ** 20), memoryBudgetMB: Math.round(memoryBudget / 2 ** 20), suggest: `NODE_OPTIONS=--max-old-space-size=${suggestedOldSpaceMb(memoryBudget)}` },
+      "V8's heap may grow past the memory budget: start the collector with a heap cap (manifests/collector.yaml sets one)",
+    );
   if (token === null) log.warn(agentAuth.mode === 'token' ? 'no token configured: any agent or client can connect (set CONNTRAIL_TOKEN or --token-file)' : 'no token configured: anyone who can reach the HTTP API can read it (set CONNTRAIL_TOKEN or --token-file); agents still need a reviewed ServiceAccount token');
   const metricsServer = metricsListen === null ? null : await listenOn('--metrics-listen', values['metrics-listen'] ?? '', () => startMetricsListener(metrics, metricsListen));
   if (metricsServer !== null) log.info({ listen: metricsServer.address }, 'metrics listening (GET /metrics, no token)');
