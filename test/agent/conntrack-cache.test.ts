@@ -4,6 +4,7 @@ import { createConntrackLineCache, expandConntrack, timerSpan, type CompactEntry
 import { parseConntrack, parseConntrackLine } from '../../agent/sources/conntrack.ts';
 import type { ConntrackEntry } from '../../contract/records.ts';
 import { conntrackTimerRearmed, sources } from '../../contract/sources.ts';
+import { rng } from '../helpers/rng.ts';
 
 const line = (t: number, st: string, unreplied = false, sport = 57756) =>
   `ipv4     2 tcp      6 ${t} ${st} src=198.19.1.10 dst=198.18.64.10 sport=${sport} dport=80 ${unreplied ? '[UNREPLIED] ' : ''}src=198.19.1.11 dst=198.19.1.10 sport=8080 dport=${sport} [ASSURED] mark=0 zone=0 use=2`;
@@ -268,7 +269,7 @@ describe('conntrack line cache against the contract (issue 9)', () => {
       ...timeline(fixture('../fixtures/conntrack/lab-acct-timeline.txt')).flatMap((s) => s.table.trim().split('\n')),
     ].filter((l) => !('error' in parseConntrackLine(l)));
     for (const seed of [1, 2, 3, 9, 42]) {
-      const rnd = mulberry32(seed);
+      const rnd = rng(seed);
       const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)] as T;
       let sport = 20000;
       /** A pool line on a tuple of its own (fresh source port), so entries are new unless a mutation reuses one. */
@@ -342,14 +343,3 @@ function mutate(line: string, rnd: () => number, seconds: number): string {
   return l;
 }
 
-/** A small seeded PRNG: the same sequence every run. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

@@ -6,18 +6,7 @@
 // of these lines, so what the collector holds is what a node would send.
 import type { ConntrackEntry } from '../../contract/records.ts';
 import { parseConntrackLine } from '../../agent/sources/conntrack.ts';
-
-/** mulberry32: small, seeded, good enough to vary addresses. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from '../helpers/rng.ts';
 
 export interface LineMaker {
   /** A new entry's line, on a tuple never handed out before by this maker. */

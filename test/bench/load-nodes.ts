@@ -10,7 +10,8 @@
 import { WebSocket } from 'ws';
 import { SUBPROTOCOL, SNAPSHOT_CHUNK } from '../../contract/protocol.ts';
 import { specOf } from '../../contract/sources.ts';
-import { lineMaker, recordOf, rng } from './conntrack-lines.ts';
+import { rng } from '../helpers/rng.ts';
+import { lineMaker, recordOf } from './conntrack-lines.ts';
 
 const [url = '', token = '', nodesArg = '10', entriesArg = '5000', churnArg = '0.01', seedArg = '1'] = process.argv.slice(2);
 const NODES = Number(nodesArg);

@@ -20,6 +20,7 @@ import { SNAPSHOT_CHUNK } from '../../contract/protocol.ts';
 import type { NodeFacts } from '../../contract/records.ts';
 import { captureLog, waitFor } from '../helpers/capture-log.ts';
 import { httpBody, rawHttp, RawWs, requestBytes, startCollectorProcess, type CollectorProcess } from '../helpers/collector-process.ts';
+import { rng } from '../helpers/rng.ts';
 
 const SEED = Number(process.env.CONNTRAIL_FUZZ_SEED ?? 20_261_201);
 /** The fuzz proper; the whole test (start, settle, compare) stays under 20 s. */
@@ -32,17 +33,6 @@ const CONNTRACK_B = readFileSync(join(fixtures, 'conntrack/seed-002-nf-conntrack
 const IPTABLES = readFileSync(join(fixtures, 'iptables-save/lab-iptables-save-c.txt'), 'utf8');
 const facts: NodeFacts = { hostname: 'legit-node', kernel: '6.1.0', os: 'test', arch: 'x64', cpus: 2, memoryBytes: 1, interfaces: [] };
 
-/** mulberry32: small, seedable, good enough to pick attacks. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 type Rand = () => number;
 const pick = <T,>(r: Rand, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;
 const int = (r: Rand, lo: number, hi: number): number => lo + Math.floor(r() * (hi - lo + 1));

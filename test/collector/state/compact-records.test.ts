@@ -9,16 +9,8 @@ import { parseIpvsConn } from '../../../agent/sources/ipvs-conn.ts';
 import type { ConntrackEntry, IpvsConnection } from '../../../contract/records.ts';
 import { specOf } from '../../../contract/sources.ts';
 import { CompactRecords, heldRecordsFor, type HeldRecords } from '../../../collector/state/compact-records.ts';
+import { rng } from '../../helpers/rng.ts';
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function conntrack(line: string): ConntrackEntry {
   const r = parseConntrackLine(line);
