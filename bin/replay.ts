@@ -78,7 +78,8 @@ export function readTimeline(dir: string): Map<string, ReplayStep[]> {
   return nodes;
 }
 
-function recordingOf(files: ReadonlyMap<string, string>): Map<string, string> {
+/** What a recorded step's agent reads (command line or path → text): the recorded files, and sysctl.txt as /proc/sys files. */
+export function recordingOf(files: ReadonlyMap<string, string>): Map<string, string> {
   const rec = new Map<string, string>();
   for (const [f, text] of files) {
     const key = RECORDED_FILES[f];

@@ -11,10 +11,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { NodeState } from '../../agent/node-state.ts';
 import { createRecordedIO } from '../../agent/recorded-io.ts';
 import { createSamplers } from '../../agent/samplers.ts';
-import { SYSCTL_RECORDED } from '../../agent/sources/registry.ts';
-import { parseSysctl } from '../../agent/sources/sysctl.ts';
 import { InProcessAgent } from '../../bin/in-process.ts';
-import { RECORDED_FILES, readTimeline } from '../../bin/replay.ts';
+import { readTimeline, recordingOf } from '../../bin/replay.ts';
 import type { FindingLine } from '../../collector/detection/aggregate.ts';
 import { bundleFiles, readBundle } from '../../collector/incidents/bundle.ts';
 import { createPipeline, type Pipeline } from '../../collector/pipeline.ts';
@@ -40,17 +38,6 @@ afterEach(() => {
   for (const s of stores.splice(0)) s.close();
 });
 
-/** What a recorded timeline's agent would read, as the replay command builds it. */
-function recordingOf(files: ReadonlyMap<string, string>): Map<string, string> {
-  const rec = new Map<string, string>();
-  for (const [f, text] of files) {
-    const key = RECORDED_FILES[f];
-    if (key !== undefined) rec.set(key, text);
-  }
-  const sysctl = files.get(SYSCTL_RECORDED);
-  if (sysctl !== undefined) for (const s of parseSysctl(sysctl).records) rec.set(`/proc/sys/${s.name.split('.').map((p) => p.replaceAll('/', '.')).join('/')}`, `${s.value}\n`);
-  return rec;
-}
 
 /** Each recorded node's applied steps (what an agent sent, as the collector applied it), with its facts. */
 async function recordedSteps(dir: string): Promise<{ node: string; facts: NodeFacts | null; entries: TimelineEntry[] }[]> {

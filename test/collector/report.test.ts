@@ -15,10 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NodeState } from '../../agent/node-state.ts';
 import { createRecordedIO } from '../../agent/recorded-io.ts';
 import { createSamplers } from '../../agent/samplers.ts';
-import { recordedFiles, SYSCTL_RECORDED } from '../../agent/sources/registry.ts';
-import { parseSysctl } from '../../agent/sources/sysctl.ts';
 import { InProcessAgent } from '../../bin/in-process.ts';
-import { readTimeline } from '../../bin/replay.ts';
+import { readTimeline, recordingOf } from '../../bin/replay.ts';
 import { adviceHtml, firstSentence, momentName, renderReport, ticks } from '../../collector/api/report.ts';
 import type { FindingLine } from '../../collector/detection/aggregate.ts';
 import { Detection } from '../../collector/detection/detection.ts';
@@ -35,7 +33,6 @@ const CHROMIUM = '/usr/bin/chromium';
 const TIMELINES = new URL('../fixtures/timelines/', import.meta.url).pathname;
 const WIDTH = 1000;
 const HEIGHT = 1600;
-const RECORDED = recordedFiles();
 
 const work = mkdtempSync(join(tmpdir(), 'report-test-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -55,15 +52,7 @@ async function bundleOf(timeline: string): Promise<Bundle> {
   new Detection((line) => service.incidents.add(line)).watch(collector);
   for (const [node, steps] of readTimeline(join(TIMELINES, timeline))) {
     const files = new Map<string, string>();
-    const recording = () => {
-      const rec = new Map<string, string>();
-      for (const [f, text] of files) {
-        const key = RECORDED[f];
-        if (key !== undefined) rec.set(key, text);
-      }
-      for (const s of parseSysctl(files.get(SYSCTL_RECORDED) ?? '').records) rec.set(`/proc/sys/${s.name.split('.').map((p) => p.replaceAll('/', '.')).join('/')}`, `${s.value}\n`);
-      return rec;
-    };
+    const recording = () => recordingOf(files);
     const agent = new InProcessAgent(node, new NodeState(createSamplers(), createRecordedIO(recording, () => clock), () => clock), collector);
     for (const step of steps) {
       clock = step.time;
