@@ -1,7 +1,7 @@
 // The kernel log as /dev/kmsg gives it, from this machine's ring while the
 // seed-003 lab ran (test/fixtures/SOURCES.md), and the agent's read of the
 // real device: as root it reads the ring without consuming it; as an
-// unprivileged user (EPERM, kernel.dmesg_restrict=1) the source is reported
+// process without CAP_SYSLOG (EPERM, kernel.dmesg_restrict=1) the source is reported
 // unavailable once, with the reason, and not retried every second.
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -97,11 +97,12 @@ describe('the kmsg source on a node', () => {
     expect(seqs(second)).toContain(seqs(first).at(-1));
   });
 
-  it('reports EPERM (unprivileged, kernel.dmesg_restrict=1) as unavailable, with the reason', async () => {
+  it('reports EPERM (no CAP_SYSLOG, kernel.dmesg_restrict=1) as unavailable, with the reason', async () => {
     const restrict = readFileSync('/proc/sys/kernel/dmesg_restrict', 'utf8').trim();
     expect(restrict, 'this test needs kernel.dmesg_restrict=1 to see EPERM').toBe('1');
     const script = "import { createHostIO } from './agent/host-io.ts'; createHostIO().readKmsg('/dev/kmsg').then(() => console.log('{}'), (e) => console.log(JSON.stringify({ code: e.code, message: e.message })));";
-    const { stdout } = await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--input-type=module', '-e', script], { cwd: new URL('../../..', import.meta.url).pathname });
+    // Root without CAP_SYSLOG, as an agent container without it runs: another uid could not even read a checkout in a 0700 temp dir.
+    const { stdout } = await run('setpriv', ['--bounding-set=-syslog', '--inh-caps=-syslog', process.execPath, '--input-type=module', '-e', script], { cwd: new URL('../../..', import.meta.url).pathname });
     expect(JSON.parse(stdout)).toEqual({ code: 'SOURCE_UNAVAILABLE', message: 'cannot read /dev/kmsg: EPERM (the kernel log needs CAP_SYSLOG where kernel.dmesg_restrict=1)' });
   });
 
