@@ -80,7 +80,7 @@ export function createPipeline(o: PipelineOptions): Pipeline {
       const capturing = captureMs > 0 ? bundles.startCapture(opened, captureMs) : [];
       o.onIncident?.(opened, line, capturing);
     },
-    { kube: o.kube ?? o.catalog ?? null, ...(o.windowMs === undefined ? {} : { windowMs: o.windowMs }) },
+    { kube: o.kube ?? o.catalog ?? null, bounds: collector.bounds, ...(o.windowMs === undefined ? {} : { windowMs: o.windowMs }) },
   );
   detection.watch(collector);
   // Each sweep (and each expiry at the node cap) also prunes what the other stages keep per node and per window.

@@ -10,12 +10,14 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { DURATION_HINT, parseDuration } from '../../contract/duration.ts';
 import { isNodeName, SUBPROTOCOL } from '../../contract/protocol.ts';
 import { isSourceName } from '../../contract/sources.ts';
-import type { BundleService } from '../incidents/bundle-service.ts';
+import { BundleBusy, type BundleService } from '../incidents/bundle-service.ts';
+import type { PackedBundle } from '../incidents/bundle.ts';
 import { serveAgent } from '../receive/agent-socket.ts';
 import type { Collector } from '../receive/collector.ts';
 import type { AgentAuthMode, Review } from '../receive/token-review.ts';
@@ -242,7 +244,7 @@ export class CollectorServer {
       }
       if (parts.length === 4 && parts[3] === 'bundle') {
         void bundles.incidentBundle(id).then(
-          (buf) => (buf === null ? sendJson(res, 404, { error: `no incident ${JSON.stringify(id)}` }) : sendTarball(res, `conntrail-${id}.tar.gz`, buf)),
+          (b) => (b === null ? sendJson(res, 404, { error: `no incident ${JSON.stringify(id)}` }) : this.#sendTarball(res, `conntrail-${id}.tar.gz`, b)),
           (err: unknown) => this.#bundleFailed(res, err),
         );
         return;
@@ -251,7 +253,7 @@ export class CollectorServer {
     if (bundles !== undefined && parts[1] === 'bundle' && parts.length === 2) {
       const since = parseDuration(query.get('since') ?? '10m');
       if (since === null) return sendJson(res, 400, { error: `since: expected ${DURATION_HINT}` });
-      void bundles.recentBundle(since, Date.now()).then((buf) => sendTarball(res, 'conntrail-bundle.tar.gz', buf), (err: unknown) => this.#bundleFailed(res, err));
+      void bundles.recentBundle(since, Date.now()).then((b) => this.#sendTarball(res, 'conntrail-bundle.tar.gz', b), (err: unknown) => this.#bundleFailed(res, err));
       return;
     }
     if (node !== undefined && parts.length === 4) {
@@ -260,7 +262,7 @@ export class CollectorServer {
       const source = parts[3];
       if (!isSourceName(source)) return sendJson(res, 404, { error: 'no such source' });
       // A million conntrack records do not fit one string: stream them, waiting for the socket between batches.
-      const records = [...view.recordMap(source).values()];
+      const records = view.frozenRecords(source);
       const ndjson = query.get('format') === 'ndjson' || (req.headers.accept ?? '').includes('application/x-ndjson');
       void streamRecords(res, { node: view.name, source, status: view.status(source) ?? null }, records, ndjson).catch((err: unknown) => {
         this.#o.log.warn({ node: view.name, source, err: err instanceof Error ? err.message : String(err) }, 'records answer ended early');
@@ -271,7 +273,26 @@ export class CollectorServer {
     return sendJson(res, 404, { error: 'not found' });
   }
 
+  /** Streams the archive from its file: a client that goes away mid-way destroys the stream, which removes the file. */
+  #sendTarball(res: ServerResponse, name: string, b: PackedBundle): void {
+    if (res.destroyed) {
+      b.stream.destroy();
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/gzip', 'content-length': b.bytes, 'content-disposition': `attachment; filename="${name}"` });
+    pipeline(b.stream, res).catch((err: unknown) => {
+      this.#o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'bundle answer ended early');
+    });
+  }
+
   #bundleFailed(res: ServerResponse, err: unknown): void {
+    if (err instanceof BundleBusy) {
+      if (!res.headersSent) {
+        res.setHeader('retry-after', '30');
+        sendJson(res, 503, { error: err.message });
+      }
+      return;
+    }
     this.#o.log.error({ err }, 'could not build a bundle');
     if (!res.headersSent) sendJson(res, 500, { error: 'could not build the bundle; see the collector log' });
   }
@@ -351,7 +372,7 @@ function routeOf(parts: readonly string[]): string {
   return `/${parts.slice(0, 4).map((p) => (known.has(p) || isSourceName(p) ? p : ':x')).join('/')}`;
 }
 
-async function streamRecords(res: ServerResponse, head: Record<string, unknown>, records: readonly unknown[], ndjson: boolean): Promise<void> {
+async function streamRecords(res: ServerResponse, head: Record<string, unknown>, records: Iterable<unknown>, ndjson: boolean): Promise<void> {
   res.writeHead(200, { 'content-type': ndjson ? 'application/x-ndjson' : 'application/json' });
   const write = async (text: string): Promise<void> => {
     if (res.destroyed) throw new Error('client went away');
@@ -370,21 +391,24 @@ async function streamRecords(res: ServerResponse, head: Record<string, unknown>,
   };
   if (ndjson) await write(`${JSON.stringify(head)}\n`);
   else await write(`${JSON.stringify(head).slice(0, -1)},"records":[`);
-  for (let i = 0; i < records.length; i += STREAM_BATCH) {
-    const batch = records.slice(i, i + STREAM_BATCH).map((r) => JSON.stringify(r));
-    await write(ndjson ? `${batch.join('\n')}\n` : `${i === 0 ? '' : ','}${batch.join(',')}`);
+  let batch: string[] = [];
+  let first = true;
+  const flush = async (): Promise<void> => {
+    await write(ndjson ? `${batch.join('\n')}\n` : `${first ? '' : ','}${batch.join(',')}`);
+    first = false;
+    batch = [];
+  };
+  for (const r of records) {
+    batch.push(JSON.stringify(r));
+    if (batch.length >= STREAM_BATCH) await flush();
   }
+  if (batch.length > 0) await flush();
   if (!ndjson) await write(']}');
   res.end();
 }
 
 function digest(s: string): Buffer {
   return createHash('sha256').update(s).digest();
-}
-
-function sendTarball(res: ServerResponse, name: string, buf: Buffer): void {
-  res.writeHead(200, { 'content-type': 'application/gzip', 'content-length': buf.length, 'content-disposition': `attachment; filename="${name}"` });
-  res.end(buf);
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {

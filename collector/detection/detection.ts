@@ -17,8 +17,9 @@ import { EndpointHistory } from './endpoint-history.ts';
 import type { KubeView } from '../kube/catalog.ts';
 import { withKubernetes } from '../kube/enrich.ts';
 import type { NodeView, Transition } from '../state/node-view.ts';
-import { PendingSyns } from './pending-syns.ts';
+import { MAX_PENDING_SYNS, PendingSyns } from './pending-syns.ts';
 import { programmedServices, type ApiServices, type ProgrammedService } from './services.ts';
+import type { Bounds } from '../state/bounds.ts';
 
 /** Specific detectors; `unanswered-syn` runs after them, for what they leave unexplained. */
 export const detectors: readonly Detector[] = [detectPortReuse, detectStaleNat, detectLbHairpin, detectLbHealthcheckDropped, detectConntrackPressure];
@@ -46,6 +47,8 @@ export interface DetectionOptions {
   readonly windowMs?: number;
   /** What the Kubernetes API said, when there is one (names pods, reads Service specs). */
   readonly kube?: KubeView | null;
+  /** Where the detection stage's own bounds (pending SYNs per node) are logged and listed. */
+  readonly bounds?: Bounds | null;
 }
 
 export class Detection {
@@ -55,9 +58,11 @@ export class Detection {
   /** Client address:port of tuples a specific finding explained, with when. */
   readonly #explained = new Map<string, number>();
   readonly #kube: KubeView | null;
+  readonly #bounds: Bounds | null;
 
   constructor(sink: (line: FindingLine) => void, options: DetectionOptions = {}) {
     this.#sink = sink;
+    this.#bounds = options.bounds ?? null;
     this.#aggregator = new FindingAggregator(options.windowMs);
     this.#kube = options.kube ?? null;
   }
@@ -119,7 +124,8 @@ export class Detection {
       d.built = true;
       d.kubeRevision = kubeRevision;
     }
-    d.pending.update(time, transitions);
+    const refused = d.pending.update(time, transitions);
+    if (refused > 0) this.#bounds?.hit('pending-syns', view.name, MAX_PENDING_SYNS, `${refused} more unanswered SYNs were not tracked: no unanswered-syn finding for them`);
     d.firstTime ??= time;
     d.stepTimes.push(time);
     if (d.stepTimes.length > STEP_TIMES) d.stepTimes.shift();
@@ -143,7 +149,6 @@ function apiAt(kube: KubeView | null, time: number): ApiServices | null {
 
 function indexOf(view: NodeView, d: NodeDerived, time: number, transitions: readonly Transition[], snapshot: boolean, kube: KubeView | null): NodeIndex {
   const stepTimes = d.stepTimes;
-  const pendingSyns = d.pending.all();
   return {
     node: view.name,
     time,
@@ -156,7 +161,7 @@ function indexOf(view: NodeView, d: NodeDerived, time: number, transitions: read
     // Past the kept window every step counts: a grace counted in samples is long over.
     stepsSince: (t) => (stepTimes.length === STEP_TIMES && (stepTimes[0] ?? 0) > t ? Number.MAX_SAFE_INTEGER : stepTimes.filter((s) => s > t).length),
     endpoints: d.history,
-    pendingSyns,
+    pendingSyns: (after, upTo) => d.pending.between(after, upTo),
     kube,
     kernel: view.facts?.kernel ?? view.recordMap('sysctl').get('kernel.osrelease')?.value ?? null,
   };

@@ -5,7 +5,7 @@ import { parseDuration } from '../../contract/duration.ts';
 import type { Logger } from 'pino';
 import type { Collector } from '../receive/collector.ts';
 import { Captures } from './captures.ts';
-import { packBundleStreaming, type HeldTimeline, type NodeTimeline } from './bundle.ts';
+import { packBundleStreaming, type HeldTimeline, type NodeTimeline, type PackedBundle } from './bundle.ts';
 import { describeIncident, incidentWindow, Incidents, type Incident } from './incidents.ts';
 import type { KubeCatalog, KubeEvent } from '../kube/catalog.ts';
 
@@ -17,6 +17,20 @@ export interface BundleServiceOptions {
   readonly now?: () => number;
 }
 
+/**
+ * Bundles are built one at a time: each replays every node's window and
+ * holds a node's state while it does, and two at once at 200 nodes would
+ * double that. A few requests wait their turn; more are refused (BundleBusy).
+ */
+export const MAX_BUNDLES_WAITING = 2;
+
+/** Too many bundles asked for at once: the API answers 503 with Retry-After. */
+export class BundleBusy extends Error {
+  constructor() {
+    super(`a bundle is being built and ${MAX_BUNDLES_WAITING} more are waiting: try again when they are done`);
+  }
+}
+
 export class BundleService {
   readonly incidents: Incidents;
   readonly captures: Captures;
@@ -25,6 +39,9 @@ export class BundleService {
   readonly #kube: KubeCatalog | null;
   readonly #now: () => number;
   readonly #log: Logger;
+  /** Resolves when the bundle being built (and those queued before) are done. */
+  #turn: Promise<unknown> = Promise.resolve();
+  #waiting = 0;
 
   constructor(collector: Collector, log: Logger, options: BundleServiceOptions) {
     this.#collector = collector;
@@ -90,14 +107,14 @@ export class BundleService {
     return [...incident.nodes].filter((node) => this.#collector.requestCapture(node, req));
   }
 
-  async incidentBundle(id: string): Promise<Buffer | null> {
+  async incidentBundle(id: string): Promise<PackedBundle | null> {
     const incident = this.incidents.get(id);
     if (incident === undefined) return null;
     const { from, to } = incidentWindow(incident);
     return this.#pack(from, to, incident, [...incident.nodes]);
   }
 
-  async recentBundle(sinceMs: number, now: number): Promise<Buffer> {
+  async recentBundle(sinceMs: number, now: number): Promise<PackedBundle> {
     return this.#pack(now - sinceMs, now, null, null);
   }
 
@@ -120,7 +137,25 @@ export class BundleService {
     return out;
   }
 
-  async #pack(from: number, to: number, incident: Incident | null, nodes: readonly string[] | null): Promise<Buffer> {
+  async #pack(from: number, to: number, incident: Incident | null, nodes: readonly string[] | null): Promise<PackedBundle> {
+    if (this.#waiting > MAX_BUNDLES_WAITING) {
+      this.#collector.bounds.hit('bundles.waiting', 'collector', MAX_BUNDLES_WAITING, 'a bundle request was refused (503) while others were being built');
+      throw new BundleBusy();
+    }
+    this.#waiting++;
+    const before = this.#turn;
+    let done = (): void => {};
+    this.#turn = new Promise<void>((resolve) => (done = resolve));
+    try {
+      await before.catch(() => {});
+      return await this.#packNow(from, to, incident, nodes);
+    } finally {
+      this.#waiting--;
+      done();
+    }
+  }
+
+  #packNow(from: number, to: number, incident: Incident | null, nodes: readonly string[] | null): Promise<PackedBundle> {
     const { lines: captures, pcaps } = incident === null ? { lines: new Map(), pcaps: new Map() } : this.captures.of(incident.id);
     const timelines = this.#timelineSources(from, to, nodes);
     return packBundleStreaming({ from, to, timelines, incident, version: this.#version, captures, pcaps, kubernetes: this.kubeEvents(from, to) }, `conntrail-${incident?.id ?? new Date(to).toISOString().replace(/[-:.]/g, '')}`);

@@ -104,6 +104,16 @@ export class NodeView {
     return [...(this.#state.get(source)?.values() ?? [])];
   }
 
+  /**
+   * The source's records as of now, unaffected by later steps: a copy of the
+   * compact store (about 200 B a conntrack record), so a caller that reads
+   * them over several turns of the event loop (the API streaming a million
+   * records) neither sees a torn state nor holds them all as objects.
+   */
+  frozenRecords(source: SourceName): Iterable<RecordOf<SourceName>> {
+    return this.#state.get(source)?.copy().values() ?? [];
+  }
+
   recordMap<N extends SourceName>(source: N): ReadonlyMap<string, RecordOf<N>> {
     // The store for `source` only ever holds that source's records (keyed by its spec).
     return (this.#state.get(source)?.view ?? EMPTY) as ReadonlyMap<string, RecordOf<N>>;

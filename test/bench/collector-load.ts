@@ -76,16 +76,30 @@ const quantile = (xs: readonly number[], q: number): number => {
 };
 
 interface NodeRow { node: string; lastSeq: number | null; lagMs: number | null }
-async function nodes(base: string): Promise<{ nodes: NodeRow[]; bounds: string[] }> {
+interface Memory { rss: number; heapUsed: number; external: number; arrayBuffers: number }
+async function nodes(base: string): Promise<{ nodes: NodeRow[]; bounds: string[]; memory: Memory | null }> {
   const res = await fetch(`${base}/api/nodes`, { headers: { Authorization: `Bearer ${TOKEN}` } });
-  const body = (await res.json()) as { nodes: NodeRow[]; collector?: { bounds?: { bound?: string; name?: string }[] } };
-  return { nodes: body.nodes, bounds: (body.collector?.bounds ?? []).map((b) => b.bound ?? b.name ?? JSON.stringify(b)) };
+  const body = (await res.json()) as { nodes: NodeRow[]; collector?: { memory?: Memory; bounds?: { bound?: string; name?: string }[] } };
+  return { nodes: body.nodes, bounds: (body.collector?.bounds ?? []).map((b) => b.bound ?? b.name ?? JSON.stringify(b)), memory: body.collector?.memory ?? null };
 }
 
-/** /healthz every 50 ms; each answer's latency goes to the phase running when it was asked. */
-function probe(base: string): { phase: string; samples: Map<string, number[]>; stop: () => void } {
-  const state = { phase: 'idle', samples: new Map<string, number[]>(), stop: () => {} };
+/**
+ * /healthz every 50 ms; each answer's latency goes to the phase running when it was asked.
+ * RSS is read every 100 ms on a timer of its own (a stalled collector must not hide its peak)
+ * and the highest reading is kept per phase, so a peak over the limit names the phase that made it.
+ */
+function probe(base: string, pid: number): { phase: string; samples: Map<string, number[]>; peakRss: Map<string, number>; stop: () => void } {
+  const state = { phase: 'idle', samples: new Map<string, number[]>(), peakRss: new Map<string, number>(), stop: () => {} };
   let running = true;
+  const rssTimer = setInterval(() => {
+    let rss = 0;
+    try {
+      rss = procStatus(pid, 'VmRSS');
+    } catch {
+      return;
+    }
+    state.peakRss.set(state.phase, Math.max(state.peakRss.get(state.phase) ?? 0, rss));
+  }, 100);
   void (async () => {
     while (running) {
       const phase = state.phase;
@@ -104,6 +118,7 @@ function probe(base: string): { phase: string; samples: Map<string, number[]>; s
   })();
   state.stop = () => {
     running = false;
+    clearInterval(rssTimer);
   };
   return state;
 }
@@ -141,7 +156,7 @@ async function runOne(label: string, dir: string, n: number): Promise<Record<str
     }
     await sleep(1_000);
     const idleRss = procStatus(pid, 'VmRSS');
-    const p = probe(base);
+    const p = probe(base, pid);
     p.phase = 'ingest';
     const t0 = performance.now();
     // The simulated nodes run from this checkout: the protocol is the same on both sides of the comparison.
@@ -168,11 +183,13 @@ async function runOne(label: string, dir: string, n: number): Promise<Record<str
     const w0 = performance.now();
     let lagMax = 0;
     let bounds: string[] = [];
+    let memory: Memory | null = null;
     while (performance.now() - w0 < durationMs) {
       await sleep(Math.min(5_000, durationMs));
       const got = await nodes(base);
       for (const x of got.nodes) lagMax = Math.max(lagMax, x.lagMs ?? Number.POSITIVE_INFINITY);
       bounds = got.bounds;
+      memory = got.memory;
     }
     const cpuPct = ((cpuTicks(pid) - c0) / CLK_TCK / ((performance.now() - w0) / 1000)) * 100;
     const endRss = procStatus(pid, 'VmRSS');
@@ -202,6 +219,12 @@ async function runOne(label: string, dir: string, n: number): Promise<Record<str
       'RSS ingest MB': Math.round(ingestRss / 2 ** 20),
       'RSS end MB': Math.round(endRss / 2 ** 20),
       'peak MB': Math.round(procStatus(pid, 'VmHWM') / 2 ** 20),
+      'peak ingest MB': Math.round((p.peakRss.get('ingest') ?? 0) / 2 ** 20),
+      'peak churn MB': Math.round((p.peakRss.get('churn') ?? 0) / 2 ** 20),
+      'peak bundle MB': Math.round((p.peakRss.get('bundle') ?? 0) / 2 ** 20),
+      // Where the end RSS is, as the collector itself reports it (process.memoryUsage in /api/nodes).
+      'heap MB end': Math.round((memory?.heapUsed ?? 0) / 2 ** 20),
+      'external MB end': Math.round((memory?.external ?? 0) / 2 ** 20),
       'CPU %': Math.round(cpuPct),
       'lag max s': Number((lagMax / 1000).toFixed(2)),
       'healthz p50 ms': Number(quantile(live, 0.5).toFixed(1)),

@@ -4,7 +4,7 @@
 // collector, which saw every node's steps interleaved as they came and
 // derived its findings across all of them at once, and the in-memory history
 // of the same steps.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -22,6 +22,7 @@ import { Store } from '../../collector/store/store.ts';
 import { encode, SNAPSHOT_CHUNK, type AgentMessage } from '../../contract/protocol.ts';
 import type { NodeFacts } from '../../contract/records.ts';
 import { captureLog } from '../helpers/capture-log.ts';
+import { saveBundle } from '../helpers/save-bundle.ts';
 
 const timelines = new URL('../fixtures/timelines/', import.meta.url).pathname;
 /** Recordings with findings of several kinds (errors, warnings, folded repeats), and one with none. */
@@ -130,7 +131,7 @@ describe('a bundle of many nodes, built node by node', () => {
     const dir = mkdtempSync(join(tmpdir(), 'conntrail-bundle-nodes-test-'));
     try {
       const file = join(dir, 'b.tar.gz');
-      writeFileSync(file, await fed.stored.bundles.recentBundle(fed.to - fed.from, fed.to));
+      await saveBundle(await fed.stored.bundles.recentBundle(fed.to - fed.from, fed.to), file);
       const { manifest, files } = await readBundle(file);
       expect(manifest.nodes).toHaveLength(fed.nodes.length);
       expect(fed.nodes.length).toBeGreaterThanOrEqual(36);
@@ -162,7 +163,7 @@ describe('a bundle of many nodes, built node by node', () => {
     const dir = mkdtempSync(join(tmpdir(), 'conntrail-bundle-nodes-test-'));
     try {
       const file = join(dir, 'b.tar.gz');
-      writeFileSync(file, await fed.stored.bundles.recentBundle(fed.to - fed.from, fed.to));
+      await saveBundle(await fed.stored.bundles.recentBundle(fed.to - fed.from, fed.to), file);
       const { files } = await readBundle(file);
       const held = fed.heap.bundles.timelines(fed.from, fed.to, null);
       expect(held).toHaveLength(fed.nodes.length);

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -6,6 +6,7 @@ import { replay } from '../../bin/replay.ts';
 import { bundleTimelines, readBundle } from '../../collector/incidents/bundle.ts';
 import { captureLog } from '../helpers/capture-log.ts';
 import { collectorThrough } from '../helpers/timeline-collector.ts';
+import { saveBundle } from '../helpers/save-bundle.ts';
 
 const timelines = new URL('../fixtures/timelines/', import.meta.url).pathname;
 
@@ -14,10 +15,7 @@ describe('incident bundles', () => {
     const { service } = await collectorThrough(join(timelines, 'seed-002-reuse-to-removed-endpoint'));
     const [incident] = service.list();
     expect(incident).toMatchObject({ service: 'TCP 10.20.79.226:31199', nodes: ['cn-beijing.10.20.79.226'], kinds: ['port-reuse-to-removed-endpoint'] });
-    const buf = await service.incidentBundle(String(incident?.id));
-    expect(buf).not.toBeNull();
-    const file = join(mkdtempSync(join(tmpdir(), 'bundle-test-')), 'b.tar.gz');
-    writeFileSync(file, buf as Buffer);
+    const file = await saveBundle(await service.incidentBundle(String(incident?.id)), join(mkdtempSync(join(tmpdir(), 'bundle-test-')), 'b.tar.gz'));
 
     const { manifest, files } = await readBundle(file);
     expect(manifest).toMatchObject({ format: 1, incident: incident?.id, nodes: ['cn-beijing.10.20.79.226'] });

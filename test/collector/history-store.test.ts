@@ -3,7 +3,7 @@
 // and every slice a bundle asks for, read back from the store, is what the
 // in-memory history of the same steps gives; without --data-dir the store is
 // a temporary file, said so in the log and gone at close.
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,6 +14,7 @@ import { HOT_MS } from '../../collector/state/history.ts';
 import { Store } from '../../collector/store/store.ts';
 import { encode, type AgentMessage, type CollectorMessage } from '../../contract/protocol.ts';
 import { captureLog } from '../helpers/capture-log.ts';
+import { saveBundle } from '../helpers/save-bundle.ts';
 
 const NODE = 'node-a';
 const T0 = Date.UTC(2025, 5, 1, 12, 0, 0);
@@ -81,7 +82,7 @@ describe('history in the store', () => {
     try {
       const read = async (p: Pipeline, name: string) => {
         const file = join(dir, name);
-        writeFileSync(file, await p.bundles.recentBundle(2 * 60_000, T0 + 200_000));
+        await saveBundle(await p.bundles.recentBundle(2 * 60_000, T0 + 200_000), file);
         return (await readBundle(file)).files;
       };
       const a = await read(stored, 'stored.tar.gz');

@@ -27,6 +27,7 @@ import { BundleService } from '../../collector/incidents/bundle-service.ts';
 import { Collector } from '../../collector/receive/collector.ts';
 import { captureLog } from '../helpers/capture-log.ts';
 import { decodePng, type Image } from '../helpers/png.ts';
+import { saveBundle } from '../helpers/save-bundle.ts';
 
 const run = promisify(execFile);
 const CHROMIUM = '/usr/bin/chromium';
@@ -62,7 +63,7 @@ async function bundleOf(timeline: string): Promise<Bundle> {
   }
   const id = String(service.list()[0]?.id);
   const tgz = join(work, `${timeline}.tar.gz`);
-  writeFileSync(tgz, (await service.incidentBundle(id)) as Buffer);
+  await saveBundle(await service.incidentBundle(id), tgz);
   const { files } = await readBundle(tgz);
   const text = (p: string) => String(files.get(p) ?? '');
   const lines = (p: string) => text(p).split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);

@@ -27,7 +27,8 @@ export class NodeSteps {
   constructor(node = 'node-1', options: { kube?: KubeView | null; windowMs?: number } = {}) {
     this.#node = node;
     this.collector = new Collector({ log: pino({ level: 'silent' }), now: () => this.#clock });
-    this.detection = new Detection((l) => this.findings.push(l), options);
+    // With the collector's bounds, as the pipeline builds it: the detection stage's own bounds are listed there.
+    this.detection = new Detection((l) => this.findings.push(l), { ...options, bounds: this.collector.bounds });
     this.detection.watch(this.collector);
     this.#session = { node: null, remote: 'test', send: () => undefined };
   }

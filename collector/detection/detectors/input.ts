@@ -29,8 +29,12 @@ export interface NodeIndex {
   /** Steps applied strictly after `time`, up to and including this one. */
   stepsSince(time: number): number;
   readonly endpoints: EndpointTimeline;
-  /** Conntrack entries still waiting for a SYN-ACK, and since when. */
-  readonly pendingSyns: readonly PendingSyn[];
+  /**
+   * Conntrack entries still waiting for a SYN-ACK that were first read
+   * unanswered after `after` (null: at any time) and at or before `upTo`,
+   * oldest first. Their current line is in `records('conntrack')`.
+   */
+  pendingSyns(after: number | null, upTo: number): readonly PendingSyn[];
   /** The Kubernetes API's view (Service specs, EndpointSlices), or null without API access. */
   readonly kube: KubeView | null;
   /** Kernel release from node facts, else from kernel.osrelease. */

@@ -10,12 +10,13 @@ export const UNANSWERED_AFTER_MS = 2_000;
 
 export const detectUnansweredSyn: Detector = (input) => {
   const findings: Finding[] = [];
-  for (const p of input.pendingSyns) {
-    // Reported once, at the first step that finds it past the threshold.
-    const crossed = input.time - p.since >= UNANSWERED_AFTER_MS && (input.prevTime === null || input.prevTime - p.since < UNANSWERED_AFTER_MS);
-    if (!crossed) continue;
-    const e = p.entry;
-    if (e.orig.dport === null) continue;
+  const conntrack = input.records('conntrack');
+  // Reported once, at the first step that finds it past the threshold: waiting at least that long now, and less at the step before.
+  const upTo = input.time - UNANSWERED_AFTER_MS;
+  const after = input.prevTime === null ? null : input.prevTime - UNANSWERED_AFTER_MS;
+  for (const p of input.pendingSyns(after, upTo)) {
+    const e = conntrack.get(p.key);
+    if (e === undefined || e.orig.dport === null) continue;
     const service = serviceAt(input.endpoints.services, e.orig.dst, e.orig.dport, e.proto);
     if (service === undefined) continue;
     const natted = e.reply.src !== e.orig.dst;
@@ -23,8 +24,8 @@ export const detectUnansweredSyn: Detector = (input) => {
     const waited = Math.round((input.time - p.since) / 1000);
     // Each line at the sample it was read in: unanswered when first seen, and as last re-read (a retransmission re-arming it).
     const lastAt = input.readAt('conntrack', p.key) ?? p.since;
-    const evidence: Evidence[] = [{ source: 'conntrack', node: input.node, time: iso(p.since), raw: p.first.raw }];
-    if (lastAt > p.since && p.entry.raw !== p.first.raw) evidence.push({ source: 'conntrack', node: input.node, time: iso(lastAt), raw: p.entry.raw });
+    const evidence: Evidence[] = [{ source: 'conntrack', node: input.node, time: iso(p.since), raw: p.firstRaw }];
+    if (lastAt > p.since && e.raw !== p.firstRaw) evidence.push({ source: 'conntrack', node: input.node, time: iso(lastAt), raw: e.raw });
     findings.push({
       finding: 'unanswered-syn',
       severity: 'warning',

@@ -6,6 +6,7 @@
 // without a reply, and a reused tuple port-reuse already explains.
 import { describe, expect, it } from 'vitest';
 import { UNANSWERED_AFTER_MS } from '../../../../collector/detection/detectors/unanswered-syn.ts';
+import { MAX_PENDING_SYNS } from '../../../../collector/detection/pending-syns.ts';
 import { NodeSteps, type Outputs } from '../../../helpers/node-steps.ts';
 
 const T0 = Date.parse('2026-11-30T10:00:00Z');
@@ -152,6 +153,16 @@ describe('unanswered-syn', () => {
     ],
   ])('stays silent on %s', (_name, samples) => {
     expect(run(samples).of('unanswered-syn')).toEqual([]);
+  });
+
+  it('under a SYN flood tracks the first MAX_PENDING_SYNS, reports each once, and says in the bounds that the rest were not tracked', () => {
+    const flood = (timer: number, n: number) =>
+      Array.from({ length: n }, (_, i) => syn(timer, { src: `198.19.${100 + Math.floor(i / 250)}.${1 + (i % 250)}` })).join('');
+    const n = run([start, [1, { conntrack: flood(119, MAX_PENDING_SYNS + 5) }], [2, {}], [3, {}], [4, {}]]);
+    const found = n.of('unanswered-syn');
+    expect(found.reduce((sum, f) => sum + f.count, 0)).toBe(MAX_PENDING_SYNS);
+    expect(found.every((f) => f.time >= at(3))).toBe(true);
+    expect(n.collector.bounds.list('node-1')).toEqual([expect.objectContaining({ bound: 'pending-syns', subject: 'node-1', limit: MAX_PENDING_SYNS, hits: 1, action: expect.stringMatching(/^5 more unanswered SYNs were not tracked/) })]);
   });
 
   it('leaves to port-reuse a reused tuple stuck on a removed pod: one explanation, not two', () => {
