@@ -184,12 +184,20 @@ async function runOne(label: string, dir: string, n: number): Promise<Record<str
     let lagMax = 0;
     let bounds: string[] = [];
     let memory: Memory | null = null;
+    let lastMinute = 0;
     while (performance.now() - w0 < durationMs) {
       await sleep(Math.min(5_000, durationMs));
       const got = await nodes(base);
       for (const x of got.nodes) lagMax = Math.max(lagMax, x.lagMs ?? Number.POSITIVE_INFINITY);
       bounds = got.bounds;
       memory = got.memory;
+      // A line a minute on stderr on long runs: whether RSS levels off or keeps climbing is what the end figure cannot say.
+      const minute = Math.floor((performance.now() - w0) / 60_000);
+      if (durationMs > 120_000 && minute > lastMinute) {
+        lastMinute = minute;
+        const lag = Math.max(0, ...got.nodes.map((x) => x.lagMs ?? Number.POSITIVE_INFINITY));
+        process.stderr.write(`collector-load: ${n} nodes, churn ${minute} min: RSS ${Math.round(procStatus(pid, 'VmRSS') / 2 ** 20)} MB, heap ${Math.round((got.memory?.heapUsed ?? 0) / 2 ** 20)} MB, external ${Math.round((got.memory?.external ?? 0) / 2 ** 20)} MB, lag ${(lag / 1000).toFixed(2)} s\n`);
+      }
     }
     const cpuPct = ((cpuTicks(pid) - c0) / CLK_TCK / ((performance.now() - w0) / 1000)) * 100;
     const endRss = procStatus(pid, 'VmRSS');
