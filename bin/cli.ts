@@ -436,7 +436,7 @@ async function runCollector(args: readonly string[]): Promise<number> {
   // --no-events arrives as `events: false` (allowNegative).
   events = await startKubeEvents({ log, disabled: !values.events, kube: cluster.catalog, bounds: pipeline.collector.bounds, ...(values.kubeconfig === undefined ? {} : { kubeconfig: values.kubeconfig }) });
   metrics = new CollectorMetrics({ collector: pipeline.collector, incidents: () => pipeline.bundles.incidents.list() });
-  const server = new CollectorServer({ collector: pipeline.collector, log, token, bundles: pipeline.bundles, services: pipeline.services, metrics, agentAuth: agentAuth.mode, reviewer: agentAuth.reviewer, ...(tls ? { tls } : {}) });
+  const server = new CollectorServer({ collector: pipeline.collector, log, token, bundles: pipeline.bundles, services: pipeline.services, store: pipeline.store, metrics, agentAuth: agentAuth.mode, reviewer: agentAuth.reviewer, ...(tls ? { tls } : {}) });
   const addr = await listenOn('--listen', values.listen, () => server.listen(listen));
   log.info({ listen: addr, auth: token === null ? 'none' : 'bearer token', agentAuth: agentAuth.mode, tls: tls !== undefined }, 'collector listening');
   // Shedding history cannot hold RSS down if V8 lets garbage pile up to a heap limit it took from the machine, not the budget.

@@ -18,6 +18,7 @@ import { isNodeName, SUBPROTOCOL } from '../../contract/protocol.ts';
 import { isSourceName } from '../../contract/sources.ts';
 import { BundleBusy, type BundleService } from '../incidents/bundle-service.ts';
 import type { PackedBundle } from '../incidents/bundle.ts';
+import type { StoreStatus } from '../store/store.ts';
 import { serveAgent } from '../receive/agent-socket.ts';
 import type { Collector } from '../receive/collector.ts';
 import type { AgentAuthMode, Review } from '../receive/token-review.ts';
@@ -34,6 +35,8 @@ export interface ServerOptions {
   /** Largest frame an agent may send; snapshot frames are chunked well below it. */
   readonly maxPayload?: number;
   readonly bundles?: BundleService;
+  /** The durable store, whose writing is reported in /api/nodes. */
+  readonly store?: { status(): StoreStatus } | null;
   /** The Services each node's rules program, as the detectors see them (GET /api/nodes/:node/services). */
   readonly services?: (node: string) => readonly object[] | null;
   /** Ping interval and liveness limit, shortened by tests. */
@@ -323,6 +326,7 @@ export class CollectorServer {
         // Bounds about no node (the collector's own, an incident's): a node's are listed with it.
         bounds: c.bounds.list().filter((b) => !c.nodes.has(b.subject)),
         memory: process.memoryUsage(),
+        store: this.#o.store?.status() ?? null,
       },
     };
   }

@@ -26,7 +26,7 @@
 // before it: plain deletes, nothing folded or rewritten. So the store holds
 // the window plus at most one checkpoint interval, and a reload or a slice
 // starts from a base and applies the steps after it.
-import { mkdirSync, mkdtempSync, renameSync, existsSync, rmSync } from 'node:fs';
+import { mkdirSync, renameSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
@@ -39,6 +39,7 @@ import type { Incident } from '../incidents/incidents.ts';
 import type { RestoredNode } from '../receive/collector.ts';
 import { fold, snapshotOf, stateOf, type HistoryStore } from '../state/history.ts';
 import type { TimelineEntry } from '../state/node-view.ts';
+import { claimTemporaryDir, sweepLeftovers, touchTemporaryDir } from './temporary-dirs.ts';
 
 export const STORE_FILE = 'conntrail.db';
 /** How often queued writes are committed (and acks sent): at most this many acks a second per node is 1000 / FLUSH_MS. */
@@ -52,6 +53,13 @@ const CHECKPOINTS_PER_FLUSH = 2;
 /** Steps read from the database at a time when a slice or a reload streams a node's timeline. */
 const PAGE = 16;
 const SCHEMA_VERSION = 1;
+/**
+ * Writes held for the next commit after commits fail (a full disk, an I/O
+ * error): a minute of 200 nodes' steps and then some. Past it the queued
+ * steps are given up, and each of their nodes' stored timelines restarts
+ * from its live state at the next commit that succeeds (see #restart).
+ */
+export const MAX_QUEUED_WRITES = 50_000;
 
 /** What the store keeps of a node besides its steps, as of the last queued step. */
 export interface NodeMeta {
@@ -64,6 +72,27 @@ export interface NodeMeta {
   readonly intervalMs: number | null;
   readonly facts: NodeFacts | null;
   readonly statuses: readonly SourceStatus[];
+}
+
+export interface StoreOptions {
+  readonly windowMs: number;
+  readonly now?: () => number;
+  /** Writes held across failing commits (MAX_QUEUED_WRITES); tests shorten it. */
+  readonly maxQueued?: number;
+}
+
+/** How the store's writing goes, for the API. */
+export interface StoreStatus {
+  readonly path: string;
+  readonly temporary: boolean;
+  /** Commits that failed since start; their writes were kept for the next. */
+  readonly failedCommits: number;
+  /** Writes waiting for the next commit. */
+  readonly queued: number;
+  /** Steps given up after commits kept failing: bundles lack them. */
+  readonly droppedSteps: number;
+  /** Why the last commit that failed did, while commits are failing; null once one succeeds. */
+  readonly error: string | null;
 }
 
 /** What a start reloads. */
@@ -163,6 +192,11 @@ export class Store implements HistoryStore {
   readonly #durable: DurableListener[] = [];
   #timers: NodeJS.Timeout[] = [];
   #failedWrites = 0;
+  #maxQueued = MAX_QUEUED_WRITES;
+  #error: string | null = null;
+  /** Steps given up after commits kept failing, and the nodes whose stored timeline must restart from their live state. */
+  #droppedSteps = 0;
+  readonly #gapped = new Set<string>();
   #closed = false;
   #tempDir: string | null = null;
   #stateOf: StateSource | null = null;
@@ -202,12 +236,13 @@ export class Store implements HistoryStore {
    * an empty store, saying so; it never refuses to start over its own data.
    * Throws only when the directory itself cannot hold a database.
    */
-  static open(dir: string, log: Logger, options: { windowMs: number; now?: () => number }): { store: Store; loaded: Loaded } {
+  static open(dir: string, log: Logger, options: StoreOptions): { store: Store; loaded: Loaded } {
     mkdirSync(dir, { recursive: true });
     const path = join(dir, STORE_FILE);
     const now = options.now ?? Date.now;
     try {
       const store = Store.#openAt(path, log, options.windowMs);
+      store.#maxQueued = options.maxQueued ?? MAX_QUEUED_WRITES;
       try {
         return { store, loaded: store.#load(now()) };
       } catch (err) {
@@ -219,6 +254,7 @@ export class Store implements HistoryStore {
       for (const suffix of ['', '-wal', '-shm']) if (existsSync(path + suffix)) renameSync(path + suffix, aside + suffix);
       log.error({ path, movedTo: aside, err: (err as Error).message }, 'the data store could not be read: moved it aside and starting with an empty store (incidents and timelines from before this start are not reloaded)');
       const store = Store.#openAt(path, log, options.windowMs);
+      store.#maxQueued = options.maxQueued ?? MAX_QUEUED_WRITES;
       return { store, loaded: { nodes: [], incidents: [], opened: 0, findings: 0, unreadable: {} } };
     }
   }
@@ -228,8 +264,9 @@ export class Store implements HistoryStore {
    * `--data-dir`: history still lives on disk rather than in the heap, and
    * the file goes when the store is closed or the process exits.
    */
-  static temporary(log: Logger, options: { windowMs: number; now?: () => number }): { store: Store; loaded: Loaded } {
-    const dir = mkdtempSync(join(tmpdir(), 'conntrail-history-'));
+  static temporary(log: Logger, options: StoreOptions): { store: Store; loaded: Loaded } {
+    for (const gone of sweepLeftovers(tmpdir())) log.info({ path: gone.dir, why: gone.why }, 'removed a temporary store left by a collector that is gone');
+    const dir = claimTemporaryDir(tmpdir());
     temporaryDirs.add(dir);
     if (!exitHookSet) {
       process.once('exit', removeTemporaryDirs);
@@ -304,10 +341,21 @@ export class Store implements HistoryStore {
     const last = new Map<string, TimelineEntry>();
     const lastId = new Map<string, number>();
     const bases = new Map<string, number>();
+    // A node whose queued steps were given up restarts from its last step in this batch (see #restart): its others are not written.
+    const restartAt = new Map<string, Pending & { kind: 'step' }>();
+    if (this.#gapped.size > 0) for (const p of batch) if (p.kind === 'step' && this.#gapped.has(p.node)) restartAt.set(p.node, p);
+    for (const [node, p] of restartAt) {
+      // Without the state after that step (the node's view moved on or went), nothing of the node can be stored yet: it stays gapped.
+      if (p.entry.kind === 'snapshot' || this.#stateMatches(node, p.entry)) continue;
+      restartAt.delete(node);
+      for (const q of batch) if (q.kind === 'step' && q.node === node) this.#droppedSteps++;
+    }
     try {
       this.#db.exec('BEGIN');
       for (const p of batch) {
         if (p.kind === 'step') {
+          if (this.#gapped.has(p.node) && restartAt.get(p.node) !== p) continue;
+          if (restartAt.get(p.node) === p) this.#restart(p.node);
           const r = this.#stmt.step.run(p.node, p.entry.seq, p.entry.time, p.entry.kind, frameOf(p.entry));
           last.set(p.node, p.entry);
           lastId.set(p.node, Number(r.lastInsertRowid));
@@ -325,8 +373,14 @@ export class Store implements HistoryStore {
         metas.set(node, m);
         this.#stmt.node.run(node, m.run, m.lastSeq, m.lastTime, m.connectedAt, m.lastReceivedAt, m.agentVersion, m.intervalMs, m.facts === null ? null : JSON.stringify(m.facts), JSON.stringify(m.statuses));
       }
-      this.#checkpoints(last, lastId, bases);
+      for (const [node, p] of restartAt) {
+        // The step itself is no base unless it is a snapshot: the node's state after it is, as a checkpoint.
+        if (p.entry.kind !== 'snapshot') this.#checkpoint(node, p.entry, lastId.get(node), bases);
+      }
+      this.#checkpoints(last, lastId, bases, restartAt);
       this.#db.exec('COMMIT');
+      for (const node of restartAt.keys()) this.#gapped.delete(node);
+      this.#error = null;
       for (const [node, time] of bases) this.#lastBase.set(node, Math.max(time, this.#lastBase.get(node) ?? time));
       for (const [node, entry] of last) {
         const run = metas.get(node)?.run ?? null;
@@ -339,10 +393,42 @@ export class Store implements HistoryStore {
         // Nothing to roll back: BEGIN itself failed.
       }
       this.#failedWrites++;
-      // Nothing is acknowledged: the agents keep these steps in their journals.
+      this.#error = (err as Error).message.slice(0, 300);
+      // Nothing is acknowledged, and nothing is lost yet: the writes go back, in order, ahead of any queued since, for the next commit to try.
+      this.#pending = batch.concat(this.#pending);
       if (this.#failedWrites <= 5 || this.#failedWrites % 1000 === 0)
-        this.#log.error({ path: this.path, err: (err as Error).message, steps: batch.filter((p) => p.kind === 'step').length, failedWrites: this.#failedWrites }, 'the data store could not write: these steps are not durable');
+        this.#log.error({ path: this.path, err: (err as Error).message, queued: this.#pending.length, failedWrites: this.#failedWrites }, 'the data store could not write: kept the writes for the next commit (not acknowledged to the agents)');
+      if (this.#pending.length > this.#maxQueued) this.#giveUp();
     }
+  }
+
+  /**
+   * Commits kept failing for as long as the queue bound allows: the queued
+   * steps go (findings and incidents, few and small, stay queued). Every
+   * node that lost steps has a hole in its stored timeline that no later
+   * diff can be folded across, so at the next commit that succeeds its
+   * stored timeline restarts from its live state.
+   */
+  #giveUp(): void {
+    const steps = this.#pending.filter((p) => p.kind === 'step');
+    for (const p of steps) this.#gapped.add(p.node);
+    this.#droppedSteps += steps.length;
+    this.#pending = this.#pending.filter((p) => p.kind !== 'step').slice(-this.#maxQueued);
+    this.#log.error(
+      { path: this.path, droppedSteps: steps.length, nodes: this.#gapped.size, limit: this.#maxQueued },
+      'the data store has failed to write for too long: gave up the steps queued for it; each of these nodes keeps its timeline from its state at the next commit that succeeds, and bundles lack what came before',
+    );
+  }
+
+  /** Deletes a node's stored steps and checkpoints: what follows does not fold onto them. */
+  #restart(node: string): void {
+    this.#db.prepare('DELETE FROM steps WHERE node = ?').run(node);
+    this.#db.prepare('DELETE FROM checkpoints WHERE node = ?').run(node);
+    this.#lastBase.delete(node);
+  }
+
+  status(): StoreStatus {
+    return { path: this.path, temporary: this.temporary, failedCommits: this.#failedWrites, queued: this.#pending.length, droppedSteps: this.#droppedSteps, error: this.#error };
   }
 
   /**
@@ -352,21 +438,30 @@ export class Store implements HistoryStore {
    * which has applied exactly the steps queued so far: the commit drained
    * them all, so it is the state after the last one written.
    */
-  #checkpoints(last: ReadonlyMap<string, TimelineEntry>, lastId: ReadonlyMap<string, number>, bases: Map<string, number>): void {
+  #checkpoints(last: ReadonlyMap<string, TimelineEntry>, lastId: ReadonlyMap<string, number>, bases: Map<string, number>, restarted: ReadonlyMap<string, unknown>): void {
     if (this.#stateOf === null) return;
     let written = 0;
-    const insert = this.#db.prepare('INSERT OR REPLACE INTO checkpoints (node, after_id, seq, time, frame) VALUES (?, ?, ?, ?, ?)');
     for (const [node, entry] of last) {
       if (written >= CHECKPOINTS_PER_FLUSH) break;
-      const id = lastId.get(node);
+      if (restarted.has(node)) continue;
       const base = bases.get(node) ?? this.#lastBase.get(node);
-      if (id === undefined || entry.kind === 'snapshot' || (base !== undefined && entry.time - base < this.#checkpointMs)) continue;
-      const state = this.#stateOf(node);
-      if (state === null || state.seq !== entry.seq || state.time !== entry.time) continue;
-      insert.run(node, id, state.seq, state.time, frameOf(state));
-      bases.set(node, state.time);
-      written++;
+      if (entry.kind === 'snapshot' || (base !== undefined && entry.time - base < this.#checkpointMs)) continue;
+      if (this.#checkpoint(node, entry, lastId.get(node), bases)) written++;
     }
+  }
+
+  #stateMatches(node: string, entry: TimelineEntry): boolean {
+    const state = this.#stateOf?.(node) ?? null;
+    return state !== null && state.seq === entry.seq && state.time === entry.time;
+  }
+
+  /** Writes the node's live state as a checkpoint after its stored step `id`, when that state is the one after `entry`. */
+  #checkpoint(node: string, entry: TimelineEntry, id: number | undefined, bases: Map<string, number>): boolean {
+    const state = this.#stateOf?.(node) ?? null;
+    if (id === undefined || state === null || state.seq !== entry.seq || state.time !== entry.time) return false;
+    this.#db.prepare('INSERT OR REPLACE INTO checkpoints (node, after_id, seq, time, frame) VALUES (?, ?, ?, ?, ?)').run(node, id, state.seq, state.time, frameOf(state));
+    bases.set(node, state.time);
+    return true;
   }
 
   /**
@@ -528,7 +623,10 @@ export class Store implements HistoryStore {
   /** Commits every FLUSH_MS and runs `retain` every RETAIN_MS until `close`. */
   start(liveIncidents: () => readonly string[], now: () => number = Date.now): void {
     const flush = setInterval(() => this.flush(), FLUSH_MS);
-    const retain = setInterval(() => this.retain(now(), liveIncidents()), RETAIN_MS);
+    const retain = setInterval(() => {
+      this.retain(now(), liveIncidents());
+      if (this.#tempDir !== null) touchTemporaryDir(this.#tempDir);
+    }, RETAIN_MS);
     flush.unref();
     retain.unref();
     this.#timers = [flush, retain];

@@ -29,10 +29,11 @@ export interface CollectorProcess {
   stop(): Promise<void>;
 }
 
-export async function startCollectorProcess(opts: { token?: string; args?: readonly string[] } = {}): Promise<CollectorProcess> {
+/** `dir`: the scratch dir of an earlier process, to share its cwd and TMPDIR (left for its owner to remove). */
+export async function startCollectorProcess(opts: { token?: string; args?: readonly string[]; dir?: string } = {}): Promise<CollectorProcess> {
   const token = opts.token ?? 'fuzz-token';
-  const dir = mkdtempSync(join(tmpdir(), 'conntrail-proc-'));
-  for (const d of ['cwd', 'tmp']) mkdirSync(join(dir, d));
+  const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'conntrail-proc-'));
+  for (const d of ['cwd', 'tmp']) mkdirSync(join(dir, d), { recursive: true });
   const tokenFile = join(dir, 'token');
   writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
   const child = spawn(nodeBinary(), [cli, 'collector', '--listen', '127.0.0.1:0', '--token-file', tokenFile, '--no-kubernetes', ...(opts.args ?? [])], {
@@ -62,7 +63,7 @@ export async function startCollectorProcess(opts: { token?: string; args?: reado
         child.kill('SIGKILL');
         await new Promise((r) => (exited ? r(null) : child.once('exit', r)));
       }
-      rmSync(dir, { recursive: true, force: true });
+      if (opts.dir === undefined) rmSync(dir, { recursive: true, force: true });
     },
   };
 }

@@ -10,6 +10,7 @@ import type { ConntrackEntry, IpvsConnection } from '../../../contract/records.t
 import { specOf } from '../../../contract/sources.ts';
 import { CompactRecords, heldRecordsFor, type HeldRecords } from '../../../collector/state/compact-records.ts';
 import { rng } from '../../helpers/rng.ts';
+import { lineMaker, recordOf } from '../../bench/conntrack-lines.ts';
 
 
 function conntrack(line: string): ConntrackEntry {
@@ -126,6 +127,52 @@ function run<T extends object>(make: () => HeldRecords<T>, record: () => T, keyO
 }
 
 describe('compact record store', () => {
+  it('stays within 1.3× of its compacted size under a steady churn of realistic entries (a third added, a third removed, a third moved each second)', () => {
+    const keyOf = specOf('conntrack').keyOf;
+    const store = heldRecordsFor('conntrack', keyOf) as CompactRecords<ConntrackEntry>;
+    const maker = lineMaker(7, 0);
+    const r = rng(7);
+    const lines: string[] = [];
+    while (lines.length < 5_000) {
+      const line = maker.fresh();
+      const key = keyOf(recordOf(line));
+      if (store.has(key)) continue;
+      store.put(key, recordOf(line), 0);
+      lines.push(line);
+    }
+    // What the same records take when packed afresh: a copy is rebuilt compacted.
+    const packed = (): number => (store.copy()).bufferBytes;
+    let worst = 0;
+    for (let second = 1; second <= 600; second++) {
+      for (let i = 0; i < 50; i++) {
+        const what = i % 3;
+        if (what === 0) {
+          const line = maker.fresh();
+          const key = keyOf(recordOf(line));
+          if (store.has(key)) continue;
+          store.put(key, recordOf(line), second);
+          lines.push(line);
+        } else {
+          const at = Math.floor(r() * lines.length);
+          const line = lines[at] ?? '';
+          if (what === 1) {
+            store.delete(keyOf(recordOf(line)));
+            lines[at] = lines.at(-1) ?? '';
+            lines.pop();
+          } else {
+            const moved = maker.moved(line);
+            store.put(keyOf(recordOf(moved)), recordOf(moved), second);
+            lines[at] = moved;
+          }
+        }
+      }
+      if (second % 10 === 0) worst = Math.max(worst, store.bufferBytes / packed());
+    }
+    expect(store.size).toBe(lines.length);
+    expect(worst).toBeGreaterThan(1);
+    expect(worst).toBeLessThan(1.3);
+  });
+
   it('holds conntrack records exactly as a Map would, through a seeded run of puts, deletes, compactions and copies', () => {
     const spec = specOf('conntrack');
     for (const seed of [1, 2, 3]) {
