@@ -68,6 +68,7 @@ usage:
   conntrail replay DIR [--kube KUBE_DIR]   recorded outputs (DIR/<node>/<time>/<file>) through the agent and the detectors,
                                       with the Kubernetes API as recorded in KUBE_DIR/<time>/<file>.json
   conntrail incidents --collector URL [--token-file F] [--ca F]
+  conntrail findings --collector URL [--since 15m] [--json] [--token-file F] [--ca F]   the findings of the last --since, restarts included
   conntrail bundle --collector URL (--incident ID | --since 10m) -o FILE [--token-file F] [--ca F]
   conntrail logs [FILE|-] [--color|--no-color]   renders the collector's JSON log for people (kubectl logs -f … | conntrail logs)
   conntrail doctor [--json] [--node NAME] [--gap 3s]   one-shot check of this node, no collector; exits 1 on an error
@@ -115,6 +116,13 @@ const DETAILS: Readonly<Record<string, string>> = {
   --token-file F    the API token (or $CONNTRAIL_TOKEN)
   --ca F            trust this CA (PEM) for an https:// collector
   --json            the collector's JSON as it answered`,
+  findings: `prints the findings the collector logged in the last --since, as the log rendered them (conntrail logs): from its store, so a restart does not lose them.
+  --collector URL   http://HOST:PORT, https://HOST:PORT or unix:PATH (required)
+  --since 15m       how far back (at most the collector's --history)
+  --json            the collector's log lines as it answered (NDJSON, for jq)
+  --color | --no-color   default: colour on a terminal, unless $NO_COLOR is set
+  --token-file F    the API token (or $CONNTRAIL_TOKEN)
+  --ca F            trust this CA (PEM) for an https:// collector`,
   bundle: `downloads an incident's bundle, or the last --since of every node, as a .tar.gz with report.html inside.
   --collector URL   http://HOST:PORT, https://HOST:PORT or unix:PATH (required)
   --incident ID | --since 10m   which incident, or how far back
@@ -176,7 +184,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   const major = Number(process.versions.node.split('.')[0]);
   if (known && NODE_SIDE.has(command) && major < NODE_SIDE_MAJOR) {
-    process.stderr.write(`conntrail: ${command} needs Node.js ${NODE_SIDE_MAJOR} or newer (this is ${process.version}); logs, parse, replay, services, incidents and bundle run on Node.js 22 as well\n`);
+    process.stderr.write(`conntrail: ${command} needs Node.js ${NODE_SIDE_MAJOR} or newer (this is ${process.version}); logs, parse, replay, services, incidents, findings and bundle run on Node.js 22 as well\n`);
     return 2;
   }
   try {
@@ -197,6 +205,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await runBundle(rest);
       case 'incidents':
         return await runIncidents(rest);
+      case 'findings':
+        return await runFindings(rest);
       case 'logs':
         return await runLogs(rest);
       case 'services':
@@ -734,6 +744,32 @@ async function runIncidents(args: readonly string[]): Promise<number> {
   if (values.json) process.stdout.write(`${body}\n`);
   else if (list.length === 0) process.stdout.write('no incidents\n');
   else for (const i of list) process.stdout.write(`${i.id}  ${i.firstFinding}  ${i.service ?? '-'}  nodes ${i.nodes.join(',')}  ${i.findings} findings (${i.kinds.join(', ')})\n`);
+  return 0;
+}
+
+async function runFindings(args: readonly string[]): Promise<number> {
+  const { values } = parseArgs({ args: [...args], allowNegative: true, options: { collector: { type: 'string' }, since: { type: 'string', default: '15m' }, json: { type: 'boolean', default: false }, color: { type: 'boolean' }, 'token-file': { type: 'string' }, ca: { type: 'string' } } });
+  const collector = apiUrlFlag(values.collector);
+  durationFlag('--since', values.since);
+  const token = readToken(values['token-file']);
+  const ca = values.ca === undefined ? undefined : readFlagFile('--ca', values.ca);
+  const res = await collectorGet(collector, `/api/findings?since=${encodeURIComponent(values.since)}`, token, ca);
+  if (!String(res.headers['content-type'] ?? '').startsWith('application/x-ndjson')) {
+    res.resume();
+    throw new FailureError(`${collector} answered /api/findings with ${String(res.headers['content-type'] ?? 'no content type')}, not NDJSON: is it a conntrail collector of this version?`);
+  }
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+  });
+  let lines = 0;
+  const count = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      for (const b of chunk) if (b === 0x0a) lines++;
+      done(null, chunk);
+    },
+  });
+  await pipeline(res, count, ...(values.json ? [] : [renderStream({ color: wantColor(values.color, process.stdout) })]), process.stdout);
+  if (lines === 0 && !values.json) process.stderr.write(`no findings in the last ${values.since}\n`);
   return 0;
 }
 

@@ -19,6 +19,8 @@ import { isSourceName } from '../../contract/sources.ts';
 import { BundleBusy, type BundleService } from '../incidents/bundle-service.ts';
 import type { PackedBundle } from '../incidents/bundle.ts';
 import type { StoreStatus } from '../store/store.ts';
+import type { FindingLine } from '../detection/aggregate.ts';
+import { findingLogLine } from '../detection/finding-log.ts';
 import { serveAgent } from '../receive/agent-socket.ts';
 import type { Collector } from '../receive/collector.ts';
 import type { AgentAuthMode, Review } from '../receive/token-review.ts';
@@ -35,8 +37,8 @@ export interface ServerOptions {
   /** Largest frame an agent may send; snapshot frames are chunked well below it. */
   readonly maxPayload?: number;
   readonly bundles?: BundleService;
-  /** The durable store, whose writing is reported in /api/nodes. */
-  readonly store?: { status(): StoreStatus } | null;
+  /** The durable store: its writing is reported in /api/nodes, its finding lines served by /api/findings. */
+  readonly store?: { status(): StoreStatus; findingLines(from: number, unreadable?: { count: number }): Iterable<FindingLine> } | null;
   /** The Services each node's rules program, as the detectors see them (GET /api/nodes/:node/services). */
   readonly services?: (node: string) => readonly object[] | null;
   /** Ping interval and liveness limit, shortened by tests. */
@@ -259,6 +261,28 @@ export class CollectorServer {
       void bundles.recentBundle(since, Date.now()).then((b) => this.#sendTarball(res, 'conntrail-bundle.tar.gz', b), (err: unknown) => this.#bundleFailed(res, err));
       return;
     }
+    if (parts[1] === 'findings' && parts.length === 2 && this.#o.store) {
+      const since = parseDuration(query.get('since') ?? '15m');
+      if (since === null) return sendJson(res, 400, { error: `since: expected ${DURATION_HINT}` });
+      const from = Date.now() - since;
+      const unreadable = { count: 0 };
+      const lines = (function* (store: NonNullable<ServerOptions['store']>) {
+        for (const l of store.findingLines(from, unreadable)) yield findingLogLine(l);
+      })(this.#o.store);
+      // NDJSON by default: each line is a log line, for `conntrail logs` and jq alike.
+      const ndjson = query.get('format') !== 'json';
+      // Only log lines in NDJSON, so that `conntrail logs` renders the answer as it renders the log.
+      void streamRecords(res, ndjson ? null : { since: new Date(from).toISOString() }, lines, ndjson, 'findings').then(
+        () => {
+          if (unreadable.count > 0) this.#o.log.warn({ unreadable: unreadable.count }, 'stored finding lines that did not read back were left out of an answer');
+        },
+        (err: unknown) => {
+          this.#o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'findings answer ended early');
+          res.destroy();
+        },
+      );
+      return;
+    }
     if (node !== undefined && parts.length === 4) {
       const view = this.#o.collector.nodes.get(node);
       if (view === undefined) return sendJson(res, 404, { error: `no node ${JSON.stringify(node)}` });
@@ -372,11 +396,12 @@ export function parseTarget(raw: string | undefined): Target {
 
 /** A route for the log: fixed words kept, anything from the client replaced. */
 function routeOf(parts: readonly string[]): string {
-  const known = new Set(['api', 'nodes', 'incidents', 'bundle', 'services', 'healthz', 'metrics']);
+  const known = new Set(['api', 'nodes', 'incidents', 'bundle', 'findings', 'services', 'healthz', 'metrics']);
   return `/${parts.slice(0, 4).map((p) => (known.has(p) || isSourceName(p) ? p : ':x')).join('/')}`;
 }
 
-async function streamRecords(res: ServerResponse, head: Record<string, unknown>, records: Iterable<unknown>, ndjson: boolean): Promise<void> {
+/** `head`, then the items: in NDJSON one line each (head first, unless null); in JSON one object, the head's fields and the items under `key`. */
+async function streamRecords(res: ServerResponse, head: Record<string, unknown> | null, records: Iterable<unknown>, ndjson: boolean, key = 'records'): Promise<void> {
   res.writeHead(200, { 'content-type': ndjson ? 'application/x-ndjson' : 'application/json' });
   const write = async (text: string): Promise<void> => {
     if (res.destroyed) throw new Error('client went away');
@@ -393,8 +418,12 @@ async function streamRecords(res: ServerResponse, head: Record<string, unknown>,
       res.once('close', gone);
     });
   };
-  if (ndjson) await write(`${JSON.stringify(head)}\n`);
-  else await write(`${JSON.stringify(head).slice(0, -1)},"records":[`);
+  if (ndjson) {
+    if (head !== null) await write(`${JSON.stringify(head)}\n`);
+  } else {
+    const fields = head === null || Object.keys(head).length === 0 ? '{' : `${JSON.stringify(head).slice(0, -1)},`;
+    await write(`${fields}${JSON.stringify(key)}:[`);
+  }
   let batch: string[] = [];
   let first = true;
   const flush = async (): Promise<void> => {

@@ -492,8 +492,16 @@ export class Collector {
     if (history.push(entry) && history.overflowed === 1)
       this.#log.warn({ node: view.name, maxEntries: MAX_TIMELINE_ENTRIES, historyMs: this.#historyMs }, 'history bound hit: this node sends more steps than the window can keep; older steps are folded early');
     for (const l of this.#listeners) l(view, entry, transitions);
-    const shed = this.#memory?.check(this.#now(), this);
-    if (shed != null) this.bounds.hit('memory', 'collector', this.#memory?.budget ?? 0, `history shortened to ${Math.round(shed.keepMs / 1000)} s to stay under the memory budget (live state kept)`);
+    const shed = this.#memory?.check(this.#now(), this.#historyStore === null ? this : null);
+    if (shed != null)
+      this.bounds.hit(
+        'memory',
+        'collector',
+        this.#memory?.budget ?? 0,
+        shed.folded < 0
+          ? 'RSS is over the memory budget with history already in the store: what is in memory is live state, nothing was shed (give the collector more memory, or fewer nodes)'
+          : `history shortened to ${Math.round(shed.keepMs / 1000)} s to stay under the memory budget (live state kept)`,
+      );
   }
 }
 

@@ -63,12 +63,20 @@ export class MemoryBudget {
     return this.#keepMs;
   }
 
-  /** At most once a second: over budget, halves the history kept. Returns what was done, or null. */
-  check(now: number, target: Sheddable): { rss: number; keepMs: number; folded: number } | null {
+  /**
+   * At most once a second: over budget, halves the history kept, when the
+   * history is in the heap (`target`). With history in the store (null) the
+   * heap holds live state and a few seconds: there is nothing to shed, and
+   * the answer says only that RSS is over (folded -1). Returns null when
+   * under budget or not checked.
+   */
+  check(now: number, target: Sheddable | null): { rss: number; keepMs: number; folded: number } | null {
     if (now - this.#checkedAt < 1_000) return null;
     this.#checkedAt = now;
     const rss = this.#rss();
-    if (rss <= this.budget || this.#keepMs <= 60_000) return null;
+    if (rss <= this.budget) return null;
+    if (target === null) return { rss, keepMs: this.#keepMs, folded: -1 };
+    if (this.#keepMs <= 60_000) return null;
     this.#keepMs = Math.max(60_000, Math.floor(this.#keepMs / 2));
     return { rss, keepMs: this.#keepMs, folded: target.shedHistory(this.#keepMs) };
   }

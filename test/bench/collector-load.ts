@@ -17,7 +17,7 @@
 // issue's acceptance run. Figures are from one machine; the simulated nodes
 // take a core of their own.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -77,10 +77,15 @@ const quantile = (xs: readonly number[], q: number): number => {
 
 interface NodeRow { node: string; lastSeq: number | null; lagMs: number | null }
 interface Memory { rss: number; heapUsed: number; external: number; arrayBuffers: number }
-async function nodes(base: string): Promise<{ nodes: NodeRow[]; bounds: string[]; memory: Memory | null }> {
+async function nodes(base: string): Promise<{ nodes: NodeRow[]; bounds: string[]; memory: Memory | null; storePath: string | null }> {
   const res = await fetch(`${base}/api/nodes`, { headers: { Authorization: `Bearer ${TOKEN}` } });
-  const body = (await res.json()) as { nodes: NodeRow[]; collector?: { memory?: Memory; bounds?: { bound?: string; name?: string }[] } };
-  return { nodes: body.nodes, bounds: (body.collector?.bounds ?? []).map((b) => b.bound ?? b.name ?? JSON.stringify(b)), memory: body.collector?.memory ?? null };
+  const body = (await res.json()) as { nodes: NodeRow[]; collector?: { memory?: Memory; bounds?: { bound?: string; name?: string }[]; store?: { path?: string } | null } };
+  return { nodes: body.nodes, bounds: (body.collector?.bounds ?? []).map((b) => b.bound ?? b.name ?? JSON.stringify(b)), memory: body.collector?.memory ?? null, storePath: body.collector?.store?.path ?? null };
+}
+/** The store's file and its WAL on disk, as the collector's /api/nodes names it (commits before the store was listed: 0). */
+function storeBytes(path: string | null): number {
+  if (path === null) return 0;
+  return ['', '-wal'].reduce((sum, suffix) => sum + (existsSync(path + suffix) ? statSync(path + suffix).size : 0), 0);
 }
 
 /**
@@ -185,12 +190,14 @@ async function runOne(label: string, dir: string, n: number): Promise<Record<str
     let bounds: string[] = [];
     let memory: Memory | null = null;
     let lastMinute = 0;
+    let storePath: string | null = null;
     while (performance.now() - w0 < durationMs) {
       await sleep(Math.min(5_000, durationMs));
       const got = await nodes(base);
       for (const x of got.nodes) lagMax = Math.max(lagMax, x.lagMs ?? Number.POSITIVE_INFINITY);
       bounds = got.bounds;
       memory = got.memory;
+      storePath = got.storePath;
       // A line a minute on stderr on long runs: whether RSS levels off or keeps climbing is what the end figure cannot say.
       const minute = Math.floor((performance.now() - w0) / 60_000);
       if (durationMs > 120_000 && minute > lastMinute) {
@@ -201,6 +208,7 @@ async function runOne(label: string, dir: string, n: number): Promise<Record<str
     }
     const cpuPct = ((cpuTicks(pid) - c0) / CLK_TCK / ((performance.now() - w0) / 1000)) * 100;
     const endRss = procStatus(pid, 'VmRSS');
+    const endStore = storeBytes(storePath);
     let bundleS = Number.NaN;
     let bundleMB = 0;
     if (values.bundle) {
@@ -233,6 +241,7 @@ async function runOne(label: string, dir: string, n: number): Promise<Record<str
       // Where the end RSS is, as the collector itself reports it (process.memoryUsage in /api/nodes).
       'heap MB end': Math.round((memory?.heapUsed ?? 0) / 2 ** 20),
       'external MB end': Math.round((memory?.external ?? 0) / 2 ** 20),
+      'store MB end': Math.round(endStore / 2 ** 20),
       'CPU %': Math.round(cpuPct),
       'lag max s': Number((lagMax / 1000).toFixed(2)),
       'healthz p50 ms': Number(quantile(live, 0.5).toFixed(1)),

@@ -59,6 +59,11 @@ export const errorCases: readonly ErrorCase[] = [
   failure('incidents from a collector that is not there', 'client', (c) => ['incidents', '--collector', `http://127.0.0.1:${c.closedPort}`], /^conntrail: incidents: cannot reach the collector at http:\/\/127\.0\.0\.1:\d+: .*ECONNREFUSED/),
   failure('incidents refused by the collector', 'client', (c) => ['incidents', '--collector', `http://127.0.0.1:${c.refusingPort}`], /^conntrail: incidents: the collector at http:\/\/127\.0\.0\.1:\d+ answered 401: \{"error":"unauthorized"\}$/),
   failure('incidents from something that is not a collector', 'client', (c) => ['incidents', '--collector', `http://127.0.0.1:${c.htmlPort}`], /^conntrail: incidents: http:\/\/127\.0\.0\.1:\d+ answered \/api\/incidents with something other than conntrail's incident list/),
+  usage('findings without --collector', 'client', () => ['findings'], /^conntrail: findings: --collector URL is required/),
+  usage('findings with a --since that is no duration', 'client', (c) => ['findings', '--collector', `http://127.0.0.1:${c.closedPort}`, '--since', 'ten'], /^conntrail: findings: --since: /),
+  failure('findings from a collector that is not there', 'client', (c) => ['findings', '--collector', `http://127.0.0.1:${c.closedPort}`], /^conntrail: findings: cannot reach the collector at http:\/\/127\.0\.0\.1:\d+: .*ECONNREFUSED/),
+  failure('findings refused by the collector', 'client', (c) => ['findings', '--collector', `http://127.0.0.1:${c.refusingPort}`], /^conntrail: findings: the collector at http:\/\/127\.0\.0\.1:\d+ answered 401: \{"error":"unauthorized"\}$/),
+  failure('findings from something that is not a collector', 'client', (c) => ['findings', '--collector', `http://127.0.0.1:${c.htmlPort}`], /^conntrail: findings: http:\/\/127\.0\.0\.1:\d+ answered \/api\/findings with text\/html.*, not NDJSON/),
   usage('bundle without -o', 'client', (c) => ['bundle', '--collector', `http://127.0.0.1:${c.closedPort}`, '--since', '10m'], /^conntrail: bundle: -o FILE is required/),
   usage('bundle without --incident or --since', 'client', (c) => ['bundle', '--collector', `http://127.0.0.1:${c.closedPort}`, '-o', join(c.scratch, 'b.tar.gz')], /^conntrail: bundle: one of --incident ID or --since 10m is required/),
   usage('bundle with a bad --since', 'client', (c) => ['bundle', '--collector', `http://127.0.0.1:${c.closedPort}`, '--since', '10x', '-o', join(c.scratch, 'b.tar.gz')], /^conntrail: bundle: --since: "10x" is not a duration/),
@@ -94,8 +99,8 @@ export const errorCases: readonly ErrorCase[] = [
   usage('doctor with an unknown flag', 'node', () => ['doctor', '--jsn'], /^conntrail: doctor: Unknown option '--jsn'/),
 ];
 
-export const commands = ['collector', 'agent', 'local', 'services', 'parse', 'replay', 'incidents', 'bundle', 'logs', 'doctor'] as const;
-export const clientCommands = ['logs', 'parse', 'incidents', 'bundle', 'replay', 'services'] as const;
+export const commands = ['collector', 'agent', 'local', 'services', 'parse', 'replay', 'incidents', 'findings', 'bundle', 'logs', 'doctor'] as const;
+export const clientCommands = ['logs', 'parse', 'incidents', 'findings', 'bundle', 'replay', 'services'] as const;
 
 export interface Ran {
   readonly code: number | null;

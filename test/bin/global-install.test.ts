@@ -132,7 +132,7 @@ describe('npm pack → npm install -g into an empty prefix → conntrail on Node
     ready();
     const got = await installed([command]);
     expect(got).toMatchObject({ code: 2, stdout: '' });
-    expect(got.stderr).toMatch(new RegExp(`^conntrail: ${command} needs Node\\.js 24 or newer \\(this is v22\\.\\d+\\.\\d+\\); logs, parse, replay, services, incidents and bundle run on Node\\.js 22 as well\\n$`));
+    expect(got.stderr).toMatch(new RegExp(`^conntrail: ${command} needs Node\\.js 24 or newer \\(this is v22\\.\\d+\\.\\d+\\); logs, parse, replay, services, incidents, findings and bundle run on Node\\.js 22 as well\\n$`));
   });
 
   it.each(errorCases.filter((c) => c.side === 'client').map((c) => [c.name, c] as const))('%s: one line, the same exit status as from the checkout', async (_name, c) => {

@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
+import { inflateRawSync } from 'node:zlib';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parsers } from '../../agent/parsers.ts';
 import type { FindingLine } from '../../collector/detection/aggregate.ts';
@@ -274,6 +275,36 @@ describe('collector store: damaged files', () => {
       expect(r3.log.find(/^the data store could not be read/)).toBeUndefined();
     });
   }
+
+  it('stores each step deflated, reads back stores written before that (frames as TEXT), and refuses a deflated row that does not inflate', () => {
+    const dir = tempDir();
+    const r1 = rig(dir);
+    liveReuse(r1);
+    r1.pipeline.store?.flush();
+    const expected = r1.pipeline.collector.nodes.get(NODE)?.recordMap('conntrack');
+    r1.pipeline.store?.close();
+    const db = new DatabaseSync(join(dir, STORE_FILE));
+    const rows = db.prepare('SELECT id, frame FROM steps ORDER BY id').all();
+    expect(rows.length).toBe(3);
+    for (const row of rows) {
+      expect(row.frame).toBeInstanceOf(Uint8Array);
+      const json = inflateRawSync(row.frame as Uint8Array).toString('utf8');
+      expect(JSON.parse(json)).toMatchObject({ v: 1, type: 'diff' });
+      // What an earlier collector wrote: the same frame as TEXT.
+      db.prepare('UPDATE steps SET frame = ? WHERE id = ?').run(json, Number(row.id));
+    }
+    db.close();
+    const r2 = rig(dir, T0 + 30_000);
+    expect(r2.log.find('reloaded from the data store')).toMatchObject({ steps: 3 });
+    expect([...(r2.pipeline.collector.nodes.get(NODE)?.recordMap('conntrack') ?? new Map())]).toEqual([...(expected ?? new Map())]);
+    r2.pipeline.store?.close();
+    const db2 = new DatabaseSync(join(dir, STORE_FILE));
+    // Bytes that are no deflate stream, where step 3 was.
+    db2.prepare('UPDATE steps SET frame = ? WHERE seq = 3').run(new Uint8Array([0xff, 0xfe, 0xfd, 0x00, 0x01]));
+    db2.close();
+    const r3 = rig(dir, T0 + 60_000);
+    expect(r3.log.find('reloaded from the data store')).toMatchObject({ steps: 2, unreadable: { step: 1 } });
+  });
 
   it('a damaged step row ends the reload of that node there: what precedes it is kept, and the run is not resumed on it', () => {
     const dir = tempDir();

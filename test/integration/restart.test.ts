@@ -52,11 +52,14 @@ let agent: LabProcess;
 let collector: ChildProcess | null = null;
 /** The current collector process's log lines; a restart starts a new array. */
 let lines: Record<string, unknown>[] = [];
+/** Every process's lines, oldest process first: what the log said across the restart. */
+const allLines: Record<string, unknown>[][] = [];
 const TOKEN = 'restart-token';
 
 function startCollector(): void {
   rmSync(sock, { force: true });
   lines = [];
+  allLines.push(lines);
   const child = spawn(nodeBinary(), [cli, 'collector', '--listen', `unix:${sock}`, '--token-file', tokenFile, '--capture', 'off', '--no-kubernetes', '--data-dir', dataDir], { stdio: ['ignore', 'pipe', 'inherit'] });
   collectJsonLines(child.stdout, lines);
   collector = child;
@@ -222,6 +225,22 @@ describe('collector restart with --data-dir (kill -9, conntrack changes while it
     const reuse = stored.filter((f) => f.finding === 'port-reuse-to-removed-endpoint').map((f) => f.tuple?.sport);
     expect(reuse).toEqual([BEFORE_SPORT, DURING_SPORT]);
     expect(JSON.parse(JSON.stringify(await replay(file, pino({ level: 'silent' }))))).toEqual(stored);
+  });
+
+  it('`conntrail findings` lists the findings logged before the kill and after the restart, as the two processes logged them', async () => {
+    const got = await run(process.execPath, [cli, 'findings', '--collector', `unix:${sock}`, '--since', '10m', '--json', '--token-file', tokenFile]);
+    const served = got.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    // The independent source: every finding line either collector process wrote to its log (the restarted one's log has only its own).
+    const logged = allLines.flat().filter((l) => typeof l.finding === 'string');
+    expect(lines.filter((l) => typeof l.finding === 'string').length).toBeLessThan(logged.length);
+    const pick = (l: Record<string, unknown>) => ({ finding: l.finding, node: l.node, tuple: l.tuple, endpoint: l.endpoint, observedAt: l.observedAt, msg: l.msg, evidence: l.evidence });
+    expect(served.map(pick)).toEqual(logged.map(pick));
+    expect(served.filter((l) => l.finding === 'port-reuse-to-removed-endpoint').map((l) => (l.tuple as { sport: number }).sport)).toEqual([BEFORE_SPORT, DURING_SPORT]);
+    // Rendered for a person, as `conntrail logs` renders the log: the evidence line of the first reuse, verbatim.
+    const human = await run(process.execPath, [cli, 'findings', '--collector', `unix:${sock}`, '--since', '10m', '--no-color', '--token-file', tokenFile]);
+    const firstEvidence = ((served[0]?.evidence ?? []) as { raw: string }[])[0]?.raw ?? '(none)';
+    expect(human.stdout).toContain(firstEvidence);
+    expect(human.stdout).toContain('port-reuse-to-removed-endpoint');
   });
 
   it("the collector's conntrack for node-1 equals the node's own /proc/net/nf_conntrack", async () => {

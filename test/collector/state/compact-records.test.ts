@@ -141,7 +141,7 @@ describe('compact record store', () => {
       lines.push(line);
     }
     // What the same records take when packed afresh: a copy is rebuilt compacted.
-    const packed = (): number => (store.copy()).bufferBytes;
+    const packed = (): number => store.copy().bufferBytes;
     let worst = 0;
     for (let second = 1; second <= 600; second++) {
       for (let i = 0; i < 50; i++) {
