@@ -27,8 +27,17 @@ export interface PendingSyn {
 export const MAX_PENDING_SYNS = 20_000;
 
 export class PendingSyns {
-  /** By key, in insertion order: a key keeps its place while it stays pending, so the order is `since` order. */
+  /** By key. */
   readonly #pending = new Map<string, { readonly since: number; readonly firstRaw: string }>();
+  /**
+   * Keys in the order they became pending (so in `since` order), from
+   * #head on: `between` is asked for a window that only moves forward, and
+   * what falls behind it is dropped from the front, so a node with thousands
+   * of SYNs waiting costs a step only the ones that just crossed. A key that
+   * was answered, or left and came back, is skipped by its `since`.
+   */
+  #order: { readonly key: string; readonly since: number }[] = [];
+  #head = 0;
   readonly #max: number;
 
   constructor(max = MAX_PENDING_SYNS) {
@@ -48,20 +57,42 @@ export class PendingSyns {
       if (after !== undefined && after.state === 'SYN_SENT' && after.unreplied) {
         if (this.#pending.has(t.key)) continue;
         if (this.#pending.size >= this.#max) refused++;
-        else this.#pending.set(t.key, { since: time, firstRaw: after.raw });
+        else {
+          this.#pending.set(t.key, { since: time, firstRaw: after.raw });
+          this.#order.push({ key: t.key, since: time });
+        }
       } else {
         this.#pending.delete(t.key);
       }
     }
+    // Without calls to `between` moving the window (a caller that never asks), the order would only grow: rebuilt from what is pending.
+    if (this.#order.length - this.#head > 4 * this.#max) {
+      this.#order = this.#order.slice(this.#head).filter((o) => this.#pending.get(o.key)?.since === o.since);
+      this.#head = 0;
+    }
     return refused;
   }
 
-  /** Entries first read unanswered after `after` (null: any time) and at or before `upTo`, oldest first. */
+  /**
+   * Entries still pending that were first read unanswered after `after`
+   * (null: any time) and at or before `upTo`, oldest first. Calls are meant
+   * to move forward (`after` never smaller than the last call's): what was
+   * before an earlier `after` is no longer kept in order.
+   */
   between(after: number | null, upTo: number): PendingSyn[] {
+    const order = this.#order;
+    if (after !== null) while (this.#head < order.length && (order[this.#head]?.since ?? 0) <= after) this.#head++;
+    // The dropped front is cut off now and then, not on every step.
+    if (this.#head > 1024 && this.#head * 2 > order.length) {
+      this.#order = order.slice(this.#head);
+      this.#head = 0;
+    }
     const out: PendingSyn[] = [];
-    for (const [key, p] of this.#pending) {
-      if (p.since > upTo) break;
-      if (after === null || p.since > after) out.push({ key, since: p.since, firstRaw: p.firstRaw });
+    for (let i = this.#head; i < this.#order.length; i++) {
+      const o = this.#order[i];
+      if (o === undefined || o.since > upTo) break;
+      const p = this.#pending.get(o.key);
+      if (p !== undefined && p.since === o.since && (after === null || o.since > after)) out.push({ key: o.key, since: p.since, firstRaw: p.firstRaw });
     }
     return out;
   }

@@ -215,7 +215,7 @@ async function runOne(label: string, dir: string, n: number): Promise<Record<str
       p.phase = 'bundle';
       const b0 = performance.now();
       try {
-        const res = await fetch(`${base}/api/bundle?since=10m`, { headers: { Authorization: `Bearer ${TOKEN}` }, signal: AbortSignal.timeout(300_000) });
+        const res = await fetch(`${base}/api/bundle?since=10m`, { headers: { Authorization: `Bearer ${TOKEN}` }, signal: AbortSignal.timeout(1_200_000) });
         bundleMB = (await res.arrayBuffer()).byteLength / 2 ** 20;
         bundleS = (performance.now() - b0) / 1000;
       } catch {

@@ -85,6 +85,9 @@ export async function startConntrail(lab: Lab, nodes: readonly string[], token =
       // For the README's "Reading a finding": the real lines a lab run produced.
       const dump = process.env.CONNTRAIL_FINDINGS_DUMP;
       if (dump) appendFileSync(dump, findings().map((f) => `${JSON.stringify(f)}\n`).join(''));
+      // For the README's "Sample of the collector's output": the whole log of a real run.
+      const logDump = process.env.CONNTRAIL_COLLECTOR_LOG_DUMP;
+      if (logDump) appendFileSync(logDump, lines.map((l) => `${JSON.stringify(l)}\n`).join(''));
       const c = collector;
       if (c !== null && c.exitCode === null) {
         c.kill('SIGKILL');
