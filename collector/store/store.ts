@@ -125,6 +125,7 @@ CREATE TABLE IF NOT EXISTS nodes (node TEXT PRIMARY KEY, run TEXT, last_seq INTE
 CREATE TABLE IF NOT EXISTS incidents (id TEXT PRIMARY KEY, ordinal INTEGER NOT NULL, service TEXT, nodes TEXT NOT NULL, first_finding INTEGER NOT NULL, last_finding INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS findings (id INTEGER PRIMARY KEY AUTOINCREMENT, incident TEXT, time INTEGER NOT NULL, line TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS findings_by_incident ON findings (incident, id);
+CREATE INDEX IF NOT EXISTS findings_by_time ON findings (time, id);
 `;
 
 /**
@@ -367,10 +368,17 @@ export class Store implements HistoryStore {
     const bases = new Map<string, number>();
     // A node whose queued steps were given up restarts from its last step in this batch (see #restart): its others are not written.
     const restartAt = new Map<string, Pending & { kind: 'step' }>();
+    /** The live state each restarting node's checkpoint is written from (none for a snapshot step, its own base). */
+    const restartState = new Map<string, TimelineEntry>();
     if (this.#gapped.size > 0) for (const p of batch) if (p.kind === 'step' && this.#gapped.has(p.node)) restartAt.set(p.node, p);
     for (const [node, p] of restartAt) {
+      if (p.entry.kind === 'snapshot') continue;
+      const state = this.#stateAfter(node, p.entry);
+      if (state !== null) {
+        restartState.set(node, state);
+        continue;
+      }
       // Without the state after that step (the node's view moved on or went), nothing of the node can be stored yet: it stays gapped.
-      if (p.entry.kind === 'snapshot' || this.#stateMatches(node, p.entry)) continue;
       restartAt.delete(node);
       for (const q of batch) if (q.kind === 'step' && q.node === node) this.#droppedSteps++;
     }
@@ -397,10 +405,8 @@ export class Store implements HistoryStore {
         metas.set(node, m);
         this.#stmt.node.run(node, m.run, m.lastSeq, m.lastTime, m.connectedAt, m.lastReceivedAt, m.agentVersion, m.intervalMs, m.facts === null ? null : JSON.stringify(m.facts), JSON.stringify(m.statuses));
       }
-      for (const [node, p] of restartAt) {
-        // The step itself is no base unless it is a snapshot: the node's state after it is, as a checkpoint.
-        if (p.entry.kind !== 'snapshot') this.#checkpoint(node, p.entry, lastId.get(node), bases);
-      }
+      // The step itself is no base unless it is a snapshot: the node's state after it is, as a checkpoint.
+      for (const [node, state] of restartState) this.#writeCheckpoint(node, lastId.get(node), state, bases);
       this.#checkpoints(last, lastId, bases, restartAt);
       this.#db.exec('COMMIT');
       for (const node of restartAt.keys()) this.#gapped.delete(node);
@@ -498,15 +504,20 @@ export class Store implements HistoryStore {
     }
   }
 
-  #stateMatches(node: string, entry: TimelineEntry): boolean {
+  /** The node's live state, when it is the state right after `entry`; else null. */
+  #stateAfter(node: string, entry: TimelineEntry): TimelineEntry | null {
     const state = this.#stateOf?.(node) ?? null;
-    return state !== null && state.seq === entry.seq && state.time === entry.time;
+    return state !== null && state.seq === entry.seq && state.time === entry.time ? state : null;
   }
 
   /** Writes the node's live state as a checkpoint after its stored step `id`, when that state is the one after `entry`. */
   #checkpoint(node: string, entry: TimelineEntry, id: number | undefined, bases: Map<string, number>): boolean {
-    const state = this.#stateOf?.(node) ?? null;
-    if (id === undefined || state === null || state.seq !== entry.seq || state.time !== entry.time) return false;
+    const state = this.#stateAfter(node, entry);
+    return state !== null && this.#writeCheckpoint(node, id, state, bases);
+  }
+
+  #writeCheckpoint(node: string, id: number | undefined, state: TimelineEntry, bases: Map<string, number>): boolean {
+    if (id === undefined) return false;
     this.#db.prepare('INSERT OR REPLACE INTO checkpoints (node, after_id, seq, time, frame) VALUES (?, ?, ?, ?, ?)').run(node, id, state.seq, state.time, frameOf(state));
     bases.set(node, state.time);
     return true;

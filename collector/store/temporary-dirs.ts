@@ -79,8 +79,13 @@ export function goneBecause(dir: string, me: Owner, now: number): string | null 
 export function sweepLeftovers(parent: string, now = Date.now()): { dir: string; why: string }[] {
   const me = selfOwner();
   const removed: { dir: string; why: string }[] = [];
-  const names = readOr(() => JSON.stringify(readdirSync(parent)));
-  for (const name of names === null ? [] : (JSON.parse(names) as string[])) {
+  let names: string[] = [];
+  try {
+    names = readdirSync(parent);
+  } catch {
+    // A TMPDIR that cannot be listed has nothing to sweep; claiming a dir in it fails on its own.
+  }
+  for (const name of names) {
     // Exactly what claimTemporaryDir makes (mkdtemp's six characters): nothing else that happens to share the prefix.
     if (!LEFTOVER.test(name)) continue;
     const dir = join(parent, name);
@@ -102,8 +107,9 @@ export function claimTemporaryDir(parent: string): string {
 /** Marks the dir as still in use (for sweepers in other pid namespaces). */
 export function touchTemporaryDir(dir: string, now = Date.now()): void {
   const t = new Date(now);
-  readOr(() => {
+  try {
     utimesSync(join(dir, OWNER_FILE), t, t);
-    return '';
-  });
+  } catch {
+    // Gone or read-only: a sweeper in another pid namespace may then take the dir for idle; this store keeps its open file.
+  }
 }

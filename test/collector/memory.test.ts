@@ -13,20 +13,24 @@ import { Store } from '../../collector/store/store.ts';
 const T0 = Date.parse('2026-12-01T10:00:00Z');
 const sysctl = (v: string) => ({ name: 'net.ipv4.vs.conn_reuse_mode', value: v, raw: `net.ipv4.vs.conn_reuse_mode = ${v}` });
 
-function run(rss: () => number) {
-  const { log, lines } = captureLog();
-  let clock = T0;
-  const collector = new Collector({ log, now: () => clock, historyMs: 15 * 60_000, memory: new MemoryBudget(1_000, 15 * 60_000, rss) });
+/** A node's snapshot at T0, then ten minutes of one change a second, with the clock moved to each step's time. */
+function feed(collector: Collector, setClock: (t: number) => void): void {
   const session: Session = { node: null, remote: 'test', send: () => undefined };
   const send = (m: AgentMessage) => collector.accept(session, m);
   send({ v: 1, type: 'hello', node: 'node-1', agentVersion: 't', intervalMs: 1000, startedAt: T0 });
   send({ v: 1, type: 'snapshot', seq: 1, time: T0, source: 'sysctl', part: 0, parts: 1, records: [sysctl('0')] });
   send({ v: 1, type: 'snapshot-end', seq: 1, time: T0, status: [] });
-  // Ten minutes of one change a second.
   for (let i = 1; i <= 600; i++) {
-    clock = T0 + i * 1000;
-    send({ v: 1, type: 'diff', seq: i + 1, time: clock, status: [], changes: [{ source: 'sysctl', added: [], removed: [], changed: [sysctl(String(i % 2))], refreshed: [] }] });
+    setClock(T0 + i * 1000);
+    send({ v: 1, type: 'diff', seq: i + 1, time: T0 + i * 1000, status: [], changes: [{ source: 'sysctl', added: [], removed: [], changed: [sysctl(String(i % 2))], refreshed: [] }] });
   }
+}
+
+function run(rss: () => number) {
+  const { log, lines } = captureLog();
+  let clock = T0;
+  const collector = new Collector({ log, now: () => clock, historyMs: 15 * 60_000, memory: new MemoryBudget(1_000, 15 * 60_000, rss) });
+  feed(collector, (t) => (clock = t));
   return { collector, lines };
 }
 
@@ -59,15 +63,7 @@ describe('memory budget', () => {
     try {
       // A budget of one byte: every check finds RSS over it.
       const p = createPipeline({ log, historyMs: 15 * 60_000, now: () => clock, store: opened, memoryBudget: 1 });
-      const session: Session = { node: null, remote: 'test', send: () => undefined };
-      const send = (m: AgentMessage) => p.collector.accept(session, m);
-      send({ v: 1, type: 'hello', node: 'node-1', agentVersion: 't', intervalMs: 1000, startedAt: T0 });
-      send({ v: 1, type: 'snapshot', seq: 1, time: T0, source: 'sysctl', part: 0, parts: 1, records: [sysctl('0')] });
-      send({ v: 1, type: 'snapshot-end', seq: 1, time: T0, status: [] });
-      for (let i = 1; i <= 600; i++) {
-        clock = T0 + i * 1000;
-        send({ v: 1, type: 'diff', seq: i + 1, time: clock, status: [], changes: [{ source: 'sysctl', added: [], removed: [], changed: [sysctl(String(i % 2))], refreshed: [] }] });
-      }
+      feed(p.collector, (t) => (clock = t));
       const [t] = p.bundles.timelines(T0, clock, null);
       expect(t?.entries).toHaveLength(601);
       expect(t?.entries[0]).toMatchObject({ kind: 'snapshot', time: T0 });
